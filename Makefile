@@ -1,0 +1,29 @@
+# Both targets bootstrap .venv with nothing but python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/mailer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/mailer
+
+demo: $(BIN)/mailer
+	$(BIN)/mailer send bulletins/2017-03 --dry-run
+
+lint: $(BIN)/mailer
+	$(BIN)/ruff check mailer tests bench
+	$(BIN)/ruff format --check mailer tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(BIN)/mailer
+	$(BIN)/python bench/compose.py
+
+clean:
+	rm -rf $(VENV) previews

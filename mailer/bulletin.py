@@ -1,0 +1,381 @@
+"""Load a bulletin folder into typed, immutable models.
+
+``bulletins/<id>/bulletin.yaml`` describes the issue; ``items/NN-slug.md`` hold
+the news items (YAML front matter, then Markdown); ``NN-slug.fr.md`` and
+``NN-slug.es.md`` translate an item. Everything is checked here, once, and every
+error names the file, the line and the field, so staff can fix it without help.
+Later stages trust these models and re-validate nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from markdown_it import MarkdownIt
+
+from mailer.errors import ContentError
+
+LANGUAGES = ("en", "fr", "es")
+DEFAULT_LANGUAGE = "en"
+
+_ITEM_FIELDS = {"title", "audience", "link", "image", "alt", "starts", "ends", "location", "deadline"}
+_TRANSLATION_FIELDS = {"title", "link", "alt"}
+_LOCALIZED = ("title", "subject", "preheader")
+_BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items"} | {
+    f"{name}_{lang}" if lang != DEFAULT_LANGUAGE else name
+    for name in _LOCALIZED
+    for lang in LANGUAGES
+}
+_ABSOLUTE_LINK = re.compile(r"^(https?://[^\s/]+|mailto:[^\s]+@)")
+_ITEM_FILE = re.compile(r"^(?P<slug>[^.]+)(?:\.(?P<lang>[A-Za-z_-]+))?\.md$")
+
+
+@dataclass(frozen=True)
+class Localized:
+    """A text given in English and optionally in French and Spanish."""
+
+    values: Mapping[str, str]
+
+    def get(self, language: str) -> str:
+        """The text in ``language``; English when no translation is given."""
+        return self.values.get(language) or self.values[DEFAULT_LANGUAGE]
+
+
+@dataclass(frozen=True)
+class ItemText:
+    """The language-dependent part of an item: what a translation may override."""
+
+    title: str
+    body: str
+    link: str | None
+    alt: str | None
+    source: Path
+
+
+@dataclass(frozen=True)
+class Item:
+    """One news item; dates, venue, audience and image are shared by all languages."""
+
+    slug: str
+    source: Path
+    audience: tuple[str, ...] | None
+    image: Path | None
+    starts: date | None
+    ends: date | None
+    location: str | None
+    deadline: date | None
+    texts: Mapping[str, ItemText]
+
+    def text(self, language: str) -> ItemText:
+        """The item in ``language``, falling back to English."""
+        return self.texts.get(language) or self.texts[DEFAULT_LANGUAGE]
+
+    def is_for(self, segments: Iterable[str]) -> bool:
+        """Whether a reader in any of ``segments`` gets this item."""
+        return self.audience is None or any(s in self.audience for s in segments)
+
+
+@dataclass(frozen=True)
+class Bulletin:
+    """One issue of the bulletin, fully validated."""
+
+    id: str
+    path: Path
+    title: Localized
+    subject: Localized
+    preheader: Localized
+    date: date
+    send_at: datetime | None
+    segments: tuple[str, ...] | None
+    items: tuple[Item, ...]
+
+    def items_for(self, segments: Iterable[str]) -> tuple[Item, ...]:
+        """The items a reader in ``segments`` receives, in bulletin order."""
+        wanted = tuple(segments)
+        return tuple(item for item in self.items if item.is_for(wanted))
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """A parsed YAML mapping and the line of each key, for precise errors."""
+
+    data: dict[str, Any]
+    lines: dict[str, int]
+    file: Path
+    start_line: int
+
+    def line(self, key: str) -> int:
+        return self.lines.get(key, self.start_line)
+
+    def error(self, key: str, message: str) -> ContentError:
+        return ContentError(message, file=self.file, line=self.line(key), field=key)
+
+
+def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
+    """Parse YAML text that must be a mapping; ``first_line`` is its line in ``file``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = first_line + mark.line if mark is not None else first_line
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ContentError(f"YAML syntax error: {problem}.", file=file, line=line) from None
+    if data is None:
+        data, node = {}, None
+    if not isinstance(data, dict) or (node is not None and not isinstance(node, yaml.MappingNode)):
+        raise ContentError("expected 'field: value' lines (a YAML mapping).", file=file, line=first_line)
+    lines = {}
+    if node is not None:
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = first_line + key_node.start_mark.line
+    return _Mapping({str(k): v for k, v in data.items()}, lines, file, first_line)
+
+
+def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
+    """Split an item file into its front matter and Markdown body (with its first line)."""
+    text = _read_text(path)
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        raise ContentError(
+            "an item must start with a '---' line, then its fields (title: …), then '---'.",
+            file=path,
+            line=1,
+        )
+    for index in range(1, len(lines)):
+        if lines[index].strip() == "---":
+            front = _parse_mapping("".join(lines[1:index]), path, 2)
+            return front, "".join(lines[index + 1 :]).strip("\n") + "\n", index + 2
+    raise ContentError("the front matter is never closed by a '---' line.", file=path, line=1)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContentError(f"not UTF-8 text ({exc.reason}).", file=path) from None
+    except OSError as exc:
+        raise ContentError(f"cannot be read ({exc.strerror}).", file=path) from None
+
+
+def _one_line(mapping: _Mapping, key: str, *, required: bool = False) -> str | None:
+    """A single-line text field; line breaks are refused because they may reach headers."""
+    value = mapping.data.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise mapping.error(key, "is required and missing.")
+        return None
+    if not isinstance(value, str | int | float):
+        raise mapping.error(key, "must be a single line of text.")
+    text = str(value).strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise mapping.error(key, "must be a single line of text (no line breaks).")
+    return text
+
+
+def _link(mapping: _Mapping, key: str) -> str | None:
+    """A link must be absolute (https://, http:// or mailto:) to work in a mail client."""
+    link = _one_line(mapping, key)
+    if link is not None and not _ABSOLUTE_LINK.match(link):
+        raise mapping.error(key, f"'{link}' is not an absolute link; write it as https://….")
+    return link
+
+
+def _a_date(mapping: _Mapping, key: str) -> date | None:
+    value = mapping.data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    raise mapping.error(key, f"'{value}' is not a date; write it as YYYY-MM-DD.")
+
+
+def _a_timestamp(mapping: _Mapping, key: str) -> datetime | None:
+    value = mapping.data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise mapping.error(key, f"'{value}' is not a timestamp.") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise mapping.error(
+            key, "must be a timestamp with its time zone, e.g. 2017-03-20T09:00:00+01:00."
+        )
+    return value
+
+
+def _segment_list(mapping: _Mapping, key: str, known: Iterable[str]) -> tuple[str, ...] | None:
+    value = mapping.data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise mapping.error(key, "must be a list of segment names.")
+    known_list = tuple(known)
+    for segment in value:
+        if segment not in known_list:
+            raise mapping.error(
+                key, f"unknown segment '{segment}'; known segments: {', '.join(known_list)}."
+            )
+    return tuple(dict.fromkeys(value))
+
+
+def _refuse_unknown(mapping: _Mapping, allowed: set[str], hint: str) -> None:
+    for key in mapping.data:
+        if key not in allowed:
+            raise mapping.error(key, f"unknown field. {hint}")
+
+
+def _check_body_links(body: str, file: Path, first_line: int) -> None:
+    """Relative links in an item body would be dead in every inbox: refuse them."""
+    for token in MarkdownIt("commonmark").parse(body):
+        for child in token.children or ():
+            href = child.attrGet("href") if child.type == "link_open" else None
+            if isinstance(href, str) and not _ABSOLUTE_LINK.match(href):
+                line = first_line + (token.map[0] if token.map else 0)
+                raise ContentError(
+                    f"the link '{href}' is not absolute; write it as https://….",
+                    file=file,
+                    line=line,
+                    field="body",
+                )
+
+
+def _item_text(front: _Mapping, body: str, body_line: int, base: ItemText | None) -> ItemText:
+    """The text of an item; a translation inherits title, link and alt it does not set."""
+    title = _one_line(front, "title", required=base is None)
+    _check_body_links(body, front.file, body_line)
+    if not body.strip() and base is None:
+        raise ContentError("the item has no text after its front matter.", file=front.file)
+    return ItemText(
+        title=title or (base.title if base else ""),
+        body=body if body.strip() else (base.body if base else ""),
+        link=_link(front, "link") or (base.link if base else None),
+        alt=_one_line(front, "alt") or (base.alt if base else None),
+        source=front.file,
+    )
+
+
+def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
+    """Load ``NN-slug.md`` and its ``NN-slug.<lang>.md`` translations beside it."""
+    known = tuple(segments)
+    front, body, body_line = _split_front_matter(path)
+    _refuse_unknown(front, _ITEM_FIELDS, f"An item may set: {', '.join(sorted(_ITEM_FIELDS))}.")
+    english = _item_text(front, body, body_line, None)
+    image = None
+    if (image_name := _one_line(front, "image")) is not None:
+        image = (folder / image_name).resolve()
+        if not image.is_file() or not image.is_relative_to(folder.resolve()):
+            raise front.error("image", f"'{image_name}' is not a file in the bulletin folder.")
+        if english.alt is None:
+            raise front.error("alt", "an image needs alt text (field 'alt') for readers who cannot see it.")
+    starts, ends = _a_date(front, "starts"), _a_date(front, "ends")
+    if starts and ends and ends < starts:
+        raise front.error("ends", "the event ends before it starts.")
+    texts = {DEFAULT_LANGUAGE: english}
+    slug = path.name.removesuffix(".md")
+    for language in LANGUAGES[1:]:
+        translated = path.with_name(f"{slug}.{language}.md")
+        if translated.exists():
+            t_front, t_body, t_line = _split_front_matter(translated)
+            _refuse_unknown(
+                t_front,
+                _TRANSLATION_FIELDS,
+                "A translation may set only title, link and alt; dates, venue, audience "
+                "and image come from the English item.",
+            )
+            texts[language] = _item_text(t_front, t_body, t_line, english)
+    return Item(
+        slug=slug,
+        source=path,
+        audience=_segment_list(front, "audience", known),
+        image=image,
+        starts=starts,
+        ends=ends,
+        location=_one_line(front, "location"),
+        deadline=_a_date(front, "deadline"),
+        texts=MappingProxyType(texts),
+    )
+
+
+def _item_paths(folder: Path, order: list[Any] | None, mapping: _Mapping) -> list[Path]:
+    """Item files in bulletin order: the explicit ``items`` list, else file-name order."""
+    items_dir = folder / "items"
+    found = sorted(items_dir.glob("*.md")) if items_dir.is_dir() else []
+    english = []
+    for path in found:
+        match = _ITEM_FILE.match(path.name)
+        language = match.group("lang") if match else None
+        if language is not None and language not in LANGUAGES:
+            raise ContentError(
+                f"unknown language '{language}' in the file name; use one of {', '.join(LANGUAGES)}.",
+                file=path,
+            )
+        if language is None:
+            english.append(path)
+        elif not path.with_name(path.name.replace(f".{language}.md", ".md")).exists():
+            raise ContentError("a translation without its English item beside it.", file=path)
+    if order is None:
+        if not english:
+            raise ContentError("the bulletin has no items (items/NN-slug.md).", file=items_dir)
+        return english
+    by_slug = {p.name.removesuffix(".md"): p for p in english}
+    chosen = []
+    for entry in order:
+        slug = str(entry).removesuffix(".md")
+        if slug not in by_slug:
+            raise mapping.error("items", f"no item file items/{slug}.md.")
+        chosen.append(by_slug[slug])
+    return chosen
+
+
+def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
+    """Load and validate ``folder``; ``segments`` are the recipient segments that exist."""
+    known = tuple(segments)
+    source = folder / "bulletin.yaml"
+    if not source.is_file():
+        raise ContentError("no bulletin.yaml in the bulletin folder.", file=source)
+    mapping = _parse_mapping(_read_text(source), source, 1)
+    _refuse_unknown(mapping, _BULLETIN_FIELDS, "See README, 'Writing a bulletin'.")
+    issue_id = _one_line(mapping, "id", required=True)
+    assert issue_id is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue_id):
+        raise mapping.error("id", "use letters, digits, '-', '_' and '.' only (e.g. 2017-03).")
+    localized = {}
+    for name in _LOCALIZED:
+        values = {DEFAULT_LANGUAGE: _one_line(mapping, name, required=True)}
+        for language in LANGUAGES[1:]:
+            values[language] = _one_line(mapping, f"{name}_{language}")
+        localized[name] = Localized(
+            MappingProxyType({k: v for k, v in values.items() if v is not None})
+        )
+    issue_date = _a_date(mapping, "date")
+    if issue_date is None:
+        raise mapping.error("date", "is required and missing (the issue date, YYYY-MM-DD).")
+    order = mapping.data.get("items")
+    if order is not None and not isinstance(order, list):
+        raise mapping.error("items", "must be a list of item names (01-slug).")
+    items = tuple(load_item(p, folder, known) for p in _item_paths(folder, order, mapping))
+    return Bulletin(
+        id=issue_id,
+        path=folder,
+        title=localized["title"],
+        subject=localized["subject"],
+        preheader=localized["preheader"],
+        date=issue_date,
+        send_at=_a_timestamp(mapping, "send_at"),
+        segments=_segment_list(mapping, "segments", known),
+        items=items,
+    )

@@ -1,0 +1,424 @@
+"""Compose: a bulletin and its recipients become a lazy stream of ready-to-send messages.
+
+A *variant* is (the reader's segments, which decide the items; the reader's
+language). Each distinct variant is rendered through the Jinja2 templates and
+CSS-inlined by premailer exactly once, then encoded once into a
+:class:`~mailer.message.MessageTemplate`. Per recipient only the personal values
+(greeting, name, address, unsubscribe target) are encoded and slotted in, so the
+cost per message is a few microseconds and memory does not grow with the list.
+
+Personal values reach the templates as markers (``recipient.name`` renders as
+``MAILERSLOT3Z``), so a template uses them like any field but cannot branch on
+them: Python decides who gets what, templates decide how it looks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mimetypes
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+from babel.support import NullTranslations
+from markdown_it import MarkdownIt
+from premailer import Premailer
+
+from mailer import language as lang
+from mailer.bulletin import Bulletin, Item
+from mailer.errors import ConfigError, ContentError
+from mailer.message import (
+    CRLF,
+    HOLE_PATTERN,
+    QP_HTML,
+    QP_TEXT,
+    RAW_HEADER,
+    MessageTemplate,
+    TemplateBuilder,
+    encode_address,
+    header_line,
+    hole,
+    safe_header_value,
+)
+from mailer.plaintext import markdown_to_text, wrap
+from mailer.recipients import Recipient
+from mailer.settings import PLACEHOLDER_FROM, Settings
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+_markdown = MarkdownIt("commonmark", {"html": False})
+
+
+@dataclass(frozen=True)
+class VariantKey:
+    """Which items a reader gets (their segments) and in which language."""
+
+    segments: tuple[str, ...]
+    language: str
+
+    def label(self) -> str:
+        return f"{' + '.join(self.segments)} · {self.language}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the bulletin is from and where its links point, from the settings."""
+
+    from_header: str
+    domain: str
+    reply_to: str | None
+    list_id: str
+    unsubscribe_mailto: str | None
+    unsubscribe_url: str | None
+    archive_url: str | None
+    placeholder: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, dry_run: bool) -> Identity:
+        """Real sends need From and an unsubscribe target; a dry run invents placeholders."""
+        sender = settings.from_
+        placeholder = False
+        if sender is None:
+            if not dry_run:
+                raise ConfigError("a real send needs a sender address.", field="MAILER_FROM")
+            sender, placeholder = PLACEHOLDER_FROM, True
+        name, address = parseaddr(sender)
+        domain = address.rpartition("@")[2].lower()
+        mailto, url = settings.unsubscribe_mailto, settings.unsubscribe_url
+        if mailto is None and url is None:
+            if not dry_run:
+                raise ConfigError(
+                    "a real send needs an unsubscribe target (an address or an https URL).",
+                    field="MAILER_UNSUBSCRIBE_MAILTO",
+                )
+            mailto = f"unsubscribe@{domain}"
+        return cls(
+            from_header=encode_address(name, address),
+            domain=domain,
+            reply_to=settings.reply_to,
+            list_id=settings.list_id or f"bulletin.{domain}",
+            unsubscribe_mailto=mailto,
+            unsubscribe_url=url,
+            archive_url=settings.archive_url,
+            placeholder=placeholder,
+        )
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One recipient's message, encoded with CRLF line ends, ready for SMTP DATA."""
+
+    recipient: Recipient
+    variant: VariantKey
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image of the bulletin: referenced under the archive, or embedded (cid:)."""
+
+    path: Path
+    content_id: str
+    mime_type: str
+
+
+class _PersonalFields:
+    """What templates see as ``recipient``: each field renders as a hole marker."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._names:
+            self._names.append(name)
+        return hole(self._names.index(name))
+
+
+@dataclass
+class Variant:
+    """A rendered variant: its HTML and text with holes, and its encoded template."""
+
+    key: VariantKey
+    subject: str
+    html: str
+    text: str
+    hole_names: dict[int, str]
+    images: tuple[Image, ...]
+    template: MessageTemplate
+    catalog: NullTranslations = field(repr=False)
+
+    def personal_values(self, recipient: Recipient, identity: Identity, issue: str) -> dict[str, str]:
+        """The values for this recipient's holes, in their language."""
+        values = {
+            "email": recipient.email,
+            "name": recipient.name,
+            "organization": recipient.organization,
+            "country": recipient.country,
+            "greeting": lang.greeting(recipient.name, self.catalog),
+            "unsubscribe_url": unsubscribe_link(identity, recipient, issue),
+            "message_id": message_id(issue, recipient.email, identity.domain),
+            "to": encode_address(recipient.name, recipient.email),
+            "list_unsubscribe": list_unsubscribe(identity, recipient, issue),
+        }
+        for name in self.hole_names.values():
+            if name not in values:
+                values[name] = recipient.fields.get(name.removeprefix("field_"), "")
+        return values
+
+    def personalize(self, body: str, values: dict[str, str]) -> str:
+        """A rendered body with this recipient's values in place (for previews and tests)."""
+        return HOLE_PATTERN.sub(lambda m: values[self.hole_names[int(m.group(1))]], body)
+
+
+def message_id(issue: str, address: str, domain: str) -> str:
+    """Deterministic per issue and recipient, so a resend carries the same Message-ID."""
+    digest = hashlib.sha256(f"{issue}\0{address}".encode()).hexdigest()[:24]
+    return f"<{issue}.{digest}@{domain}>"
+
+
+def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> str:
+    """The footer's unsubscribe target: the https page for this reader, else a mailto."""
+    if identity.unsubscribe_url:
+        joiner = "&" if "?" in identity.unsubscribe_url else "?"
+        return (
+            f"{identity.unsubscribe_url}{joiner}address={quote(recipient.email, safe='@')}"
+            f"&issue={quote(issue)}"
+        )
+    return f"mailto:{identity.unsubscribe_mailto}?subject=unsubscribe"
+
+
+def list_unsubscribe(identity: Identity, recipient: Recipient, issue: str) -> str:
+    """RFC 2369 List-Unsubscribe value: mailto and/or https targets, folded."""
+    targets = []
+    if identity.unsubscribe_mailto:
+        targets.append(f"<mailto:{identity.unsubscribe_mailto}?subject=unsubscribe>")
+    if identity.unsubscribe_url:
+        targets.append(f"<{unsubscribe_link(identity, recipient, issue)}>")
+    return ",\r\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
+
+
+def _environment(templates: Path) -> jinja2.Environment:
+    if not (templates / "bulletin.html.j2").is_file():
+        raise ConfigError(
+            "no bulletin.html.j2 in the templates folder.",
+            file=templates,
+            field="MAILER_TEMPLATES_DIR",
+        )
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
+        undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+class Composer:
+    """Renders variants on first use and turns recipients into messages."""
+
+    def __init__(
+        self,
+        bulletin: Bulletin,
+        identity: Identity,
+        *,
+        templates: Path | None = None,
+        now: datetime | None = None,
+        subject_prefix: str = "",
+    ) -> None:
+        self.bulletin = bulletin
+        self.identity = identity
+        self.templates = templates or DEFAULT_TEMPLATES
+        self.env = _environment(self.templates)
+        self.date = format_datetime(now or datetime.now(UTC))
+        self.subject_prefix = subject_prefix
+        self.variants: dict[VariantKey, Variant] = {}
+        self.images = self._images()
+
+    def _images(self) -> dict[Path, Image]:
+        images = {}
+        for index, item in enumerate(self.bulletin.items, start=1):
+            if item.image is not None and item.image not in images:
+                mime = mimetypes.guess_type(item.image.name)[0] or "application/octet-stream"
+                cid = f"image{index}.{self.bulletin.id}@{self.identity.domain}"
+                images[item.image] = Image(item.image, cid, mime)
+        return images
+
+    def image_src(self, image: Image) -> str:
+        """Absolute URL under the archive when there is one; else the embedded part."""
+        if self.identity.archive_url:
+            return f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/images/{image.path.name}"
+        return f"cid:{image.content_id}"
+
+    def variant(self, key: VariantKey) -> Variant:
+        """The variant for ``key``, rendered and encoded the first time it is asked for."""
+        found = self.variants.get(key)
+        if found is None:
+            found = self.variants[key] = self._render(key)
+        return found
+
+    def compose(self, recipient: Recipient) -> OutgoingMessage:
+        """One recipient's message: their variant's template with their values."""
+        key = VariantKey(recipient.segments, recipient.language)
+        variant = self.variant(key)
+        values = variant.personal_values(recipient, self.identity, self.bulletin.id)
+        return OutgoingMessage(recipient, key, values["message_id"], variant.template.fill(values))
+
+    def stream(self, recipients: Iterable[Recipient]) -> Iterator[OutgoingMessage]:
+        """Messages produced one at a time: nothing is held for the whole list."""
+        for recipient in recipients:
+            yield self.compose(recipient)
+
+    # -- rendering -------------------------------------------------------------
+
+    def _item_view(self, item: Item, language: str, catalog: NullTranslations) -> dict[str, Any]:
+        text = item.text(language)
+        image = self.images.get(item.image) if item.image else None
+        return {
+            "title": text.title,
+            "html": Markup(_markdown.render(text.body)),
+            "text": markdown_to_text(text.body),
+            "when": lang.date_span(item.starts, item.ends, language) if item.starts else None,
+            "location": item.location,
+            "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
+            "link": text.link,
+            "image": self.image_src(image) if image else None,
+            "alt": text.alt,
+            "language": language if item.texts.get(language) else "en",
+        }
+
+    def _render(self, key: VariantKey) -> Variant:
+        language = key.language
+        catalog = lang.translations(self.templates / "locale", language)
+        self.env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        items = self.bulletin.items_for(key.segments)
+        names: list[str] = []
+        context = {
+            "lang": language,
+            "bulletin": {
+                "id": self.bulletin.id,
+                "title": self.bulletin.title.get(language),
+                "preheader": self.bulletin.preheader.get(language),
+                "date": lang.long_date(self.bulletin.date, language),
+            },
+            "items": [self._item_view(item, language, catalog) for item in items],
+            "segments": [lang.segment_label(s, language, catalog) for s in key.segments],
+            "archive_url": (
+                f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/"
+                if self.identity.archive_url
+                else None
+            ),
+            "recipient": _PersonalFields(names),
+        }
+        try:
+            html_source = self.env.get_template("bulletin.html.j2").render(context)
+            text_source = self.env.get_template("bulletin.txt.j2").render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ContentError(f"template error: {exc.message}.", file=exc.filename, line=exc.lineno) from None
+        except jinja2.TemplateError as exc:
+            raise ContentError(f"template error: {exc}.", file=self.templates) from None
+        html = _inline_css(html_source, len(names))
+        text = wrap(text_source.replace("\r\n", "\n"))
+        hole_names = dict(enumerate(names))
+        subject = self.subject_prefix + self.bulletin.subject.get(language)
+        used = [self.images[i.image] for i in items if i.image is not None]
+        embedded = () if self.identity.archive_url else tuple(dict.fromkeys(used))
+        template = self._encode(subject, html, text, hole_names, embedded)
+        return Variant(key, subject, html, text, hole_names, embedded, template, catalog)
+
+    def _encode(
+        self,
+        subject: str,
+        html: str,
+        text: str,
+        hole_names: dict[int, str],
+        images: tuple[Image, ...],
+    ) -> MessageTemplate:
+        """The variant's whole message, headers included, as pieces and holes."""
+        ident = self.identity
+        tag = hashlib.sha256(f"{self.bulletin.id}{subject}{html}{text}".encode()).hexdigest()[:20]
+        outer, inner = f"=_alt_{tag}", f"=_rel_{tag}"
+        out = TemplateBuilder()
+        out.literal(header_line("From", ident.from_header))
+        out.literal(b"To: ")
+        out.hole("to", RAW_HEADER)
+        out.literal(CRLF + header_line("Subject", subject) + header_line("Date", self.date))
+        out.literal(b"Message-ID: ")
+        out.hole("message_id", RAW_HEADER)
+        out.literal(CRLF)
+        if ident.reply_to:
+            out.literal(header_line("Reply-To", ident.reply_to))
+        title = self.bulletin.title.get("en").replace('"', "'")
+        out.literal(header_line("List-Id", f'"{title}" <{ident.list_id}>'))
+        out.literal(b"List-Unsubscribe: ")
+        out.hole("list_unsubscribe", RAW_HEADER)
+        out.literal(CRLF)
+        if ident.unsubscribe_url:
+            out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        out.literal(b"MIME-Version: 1.0\r\n")
+        out.literal(f'Content-Type: multipart/alternative; boundary="{outer}"\r\n\r\n'.encode())
+        out.literal(f"--{outer}\r\n".encode() + _part_headers("text/plain"))
+        out.body(text, hole_names, QP_TEXT)
+        out.literal(f"\r\n--{outer}\r\n".encode())
+        if images:
+            out.literal(
+                f'Content-Type: multipart/related; type="text/html"; boundary="{inner}"\r\n\r\n'
+                f"--{inner}\r\n".encode()
+            )
+        out.literal(_part_headers("text/html"))
+        out.body(html, hole_names, QP_HTML)
+        for image in images:
+            out.literal(f"\r\n--{inner}\r\n".encode() + _image_part(image))
+        if images:
+            out.literal(f"\r\n--{inner}--\r\n".encode())
+        out.literal(f"\r\n--{outer}--\r\n".encode())
+        return out.build()
+
+
+def _part_headers(mime_type: str) -> bytes:
+    return (
+        f'Content-Type: {mime_type}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ).encode()
+
+
+def _image_part(image: Image) -> bytes:
+    data = base64.encodebytes(image.path.read_bytes()).replace(b"\n", CRLF)
+    name = image.path.name.replace('"', "")
+    return (
+        f"Content-Type: {image.mime_type}\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        f"Content-ID: <{image.content_id}>\r\n"
+        f'Content-Disposition: inline; filename="{name}"\r\n\r\n'
+    ).encode() + data.rstrip(CRLF)
+
+
+def _inline_css(html: str, holes: int) -> str:
+    """Inline the CSS once per variant; prove the hole markers came through intact."""
+    before = len(HOLE_PATTERN.findall(html))
+    inlined = Premailer(
+        html,
+        keep_style_tags=False,
+        strip_important=False,
+        remove_classes=False,
+        disable_validation=True,
+        cssutils_logging_level="CRITICAL",
+        allow_network=False,
+    ).transform()
+    after = len(HOLE_PATTERN.findall(inlined))
+    if before != after:
+        raise ContentError(
+            f"inlining the CSS changed the personal fields ({before} before, {after} after)."
+        )
+    return str(inlined)

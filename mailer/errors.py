@@ -1,0 +1,71 @@
+"""One exception hierarchy; the CLI turns each into a message and an exit code.
+
+Every error a person can fix carries where to fix it (file, line, field), so the
+message can say it in one paragraph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MailerError(Exception):
+    """Root of every error mailer raises on purpose."""
+
+    exit_code = 2
+
+
+class InputError(MailerError):
+    """Bad input a person must fix: names the file, the line and the field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = Path(file) if file is not None else None
+        self.line = line
+        self.field = field
+        super().__init__(self.describe())
+
+    def location(self) -> str:
+        """``path, line N, field 'x'``: as much of the place as is known."""
+        parts = []
+        if self.file is not None:
+            parts.append(str(self.file))
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.field is not None:
+            parts.append(f"field '{self.field}'")
+        return ", ".join(parts)
+
+    def describe(self) -> str:
+        """The one-paragraph message shown to staff."""
+        where = self.location()
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ContentError(InputError):
+    """A bulletin, one of its items, or a template is wrong."""
+
+
+class RecipientError(InputError):
+    """A recipients or suppressions CSV row is wrong."""
+
+
+class ConfigError(InputError):
+    """A setting is missing or wrong; ``field`` names the environment variable."""
+
+
+class DeliveryError(MailerError):
+    """Sending failed in a way that stops the run (authentication, TLS, refused relay)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(message)

@@ -1,0 +1,83 @@
+"""The reader's language: gettext catalogs for template labels, dates in their locale.
+
+Catalogs are the ``.po`` files under ``templates/locale/<lang>/LC_MESSAGES/``,
+compiled in memory at run time with Babel (no build step, nothing generated to
+commit). English is the source language and needs no catalog.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+from babel.dates import format_date, format_interval
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import NullTranslations, Translations
+
+from mailer.errors import ContentError
+
+DOMAIN = "messages"
+
+# Strings composed in Python rather than in a template, marked for the catalogs.
+GREETING_NAMED = "Dear %(name)s,"
+GREETING_ANONYMOUS = "Dear colleague,"
+SEGMENT_LABELS = {
+    "states": "States",
+    "international-organizations": "International organizations",
+    "civil-society": "Civil society",
+}
+PYTHON_MESSAGES = (GREETING_NAMED, GREETING_ANONYMOUS, *SEGMENT_LABELS.values())
+
+
+@lru_cache(maxsize=16)
+def translations(locale_dir: Path, language: str) -> NullTranslations:
+    """The compiled catalog of ``language``; English gets the identity translation."""
+    if language == "en":
+        return NullTranslations()
+    po_path = locale_dir / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+    try:
+        with po_path.open("rb") as handle:
+            catalog = read_po(handle, locale=language)
+    except OSError:
+        raise ContentError(f"no catalog for language '{language}'.", file=po_path) from None
+    except Exception as exc:  # Babel raises several kinds for a broken .po
+        raise ContentError(f"the catalog cannot be read: {exc}.", file=po_path) from None
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return Translations(buffer, domain=DOMAIN)
+
+
+def long_date(day: date, language: str) -> str:
+    """``18 August 2017``, ``18 août 2017``, ``18 de agosto de 2017``."""
+    return str(format_date(day, "long", locale=language))
+
+
+def full_date(day: date, language: str) -> str:
+    """With the weekday, for deadlines: ``Friday, 18 August 2017``."""
+    return str(format_date(day, "full", locale=language))
+
+
+def date_span(starts: date, ends: date | None, language: str) -> str:
+    """An event's dates, as one date or a localized range (``4–6 sept. 2017``)."""
+    if ends is None or ends == starts:
+        return long_date(starts, language)
+    return str(format_interval(starts, ends, "yMMMd", locale=language))
+
+
+def segment_label(segment: str, language: str, catalog: NullTranslations) -> str:
+    """A segment's name for readers: translated for the three standard lists."""
+    label = SEGMENT_LABELS.get(segment)
+    if label is None:
+        return segment.replace("-", " ").replace("_", " ").capitalize()
+    return str(catalog.gettext(label))
+
+
+def greeting(name: str, catalog: NullTranslations) -> str:
+    """``Dear Ana López,`` in the reader's language, or a neutral form without a name."""
+    if name:
+        return str(catalog.gettext(GREETING_NAMED)) % {"name": name}
+    return str(catalog.gettext(GREETING_ANONYMOUS))

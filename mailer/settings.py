@@ -1,0 +1,118 @@
+"""Settings from the environment and ``.env`` (pydantic-settings), validated once.
+
+The variable names are part of the product contract (DESIGN.md, "Settings").
+A wrong value becomes a :class:`ConfigError` naming the variable; the value itself
+is never echoed, so a password cannot leak through an error message.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailer.errors import ConfigError
+
+PLACEHOLDER_FROM = "Bulletin preview <bulletin@example.org>"
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``72h``, ``30m``, ``3d`` or plain seconds: how staff write a window."""
+    if text.strip().isdigit():
+        return timedelta(seconds=int(text))
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a duration such as 72h, 90m or 3d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class Settings(BaseSettings):
+    """Every ``MAILER_*`` setting, with the defaults of DESIGN.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(30.0, gt=0)
+    from_: str | None = Field(None, alias="MAILER_FROM")
+    reply_to: str | None = None
+    max_connections: int = Field(4, ge=1, le=100)
+    rate_per_second: float = Field(0.0, ge=0)
+    recipients_dir: Path = Path("recipients")
+    ledger_dir: Path = Path("ledger")
+    preview_dir: Path = Path("previews")
+    templates_dir: Path | None = None
+    list_id: str | None = None
+    unsubscribe_mailto: str | None = None
+    unsubscribe_url: str | None = None
+    dispatch_window: timedelta = timedelta(hours=72)
+    archive_url: str | None = None
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
+
+    @field_validator("dispatch_window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("from_", "reply_to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if "\r" in value or "\n" in value or "@" not in parseaddr(value)[1]:
+            raise ValueError("expected 'Name <address>' or a bare address")
+        return value
+
+    @field_validator("unsubscribe_url", "archive_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith("https://") or any(c.isspace() for c in value):
+            raise ValueError("expected an absolute https:// URL")
+        return value.rstrip("/") if value.endswith("/") and value.count("/") > 3 else value
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _mailto(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        address = value.removeprefix("mailto:")
+        if "@" not in address or any(c.isspace() or c in "<>," for c in address):
+            raise ValueError("expected an email address")
+        return address
+
+
+_ENV_NAMES = {"from_": "MAILER_FROM"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings once; turn pydantic's report into one message per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        variable = _ENV_NAMES.get(name, name if name.startswith("MAILER_") else f"MAILER_{name}")
+        raise ConfigError(
+            f"invalid setting: {first['msg']}.", field=variable.upper(), file=".env / environment"
+        ) from None
