@@ -240,11 +240,16 @@ def _refuse_unknown(mapping: _Mapping, allowed: set[str], hint: str) -> None:
 
 def _check_body_links(body: str, file: Path, first_line: int) -> None:
     """Relative links in an item body would be dead in every inbox: refuse them."""
+    source_lines = body.splitlines()
     for token in MarkdownIt("commonmark").parse(body):
         for child in token.children or ():
             href = child.attrGet("href") if child.type == "link_open" else None
             if isinstance(href, str) and not _ABSOLUTE_LINK.match(href):
-                line = first_line + (token.map[0] if token.map else 0)
+                start, end = token.map if token.map else (0, 0)
+                offset = next(
+                    (i for i in range(start, end) if href in source_lines[i]), start
+                )
+                line = first_line + offset
                 raise ContentError(
                     f"the link '{href}' is not absolute; write it as https://….",
                     file=file,

@@ -45,6 +45,7 @@ from mailer.message import (
     encode_address,
     header_line,
     hole,
+    html_text,
     safe_header_value,
 )
 from mailer.plaintext import markdown_to_text, wrap
@@ -174,9 +175,13 @@ class Variant:
                 values[name] = recipient.fields.get(name.removeprefix("field_"), "")
         return values
 
-    def personalize(self, body: str, values: dict[str, str]) -> str:
-        """A rendered body with this recipient's values in place (for previews and tests)."""
-        return HOLE_PATTERN.sub(lambda m: values[self.hole_names[int(m.group(1))]], body)
+    def personal_html(self, values: dict[str, str]) -> str:
+        """The HTML with this recipient's values in place (for previews and tests)."""
+        return HOLE_PATTERN.sub(lambda m: html_text(values[self.hole_names[int(m.group(1))]]), self.html)
+
+    def personal_text(self, values: dict[str, str]) -> str:
+        """The plain text with this recipient's values in place."""
+        return HOLE_PATTERN.sub(lambda m: values[self.hole_names[int(m.group(1))]], self.text)
 
 
 def message_id(issue: str, address: str, domain: str) -> str:
@@ -350,7 +355,7 @@ class Composer:
         tag = hashlib.sha256(f"{self.bulletin.id}{subject}{html}{text}".encode()).hexdigest()[:20]
         outer, inner = f"=_alt_{tag}", f"=_rel_{tag}"
         out = TemplateBuilder()
-        out.literal(header_line("From", ident.from_header))
+        out.literal(header_line("From", ident.from_header, encoded=True))
         out.literal(b"To: ")
         out.hole("to", RAW_HEADER)
         out.literal(CRLF + header_line("Subject", subject) + header_line("Date", self.date))
@@ -358,9 +363,9 @@ class Composer:
         out.hole("message_id", RAW_HEADER)
         out.literal(CRLF)
         if ident.reply_to:
-            out.literal(header_line("Reply-To", ident.reply_to))
-        title = self.bulletin.title.get("en").replace('"', "'")
-        out.literal(header_line("List-Id", f'"{title}" <{ident.list_id}>'))
+            out.literal(header_line("Reply-To", encode_address(*parseaddr(ident.reply_to)), encoded=True))
+        list_id = encode_address(self.bulletin.title.get("en"), ident.list_id)
+        out.literal(header_line("List-Id", list_id, encoded=True))
         out.literal(b"List-Unsubscribe: ")
         out.hole("list_unsubscribe", RAW_HEADER)
         out.literal(CRLF)
@@ -373,7 +378,7 @@ class Composer:
         out.literal(f"\r\n--{outer}\r\n".encode())
         if images:
             out.literal(
-                f'Content-Type: multipart/related; type="text/html"; boundary="{inner}"\r\n\r\n'
+                f'Content-Type: multipart/related; type="text/html";\r\n boundary="{inner}"\r\n\r\n'
                 f"--{inner}\r\n".encode()
             )
         out.literal(_part_headers("text/html"))

@@ -75,18 +75,26 @@ def qp_piece(text: str) -> bytes:
 
 
 def encode_address(name: str, address: str) -> str:
-    """``Name <address>`` for From or To: RFC 2047 words for non-ASCII names, folded."""
-    safe_header_value(name, "To")
-    safe_header_value(address, "To")
+    """``Name <address>`` for From, To or List-Id: RFC 2047 words for non-ASCII names.
+
+    The result is ready to follow ``Field: `` in the message (already encoded).
+    """
+    safe_header_value(name, "address")
+    safe_header_value(address, "address")
     if name.isascii():
         return formataddr((name, address))
-    words = Header(name, "utf-8", header_name="To").encode(linesep="\r\n", maxlinelen=76)
+    words = Header(name, "utf-8", header_name="Reply-To").encode(linesep="\r\n", maxlinelen=76)
     return f"{words} <{address}>"
 
 
-def header_line(name: str, value: str) -> bytes:
-    """One header, RFC 2047-encoded and folded when it needs to be, CRLF-terminated."""
-    safe_header_value(value, name)
+def header_line(name: str, value: str, *, encoded: bool = False) -> bytes:
+    """One header, RFC 2047-encoded and folded when it needs to be, CRLF-terminated.
+
+    ``encoded`` values (addresses from :func:`encode_address`) are written as they are.
+    """
+    safe_header_value(value.replace("\r\n ", " ") if encoded else value, name)
+    if encoded:
+        return f"{name}: {value}".encode("ascii") + CRLF
     if value.isascii() and len(name) + len(value) + 2 <= 78:
         return f"{name}: {value}".encode("ascii") + CRLF
     folded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=78)

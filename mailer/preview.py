@@ -163,8 +163,8 @@ def _write_page(
             index = summary.index
             variant = composer.variant(summary.key)
             values = variant.personal_values(summary.sample, composer.identity, bulletin.id)
-            body = _viewable(variant, variant.personalize(variant.html, values))
-            text = variant.personalize(variant.text, values)
+            body = _viewable(variant, variant.personal_html(values))
+            text = variant.personal_text(values)
             page.write(
                 f'<section id="variant-{index}"><h2>Variant {index + 1}: '
                 f"{esc(summary.key.label())} — {summary.count} recipient(s)</h2>"

@@ -1,0 +1,72 @@
+"""Who gets which items, in which language, and one message per address."""
+
+from __future__ import annotations
+
+from mailer.compose import OutgoingMessage
+
+from .conftest import by_address, html_of, text_of
+
+NDM_UN_EN = "The CCM President at the 20th NDM-UN meeting"
+
+
+def test_item_audience_decides_who_gets_it(sample_messages: list[OutgoingMessage]) -> None:
+    messages = by_address(sample_messages)
+    # Item 02 is for States and international organizations only.
+    assert NDM_UN_EN in text_of(messages["disarmament.desk@example.org"])  # states
+    assert NDM_UN_EN in html_of(messages["seminar.desk@example.net"])  # int. orgs
+    assert NDM_UN_EN not in text_of(messages["research@example.com"])  # civil society
+    assert NDM_UN_EN not in html_of(messages["research@example.com"])
+    # Items without an audience reach everyone.
+    for parsed in messages.values():
+        assert "South-East Asia regional seminar" in text_of(parsed)
+
+
+def test_address_in_two_segments_gets_one_message_with_items_of_both(
+    sample_messages: list[OutgoingMessage],
+) -> None:
+    liaison = [m for m in sample_messages if m.recipient.email.lower() == "liaison@example.org"]
+    assert len(liaison) == 1
+    assert liaison[0].recipient.segments == ("international-organizations", "civil-society")
+    text = text_of(by_address(sample_messages)["liaison@example.org"])
+    assert NDM_UN_EN in text  # through international-organizations
+    assert "International organizations, Civil society" in text.replace("\r\n", " ")
+
+
+def test_suppressed_address_is_never_mailed(sample_messages: list[OutgoingMessage]) -> None:
+    assert "old.contact@example.org" not in {m.recipient.email for m in sample_messages}
+    assert len(sample_messages) == 13
+
+
+def test_french_reader_gets_french_items_labels_and_dates(
+    sample_messages: list[OutgoingMessage],
+) -> None:
+    parsed = by_address(sample_messages)["ambassador.moreau@example.org"]
+    text, html = text_of(parsed), html_of(parsed)
+    assert "Septième Assemblée des États parties" in text
+    assert "Date limite: vendredi 18 août 2017" in text
+    assert "En savoir plus" in html and "Read more" not in html
+    assert "Dans ce numéro" in html and "27 mars 2017" in html
+    assert "Se désabonner" in html
+    assert "Le Président de la CCM à la 20e réunion NDM-UN" in html
+    assert 'alt="Septième Assemblée des États parties, Genève' in html
+    assert '<html lang="fr"' in html
+
+
+def test_missing_translation_falls_back_to_english_item(
+    sample_messages: list[OutgoingMessage],
+) -> None:
+    parsed = by_address(sample_messages)["ambassador.moreau@example.org"]
+    html = html_of(parsed)
+    # Item 03 has no French file: English text, marked as English for screen readers.
+    assert "Ten years since the Oslo Conference" in html
+    assert '<td class="item" lang="en"' in html
+    spanish = html_of(by_address(sample_messages)["mision.ginebra@example.com"])
+    assert "Reserve la fecha" in spanish and NDM_UN_EN in spanish  # 02 has no Spanish file
+    assert "Más información" in spanish and "viernes, 18 de agosto de 2017" in spanish
+
+
+def test_variants_are_segments_times_language(sample_messages: list[OutgoingMessage]) -> None:
+    keys = {(m.variant.segments, m.variant.language) for m in sample_messages}
+    assert (("states",), "fr") in keys and (("states",), "es") in keys
+    assert (("international-organizations", "civil-society"), "en") in keys
+    assert len(keys) == 9
