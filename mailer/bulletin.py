@@ -25,7 +25,17 @@ from mailer.errors import ContentError
 LANGUAGES = ("en", "fr", "es")
 DEFAULT_LANGUAGE = "en"
 
-_ITEM_FIELDS = {"title", "audience", "link", "image", "alt", "starts", "ends", "location", "deadline"}
+_ITEM_FIELDS = {
+    "title",
+    "audience",
+    "link",
+    "image",
+    "alt",
+    "starts",
+    "ends",
+    "location",
+    "deadline",
+}
 _TRANSLATION_FIELDS = {"title", "link", "alt"}
 _LOCALIZED = ("title", "subject", "preheader")
 _BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items"} | {
@@ -131,7 +141,9 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
     if data is None:
         data, node = {}, None
     if not isinstance(data, dict) or (node is not None and not isinstance(node, yaml.MappingNode)):
-        raise ContentError("expected 'field: value' lines (a YAML mapping).", file=file, line=first_line)
+        raise ContentError(
+            "expected 'field: value' lines (a YAML mapping).", file=file, line=first_line
+        )
     lines = {}
     if node is not None:
         for key_node, _ in node.value:
@@ -246,9 +258,7 @@ def _check_body_links(body: str, file: Path, first_line: int) -> None:
             href = child.attrGet("href") if child.type == "link_open" else None
             if isinstance(href, str) and not _ABSOLUTE_LINK.match(href):
                 start, end = token.map if token.map else (0, 0)
-                offset = next(
-                    (i for i in range(start, end) if href in source_lines[i]), start
-                )
+                offset = next((i for i in range(start, end) if href in source_lines[i]), start)
                 line = first_line + offset
                 raise ContentError(
                     f"the link '{href}' is not absolute; write it as https://….",
@@ -285,7 +295,9 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         if not image.is_file() or not image.is_relative_to(folder.resolve()):
             raise front.error("image", f"'{image_name}' is not a file in the bulletin folder.")
         if english.alt is None:
-            raise front.error("alt", "an image needs alt text (field 'alt') for readers who cannot see it.")
+            raise front.error(
+                "alt", "an image needs alt text (field 'alt') for readers who cannot see it."
+            )
     starts, ends = _a_date(front, "starts"), _a_date(front, "ends")
     if starts and ends and ends < starts:
         raise front.error("ends", "the event ends before it starts.")
@@ -325,7 +337,8 @@ def _item_paths(folder: Path, order: list[Any] | None, mapping: _Mapping) -> lis
         language = match.group("lang") if match else None
         if language is not None and language not in LANGUAGES:
             raise ContentError(
-                f"unknown language '{language}' in the file name; use one of {', '.join(LANGUAGES)}.",
+                f"unknown language '{language}' in the file name; "
+                f"use one of {', '.join(LANGUAGES)}.",
                 file=path,
             )
         if language is None:

@@ -26,9 +26,9 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
-from markupsafe import Markup
 from babel.support import NullTranslations
 from markdown_it import MarkdownIt
+from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
@@ -157,7 +157,9 @@ class Variant:
     template: MessageTemplate
     catalog: NullTranslations = field(repr=False)
 
-    def personal_values(self, recipient: Recipient, identity: Identity, issue: str) -> dict[str, str]:
+    def personal_values(
+        self, recipient: Recipient, identity: Identity, issue: str
+    ) -> dict[str, str]:
         """The values for this recipient's holes, in their language."""
         values = {
             "email": recipient.email,
@@ -177,7 +179,9 @@ class Variant:
 
     def personal_html(self, values: dict[str, str]) -> str:
         """The HTML with this recipient's values in place (for previews and tests)."""
-        return HOLE_PATTERN.sub(lambda m: html_text(values[self.hole_names[int(m.group(1))]]), self.html)
+        return HOLE_PATTERN.sub(
+            lambda m: html_text(values[self.hole_names[int(m.group(1))]]), self.html
+        )
 
     def personal_text(self, values: dict[str, str]) -> str:
         """The plain text with this recipient's values in place."""
@@ -263,7 +267,8 @@ class Composer:
     def image_src(self, image: Image) -> str:
         """Absolute URL under the archive when there is one; else the embedded part."""
         if self.identity.archive_url:
-            return f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/images/{image.path.name}"
+            base = self.identity.archive_url.rstrip("/")
+            return f"{base}/{self.bulletin.id}/images/{image.path.name}"
         return f"cid:{image.content_id}"
 
     def variant(self, key: VariantKey) -> Variant:
@@ -330,7 +335,9 @@ class Composer:
             html_source = self.env.get_template("bulletin.html.j2").render(context)
             text_source = self.env.get_template("bulletin.txt.j2").render(context)
         except jinja2.TemplateSyntaxError as exc:
-            raise ContentError(f"template error: {exc.message}.", file=exc.filename, line=exc.lineno) from None
+            raise ContentError(
+                f"template error: {exc.message}.", file=exc.filename, line=exc.lineno
+            ) from None
         except jinja2.TemplateError as exc:
             raise ContentError(f"template error: {exc}.", file=self.templates) from None
         html = _inline_css(html_source, len(names))
@@ -363,7 +370,9 @@ class Composer:
         out.hole("message_id", RAW_HEADER)
         out.literal(CRLF)
         if ident.reply_to:
-            out.literal(header_line("Reply-To", encode_address(*parseaddr(ident.reply_to)), encoded=True))
+            out.literal(
+                header_line("Reply-To", encode_address(*parseaddr(ident.reply_to)), encoded=True)
+            )
         list_id = encode_address(self.bulletin.title.get("en"), ident.list_id)
         out.literal(header_line("List-Id", list_id, encoded=True))
         out.literal(b"List-Unsubscribe: ")

@@ -116,7 +116,8 @@ def _viewable(variant: Variant, body: str) -> str:
 
 
 _PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 0; padding: 16px; color: #1f2933; background: #f6f7f9; }
+body { font-family: system-ui, sans-serif; margin: 0; padding: 16px; color: #1f2933;
+       background: #f6f7f9; }
 h1 { font-size: 22px; margin: 0 0 8px; } h2 { font-size: 18px; margin: 32px 0 8px; }
 .note { background: #fff4d6; border: 1px solid #e8c96b; padding: 8px 12px; border-radius: 4px; }
 .panes { display: flex; flex-wrap: wrap; gap: 16px; }

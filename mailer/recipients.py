@@ -207,9 +207,7 @@ class RecipientList:
                 address = firsts[index]
                 if address is None:
                     continue
-                extra = {
-                    k: _clean(v) for k, v in row.items() if k not in _KNOWN_COLUMNS and k
-                }
+                extra = {k: _clean(v) for k, v in row.items() if k not in _KNOWN_COLUMNS and k}
                 yield Recipient(
                     email=address,
                     name=_clean(row.get("name")),

@@ -18,7 +18,16 @@ def _dry_run(bulletin: Path, recipients: Path, *extra: str) -> tuple[int, str]:
     out = bulletin.parent.parent / "previews"
     result = CliRunner().invoke(
         app,
-        ["send", str(bulletin), "--dry-run", "--recipients", str(recipients), "--out", str(out), *extra],
+        [
+            "send",
+            str(bulletin),
+            "--dry-run",
+            "--recipients",
+            str(recipients),
+            "--out",
+            str(out),
+            *extra,
+        ],
     )
     return result.exit_code, result.output
 
@@ -41,15 +50,50 @@ ITEM = "items/01-7msp-save-the-date.md"
 @pytest.mark.parametrize(
     ("file", "old", "new", "expected"),
     [
-        ("bulletin.yaml", "segments: [states,", "segments: [states,,: [", ("bulletin.yaml, line 6", "YAML syntax error")),
-        (ITEM, 'title: "Save the date', '# title: "Save the date', (ITEM.split("/")[1], "line 2", "field 'title'", "required")),
+        (
+            "bulletin.yaml",
+            "segments: [states,",
+            "segments: [states,,: [",
+            ("bulletin.yaml, line 6", "YAML syntax error"),
+        ),
+        (
+            ITEM,
+            'title: "Save the date',
+            '# title: "Save the date',
+            (ITEM.split("/")[1], "line 2", "field 'title'", "required"),
+        ),
         (ITEM, "alt: ", "note: ", ("field 'note'", "unknown field", "line 9")),
         (ITEM, 'alt: "Seventh', 'caption: "Seventh', ("unknown field",)),
-        ("items/04-bangkok-regional-seminar.md", "location:", "audience: [states, donors]\nlocation:", ("line 5", "field 'audience'", "unknown segment 'donors'")),
-        ("items/02-president-at-ndm-un.md", "The full statement is on the Convention's website.", "See [the statement](statement.html).", ("line 21", "field 'body'", "not absolute")),
-        ("items/01-7msp-save-the-date.fr.md", "alt:", "deadline: 2017-08-19\nalt:", ("01-7msp-save-the-date.fr.md", "field 'deadline'", "translation may set only")),
-        ("bulletin.yaml", "send_at: 2017-03-28T09:00:00+02:00", "send_at: 2017-03-28T09:00:00", ("line 5", "field 'send_at'", "time zone")),
-        ("bulletin.yaml", 'subject: "CCM newsletter:', 'subject: "CCM\\nBcc: x@example.com', ("field 'subject'", "line break")),
+        (
+            "items/04-bangkok-regional-seminar.md",
+            "location:",
+            "audience: [states, donors]\nlocation:",
+            ("line 5", "field 'audience'", "unknown segment 'donors'"),
+        ),
+        (
+            "items/02-president-at-ndm-un.md",
+            "The full statement is on the Convention's website.",
+            "See [the statement](statement.html).",
+            ("line 21", "field 'body'", "not absolute"),
+        ),
+        (
+            "items/01-7msp-save-the-date.fr.md",
+            "alt:",
+            "deadline: 2017-08-19\nalt:",
+            ("01-7msp-save-the-date.fr.md", "field 'deadline'", "translation may set only"),
+        ),
+        (
+            "bulletin.yaml",
+            "send_at: 2017-03-28T09:00:00+02:00",
+            "send_at: 2017-03-28T09:00:00",
+            ("line 5", "field 'send_at'", "time zone"),
+        ),
+        (
+            "bulletin.yaml",
+            'subject: "CCM newsletter:',
+            'subject: "CCM\\nBcc: x@example.com',
+            ("field 'subject'", "line break"),
+        ),
     ],
 )
 def test_content_errors_name_file_line_and_field(
@@ -64,7 +108,11 @@ def test_content_errors_name_file_line_and_field(
 
 def test_image_without_alt_is_refused(copy_sample: Sample) -> None:
     bulletin, recipients = copy_sample()
-    _replace(bulletin / ITEM, 'alt: "Seventh Meeting of States Parties, Geneva, 4 to 6 September 2017"\n', "")
+    _replace(
+        bulletin / ITEM,
+        'alt: "Seventh Meeting of States Parties, Geneva, 4 to 6 September 2017"\n',
+        "",
+    )
     code, output = _dry_run(bulletin, recipients)
     _assert_refused(code, output, "01-7msp-save-the-date.md", "field 'alt'", "needs alt text")
 
@@ -73,8 +121,14 @@ def test_image_without_alt_is_refused(copy_sample: Sample) -> None:
     ("row", "expected"),
     [
         ("not-an-address,Someone,,,en", ("states.csv, line 9", "field 'email'")),
-        ("someone@example.org,Someone,,,de", ("states.csv, line 9", "field 'language'", "unknown language 'de'")),
-        ('someone@example.org,"Eve\r\nBcc: x@example.com",,,en', ("states.csv, line 9", "field 'name'", "line break")),
+        (
+            "someone@example.org,Someone,,,de",
+            ("states.csv, line 9", "field 'language'", "unknown language 'de'"),
+        ),
+        (
+            'someone@example.org,"Eve\r\nBcc: x@example.com",,,en',
+            ("states.csv, line 9", "field 'name'", "line break"),
+        ),
     ],
 )
 def test_bad_recipient_row_stops_the_run_before_anything_is_written(
@@ -93,7 +147,9 @@ def test_every_bad_row_is_listed_and_skip_invalid_leaves_them_out(copy_sample: S
     with (recipients / "civil-society.csv").open("a", encoding="utf-8") as handle:
         handle.write("broken@,A,,,en\nfine@example.org,B,,,en\nalso@bad@example.org,C,,,en\n")
     code, output = _dry_run(bulletin, recipients)
-    _assert_refused(code, output, "civil-society.csv, line 7", "civil-society.csv, line 9", "--skip-invalid")
+    _assert_refused(
+        code, output, "civil-society.csv, line 7", "civil-society.csv, line 9", "--skip-invalid"
+    )
 
     code, output = _dry_run(bulletin, recipients, "--skip-invalid")
     assert code == 0, output

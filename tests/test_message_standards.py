@@ -18,7 +18,7 @@ def test_every_message_is_multipart_alternative_with_text_first(
         parsed = parse(message.data)
         assert parsed.get_content_type() == "multipart/alternative"
         parts = list(parsed.iter_parts())
-        assert [p.get_content_type() for p in parts][0] == "text/plain"
+        assert parts[0].get_content_type() == "text/plain"
         assert parts[1].get_content_type() in ("text/html", "multipart/related")
         for leaf in parsed.walk():
             if leaf.get_content_maintype() == "text":
@@ -50,10 +50,13 @@ def test_lines_respect_rfc5322_limits_and_crlf(sample_messages: list[OutgoingMes
 def test_message_id_is_deterministic_per_issue_and_recipient_at_sender_domain(
     sample_messages: list[OutgoingMessage],
 ) -> None:
-    again = {m.recipient.email: m.message_id for m in compose_sample(
-        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
-        unsubscribe_url="https://isu.example.org/unsubscribe",
-    )}
+    again = {
+        m.recipient.email: m.message_id
+        for m in compose_sample(
+            MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
+            unsubscribe_url="https://isu.example.org/unsubscribe",
+        )
+    }
     ids = set()
     for message in sample_messages:
         parsed = parse(message.data)

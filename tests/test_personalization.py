@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import re
-import email.policy
 from email.header import decode_header, make_header
-import email
-import email.policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from types import MappingProxyType
@@ -72,7 +70,7 @@ def _rfc2047(data: bytes, name: str) -> str:
 NAMES = [
     "Ana Lucía Pérez",
     "Jean-Baptiste Kaboré",
-    "Smith, John (Acting Director) = \"JD\"",
+    'Smith, John (Acting Director) = "JD"',
     "From Here",
     "Ð" * 120,
     "",
