@@ -35,17 +35,17 @@ from mailer import language as lang
 from mailer.bulletin import Bulletin, Item
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
-    CRLF,
     HOLE_PATTERN,
-    QP_HTML,
-    QP_TEXT,
-    RAW_HEADER,
+    LF,
     MessageTemplate,
     TemplateBuilder,
     encode_address,
     header_line,
     hole,
     html_text,
+    qp_html,
+    qp_piece,
+    raw_header,
     safe_header_value,
 )
 from mailer.plaintext import markdown_to_text, wrap
@@ -111,14 +111,33 @@ class Identity:
         )
 
 
-@dataclass(frozen=True)
 class OutgoingMessage:
-    """One recipient's message, encoded with CRLF line ends, ready for SMTP DATA."""
+    """One recipient's message. The bytes are made when a sink asks for them, in the
+    line ends that sink wants, so the stream itself carries almost nothing."""
 
-    recipient: Recipient
-    variant: VariantKey
-    message_id: str
-    data: bytes
+    __slots__ = ("_template", "_values", "message_id", "recipient", "variant")
+
+    def __init__(
+        self,
+        recipient: Recipient,
+        variant: VariantKey,
+        template: MessageTemplate,
+        values: dict[str, str],
+    ) -> None:
+        self.recipient = recipient
+        self.variant = variant
+        self.message_id = values["message_id"]
+        self._template = template
+        self._values = values
+
+    @property
+    def data(self) -> bytes:
+        """The message with CRLF line ends, as SMTP DATA carries it."""
+        return self._template.fill(self._values)
+
+    def mbox_data(self) -> bytes:
+        """The same message with LF line ends, as an mbox file stores it."""
+        return self._template.fill(self._values, crlf=False)
 
 
 @dataclass(frozen=True)
@@ -212,7 +231,7 @@ def list_unsubscribe(identity: Identity, recipient: Recipient, issue: str) -> st
         targets.append(f"<mailto:{identity.unsubscribe_mailto}?subject=unsubscribe>")
     if identity.unsubscribe_url:
         targets.append(f"<{unsubscribe_link(identity, recipient, issue)}>")
-    return ",\r\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
+    return ",\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
 
 
 def _environment(templates: Path) -> jinja2.Environment:
@@ -283,7 +302,7 @@ class Composer:
         key = VariantKey(recipient.segments, recipient.language)
         variant = self.variant(key)
         values = variant.personal_values(recipient, self.identity, self.bulletin.id)
-        return OutgoingMessage(recipient, key, values["message_id"], variant.template.fill(values))
+        return OutgoingMessage(recipient, key, variant.template, values)
 
     def stream(self, recipients: Iterable[Recipient]) -> Iterator[OutgoingMessage]:
         """Messages produced one at a time: nothing is held for the whole list."""
@@ -364,11 +383,11 @@ class Composer:
         out = TemplateBuilder()
         out.literal(header_line("From", ident.from_header, encoded=True))
         out.literal(b"To: ")
-        out.hole("to", RAW_HEADER)
-        out.literal(CRLF + header_line("Subject", subject) + header_line("Date", self.date))
+        out.hole("to", raw_header)
+        out.literal(LF + header_line("Subject", subject) + header_line("Date", self.date))
         out.literal(b"Message-ID: ")
-        out.hole("message_id", RAW_HEADER)
-        out.literal(CRLF)
+        out.hole("message_id", raw_header)
+        out.literal(LF)
         if ident.reply_to:
             out.literal(
                 header_line("Reply-To", encode_address(*parseaddr(ident.reply_to)), encoded=True)
@@ -376,46 +395,46 @@ class Composer:
         list_id = encode_address(self.bulletin.title.get("en"), ident.list_id)
         out.literal(header_line("List-Id", list_id, encoded=True))
         out.literal(b"List-Unsubscribe: ")
-        out.hole("list_unsubscribe", RAW_HEADER)
-        out.literal(CRLF)
+        out.hole("list_unsubscribe", raw_header)
+        out.literal(LF)
         if ident.unsubscribe_url:
-            out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
-        out.literal(b"MIME-Version: 1.0\r\n")
-        out.literal(f'Content-Type: multipart/alternative; boundary="{outer}"\r\n\r\n'.encode())
-        out.literal(f"--{outer}\r\n".encode() + _part_headers("text/plain"))
-        out.body(text, hole_names, QP_TEXT)
-        out.literal(f"\r\n--{outer}\r\n".encode())
+            out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n")
+        out.literal(b"MIME-Version: 1.0\n")
+        out.literal(f'Content-Type: multipart/alternative; boundary="{outer}"\n\n'.encode())
+        out.literal(f"--{outer}\n".encode() + _part_headers("text/plain"))
+        out.body(text, hole_names, qp_piece)
+        out.literal(f"\n--{outer}\n".encode())
         if images:
             out.literal(
-                f'Content-Type: multipart/related; type="text/html";\r\n boundary="{inner}"\r\n\r\n'
-                f"--{inner}\r\n".encode()
+                f'Content-Type: multipart/related; type="text/html";\n boundary="{inner}"\n\n'
+                f"--{inner}\n".encode()
             )
         out.literal(_part_headers("text/html"))
-        out.body(html, hole_names, QP_HTML)
+        out.body(html, hole_names, qp_html)
         for image in images:
-            out.literal(f"\r\n--{inner}\r\n".encode() + _image_part(image))
+            out.literal(f"\n--{inner}\n".encode() + _image_part(image))
         if images:
-            out.literal(f"\r\n--{inner}--\r\n".encode())
-        out.literal(f"\r\n--{outer}--\r\n".encode())
+            out.literal(f"\n--{inner}--\n".encode())
+        out.literal(f"\n--{outer}--\n".encode())
         return out.build()
 
 
 def _part_headers(mime_type: str) -> bytes:
     return (
-        f'Content-Type: {mime_type}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        f'Content-Type: {mime_type}; charset="utf-8"\n'
+        "Content-Transfer-Encoding: quoted-printable\n\n"
     ).encode()
 
 
 def _image_part(image: Image) -> bytes:
-    data = base64.encodebytes(image.path.read_bytes()).replace(b"\n", CRLF)
+    data = base64.encodebytes(image.path.read_bytes())
     name = image.path.name.replace('"', "")
     return (
-        f"Content-Type: {image.mime_type}\r\n"
-        "Content-Transfer-Encoding: base64\r\n"
-        f"Content-ID: <{image.content_id}>\r\n"
-        f'Content-Disposition: inline; filename="{name}"\r\n\r\n'
-    ).encode() + data.rstrip(CRLF)
+        f"Content-Type: {image.mime_type}\n"
+        "Content-Transfer-Encoding: base64\n"
+        f"Content-ID: <{image.content_id}>\n"
+        f'Content-Disposition: inline; filename="{name}"\n\n'
+    ).encode() + data.rstrip(LF)
 
 
 def _inline_css(html: str, holes: int) -> str:

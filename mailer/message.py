@@ -20,6 +20,7 @@ survive, which would let a crafted name add a ``Bcc:`` header.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from email.utils import formataddr
 from mailer.errors import ContentError
 
 CRLF = b"\r\n"
+LF = b"\n"
 SOFT_BREAK = b"=\n"
 
 # A hole in a rendered body. Letters and digits only, so it survives premailer
@@ -37,6 +39,8 @@ SOFT_BREAK = b"=\n"
 # quoted-printable encoding unchanged.
 _HOLE = "MAILERSLOT{}Z"
 HOLE_PATTERN = re.compile(r"MAILERSLOT(\d+)Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_WORD_BYTES = 39  # 39 UTF-8 bytes: a 64-character word, so "Reply-To: " + word fits 78
 
 
 def hole(index: int) -> str:
@@ -46,7 +50,7 @@ def hole(index: int) -> str:
 
 def safe_header_value(value: str, field: str) -> str:
     """Refuse CR, LF and other control characters in anything bound for a header."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise ContentError(
             f"a line break or control character would reach the {field} header; refused.",
             field=field,
@@ -63,47 +67,72 @@ def qp(text: str) -> bytes:
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     if encoded.startswith(b"From "):
         encoded = b"=46" + encoded[1:]
-    return encoded.replace(b"\nFrom ", b"\n=46rom ")
+    if b"\nFrom " in encoded:
+        encoded = encoded.replace(b"\nFrom ", b"\n=46rom ")
+    return encoded
 
 
 def qp_piece(text: str) -> bytes:
-    """Quoted-printable for a piece of a body, ending on a line boundary (CRLF)."""
+    """Quoted-printable for a piece of a body, ending on a line boundary."""
     encoded = qp(text)
-    if encoded and not encoded.endswith(b"\n"):
+    if encoded and not encoded.endswith(LF):
         encoded += SOFT_BREAK
-    return encoded.replace(b"\n", CRLF)
+    return encoded
+
+
+def encoded_words(text: str) -> str:
+    """RFC 2047 base64 words for non-ASCII text, folded (LF + space) between words.
+
+    Written here rather than with ``email.header.Header``, which costs ~180 µs a
+    name; words never split a character.
+    """
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for char in text:
+        width = len(char.encode("utf-8"))
+        if size + width > _WORD_BYTES:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    words.append("".join(chunk))
+    return "\n ".join(
+        f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words
+    )
 
 
 def encode_address(name: str, address: str) -> str:
-    """``Name <address>`` for From, To or List-Id: RFC 2047 words for non-ASCII names.
+    """``Name <address>`` for From, To, Reply-To or List-Id, ready to follow ``Field: ``.
 
-    The result is ready to follow ``Field: `` in the message (already encoded).
+    ASCII names are quoted as needed; others become RFC 2047 encoded words.
     """
     safe_header_value(name, "address")
     safe_header_value(address, "address")
     if name.isascii():
         return formataddr((name, address))
-    words = Header(name, "utf-8", header_name="Reply-To").encode(linesep="\r\n", maxlinelen=76)
-    return f"{words} <{address}>"
+    return f"{encoded_words(name)} <{address}>"
 
 
 def header_line(name: str, value: str, *, encoded: bool = False) -> bytes:
-    """One header, RFC 2047-encoded and folded when it needs to be, CRLF-terminated.
+    """One header line (LF-terminated), RFC 2047-encoded and folded when it needs to be.
 
     ``encoded`` values (addresses from :func:`encode_address`) are written as they are.
     """
-    safe_header_value(value.replace("\r\n ", " ") if encoded else value, name)
-    if encoded:
-        return f"{name}: {value}".encode("ascii") + CRLF
-    if value.isascii() and len(name) + len(value) + 2 <= 78:
-        return f"{name}: {value}".encode("ascii") + CRLF
-    folded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=78)
-    return f"{name}: {folded}".encode("ascii") + CRLF
+    safe_header_value(value.replace("\n ", " ") if encoded else value, name)
+    if encoded or (value.isascii() and len(name) + len(value) + 2 <= 78):
+        return f"{name}: {value}\n".encode("ascii")
+    folded = Header(value, "utf-8", header_name=name).encode(linesep="\n", maxlinelen=78)
+    return f"{name}: {folded}\n".encode("ascii")
 
 
-# How a value is encoded for the hole it fills.
+# How a value is encoded for the hole it fills (LF line ends, like the pieces).
 Encoder = Callable[[str], bytes]
-RAW_HEADER: Encoder = lambda value: value.encode("ascii")  # noqa: E731  (already encoded)
+
+
+def raw_header(value: str) -> bytes:
+    """A header value already encoded by :func:`encode_address` or the like."""
+    return value.encode("ascii")
 
 
 def html_text(value: str) -> str:
@@ -113,8 +142,9 @@ def html_text(value: str) -> str:
     )
 
 
-QP_TEXT: Encoder = qp_piece
-QP_HTML: Encoder = lambda value: qp_piece(html_text(value))  # noqa: E731
+def qp_html(value: str) -> bytes:
+    """A value for an HTML body: escaped, then quoted-printable."""
+    return qp_piece(html_text(value))
 
 
 @dataclass(frozen=True)
@@ -122,28 +152,34 @@ class MessageTemplate:
     """A variant's encoded message: ``pieces`` interleaved with ``holes``.
 
     ``holes[i]`` is ``(value name, encoder)`` and goes between ``pieces[i]`` and
-    ``pieces[i + 1]``.
+    ``pieces[i + 1]``. Pieces are kept with LF line ends (for mbox files) and with
+    CRLF (for SMTP), so neither sink converts a whole message.
     """
 
     pieces: tuple[bytes, ...]
+    pieces_crlf: tuple[bytes, ...]
     holes: tuple[tuple[str, Encoder], ...]
 
-    def fill(self, values: Mapping[str, str]) -> bytes:
+    def fill(self, values: Mapping[str, str], *, crlf: bool = True) -> bytes:
         """The message for one recipient: each hole filled with its encoded value."""
+        pieces = self.pieces_crlf if crlf else self.pieces
         encoded: dict[tuple[str, Encoder], bytes] = {}
-        out = [self.pieces[0]]
-        for hole_key, piece in zip(self.holes, self.pieces[1:], strict=True):
+        out = [pieces[0]]
+        for hole_key, piece in zip(self.holes, pieces[1:], strict=True):
             chunk = encoded.get(hole_key)
             if chunk is None:
                 name, encoder = hole_key
-                chunk = encoded[hole_key] = encoder(values[name])
+                chunk = encoder(values[name])
+                if crlf:
+                    chunk = chunk.replace(LF, CRLF)
+                encoded[hole_key] = chunk
             out.append(chunk)
             out.append(piece)
         return b"".join(out)
 
 
 class TemplateBuilder:
-    """Accumulates literal bytes and holes into a :class:`MessageTemplate`."""
+    """Accumulates literal bytes (LF line ends) and holes into a :class:`MessageTemplate`."""
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = [b""]
@@ -166,4 +202,6 @@ class TemplateBuilder:
         self.literal(qp_piece(rendered[position:]))
 
     def build(self) -> MessageTemplate:
-        return MessageTemplate(tuple(self._pieces), tuple(self._holes))
+        pieces = tuple(self._pieces)
+        crlf = tuple(p.replace(LF, CRLF) for p in pieces)
+        return MessageTemplate(pieces, crlf, tuple(self._holes))

@@ -56,8 +56,8 @@ class MboxWriter:
         self.handle = handle
         self.stamp = time.asctime(time.gmtime()).encode()
 
-    def write(self, data: bytes) -> None:
-        body = data.replace(b"\r\n", b"\n")
+    def write(self, body: bytes) -> None:
+        """Append one message given with LF line ends."""
         if b"\nFrom " in body:
             body = body.replace(b"\nFrom ", b"\n>From ")
         self.handle.write(b"From MAILER-DAEMON " + self.stamp + b"\n" + body)
@@ -84,7 +84,7 @@ def write_preview(
     ):
         writer = MboxWriter(mbox_handle)
         for message in stream:
-            writer.write(message.data)
+            writer.write(message.mbox_data())
             result.messages += 1
             summary = result.variants.get(message.variant)
             if summary is None:

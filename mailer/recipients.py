@@ -214,9 +214,35 @@ class RecipientList:
                     organization=_clean(row.get("organization")),
                     country=_clean(row.get("country")),
                     language=_clean(row.get("language")).lower() or DEFAULT_LANGUAGE,
-                    segments=self.segments_of(self._masks[address.lower()]),
+                    segments=self.segments_of(self._masks[address.lower()] & _MASK),
                     fields=MappingProxyType(extra),
                 )
+
+
+# Per address, pass one keeps a single int: the segments it is in (bits 0-31), the
+# line of its first row (bits 32-63), that row's language (64-65) and a hash of its
+# name (66+), to warn about conflicting rows. One int an address keeps a 100,000
+# recipient list within a few megabytes.
+_MASK = (1 << 32) - 1
+
+
+def _pack(mask: int, line: int, name: str, language: str) -> int:
+    return mask | (line << 32) | (LANGUAGES.index(language) << 64) | ((hash(name) & _MASK) << 66)
+
+
+def _conflict(packed: int, name: str, language: str) -> str | None:
+    """Which field of a later row disagrees with the first row (a blank name never does)."""
+    if name and (hash(name) & _MASK) != packed >> 66:
+        return "name"
+    if LANGUAGES.index(language) != (packed >> 64) & 3:
+        return "language"
+    return None
+
+
+def _first_row(packed: int, segments: tuple[str, ...]) -> tuple[str, int]:
+    """The segment and line of an address's first row (its lowest segment bit)."""
+    mask = packed & _MASK
+    return segments[(mask & -mask).bit_length() - 1], (packed >> 32) & _MASK
 
 
 def load_recipients(
@@ -231,9 +257,10 @@ def load_recipients(
                 f"no recipients file for segment '{segment}'.",
                 file=directory / f"{segment}.csv",
             )
+    if len(wanted) > 32:
+        raise RecipientError("more than 32 segments in one send.", file=directory)
     suppressed = load_suppressions(directory)
     result = RecipientList(directory=directory, segments=wanted)
-    firsts: dict[str, tuple[str, str, Path, int]] = {}
     suppressed_seen: set[str] = set()
     problems: list[Problem] = []
     for bit, segment in enumerate(wanted):
@@ -255,21 +282,22 @@ def load_recipients(
                 suppressed_seen.add(key)
                 continue
             in_segment.add(key)
-            if key not in result._masks:
-                result._masks[key] = 1 << bit
-                firsts[key] = (name, language, path, line)
-                column[-1] = address
+            packed = result._masks.get(key)
+            if packed is None:
+                result._masks[key] = _pack(1 << bit, line, name, language)
+                column[-1] = key if key == address else address
                 continue
-            result._masks[key] |= 1 << bit
-            first_name, first_language, first_path, first_line = firsts[key]
-            if (name and name != first_name) or language != first_language:
+            result._masks[key] = packed | (1 << bit)
+            conflict = _conflict(packed, name, language)
+            if conflict:
+                first_segment, first_line = _first_row(packed, wanted)
                 result.warnings.append(
                     Problem(
                         path,
                         line,
-                        "name" if name != first_name else "language",
-                        f"{address} also appears at {first_path.name} line {first_line} with "
-                        f"another name or language; the first row is used.",
+                        conflict,
+                        f"{address} also appears at {first_segment}.csv line {first_line} "
+                        f"with another {conflict}; the first row is used.",
                     )
                 )
         result.per_segment[segment] = len(in_segment)

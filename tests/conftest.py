@@ -107,4 +107,5 @@ def dry_run_files(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def mbox_messages(path: Path) -> list[EmailMessage]:
-    return [parse(bytes(m)) for m in mailbox.mbox(str(path))]
+    box = mailbox.mbox(str(path))
+    return [parse(box.get_bytes(key)) for key in box.iterkeys()]

@@ -26,7 +26,8 @@ def test_mbox_holds_exactly_the_messages_a_send_would_submit(
 ) -> None:
     mbox, _ = dry_run_files
     job = pipeline.prepare(SAMPLE, make_settings(), recipients_dir=SAMPLE_RECIPIENTS)
-    stored = [bytes(m) for m in mailbox.mbox(str(mbox))]
+    box = mailbox.mbox(str(mbox))
+    stored = [box.get_bytes(key) for key in box.iterkeys()]
     composed = [m.data.replace(b"\r\n", b"\n") for m in job.messages()]
     assert len(stored) == len(composed) == 13
 
