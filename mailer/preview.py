@@ -121,10 +121,10 @@ body { font-family: system-ui, sans-serif; margin: 0; padding: 16px; color: #1f2
 h1 { font-size: 22px; margin: 0 0 8px; } h2 { font-size: 18px; margin: 32px 0 8px; }
 .note { background: #fff4d6; border: 1px solid #e8c96b; padding: 8px 12px; border-radius: 4px; }
 .panes { display: flex; flex-wrap: wrap; gap: 16px; }
-.pane { flex: 1 1 320px; min-width: 0; max-width: 640px; }
+.pane { flex: 1 1 320px; min-width: 0; max-width: 700px; }
 iframe { width: 100%; height: 900px; border: 1px solid #c5ccd3; background: #fff; }
 pre { white-space: pre; overflow: auto; height: 900px; margin: 0; padding: 12px; background: #fff;
-      border: 1px solid #c5ccd3; font-size: 13px; }
+      border: 1px solid #c5ccd3; font-size: 12px; }
 table.list { border-collapse: collapse; width: 100%; background: #fff; font-size: 14px; }
 table.list td, table.list th { border: 1px solid #dfe3e8; padding: 4px 8px; text-align: left; }
 .meta { color: #52606d; font-size: 14px; }

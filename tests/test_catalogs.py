@@ -1,0 +1,38 @@
+"""Every label a template or the composer shows is translated in French and Spanish."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po
+from jinja2.ext import babel_extract
+
+from mailer.language import PYTHON_MESSAGES
+
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _template_messages() -> set[str]:
+    found: set[str] = set()
+    for path in TEMPLATES.rglob("*.j2"):
+        with path.open("rb") as handle:
+            for _, _, message, _ in babel_extract(
+                handle, ("_", "gettext"), [], {"extensions": "jinja2.ext.i18n"}
+            ):
+                found.add(message if isinstance(message, str) else message[0])
+    return found
+
+
+@pytest.mark.parametrize("language", ["fr", "es"])
+def test_catalog_translates_every_label(language: str) -> None:
+    wanted = _template_messages() | set(PYTHON_MESSAGES)
+    assert "Read more" in wanted and "Deadline" in wanted
+    with (TEMPLATES / "locale" / language / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+        catalog = read_po(handle, locale=language)
+    for message in wanted:
+        entry = catalog.get(message)
+        assert entry is not None and entry.string, f"{language}: '{message}' is not translated"
+        assert sorted(PLACEHOLDER.findall(message)) == sorted(PLACEHOLDER.findall(entry.string))
