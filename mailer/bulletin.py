@@ -295,8 +295,11 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         if not image.is_file() or not image.is_relative_to(folder.resolve()):
             raise front.error("image", f"'{image_name}' is not a file in the bulletin folder.")
         if english.alt is None:
-            raise front.error(
-                "alt", "an image needs alt text (field 'alt') for readers who cannot see it."
+            raise ContentError(
+                "an image needs alt text (field 'alt') for readers who cannot see it.",
+                file=path,
+                line=front.line("image"),
+                field="alt",
             )
     starts, ends = _a_date(front, "starts"), _a_date(front, "ends")
     if starts and ends and ends < starts:

@@ -114,7 +114,9 @@ def test_image_without_alt_is_refused(copy_sample: Sample) -> None:
         "",
     )
     code, output = _dry_run(bulletin, recipients)
-    _assert_refused(code, output, "01-7msp-save-the-date.md", "field 'alt'", "needs alt text")
+    _assert_refused(
+        code, output, "01-7msp-save-the-date.md, line 8", "field 'alt'", "needs alt text"
+    )
 
 
 @pytest.mark.parametrize(
