@@ -115,7 +115,7 @@ class OutgoingMessage:
     """One recipient's message. The bytes are made when a sink asks for them, in the
     line ends that sink wants, so the stream itself carries almost nothing."""
 
-    __slots__ = ("_template", "_values", "message_id", "recipient", "variant")
+    __slots__ = ("_template", "_values", "message_id", "recipient", "to", "variant")
 
     def __init__(
         self,
@@ -123,8 +123,10 @@ class OutgoingMessage:
         variant: VariantKey,
         template: MessageTemplate,
         values: dict[str, str],
+        to: str | None = None,
     ) -> None:
         self.recipient = recipient
+        self.to = to or recipient.email  # the envelope recipient (RCPT TO)
         self.variant = variant
         self.message_id = values["message_id"]
         self._template = template
@@ -297,12 +299,21 @@ class Composer:
             found = self.variants[key] = self._render(key)
         return found
 
-    def compose(self, recipient: Recipient) -> OutgoingMessage:
-        """One recipient's message: their variant's template with their values."""
+    def compose(self, recipient: Recipient, *, deliver_to: str | None = None) -> OutgoingMessage:
+        """One recipient's message: their variant's template with their values.
+
+        ``deliver_to`` sends it, as ``recipient`` would see it, to another address
+        instead (``--test-to``), with a Message-ID of its own.
+        """
         key = VariantKey(recipient.segments, recipient.language)
         variant = self.variant(key)
         values = variant.personal_values(recipient, self.identity, self.bulletin.id)
-        return OutgoingMessage(recipient, key, variant.template, values)
+        if deliver_to is not None:
+            values["to"] = encode_address(recipient.name, deliver_to)
+            values["message_id"] = message_id(
+                f"{self.bulletin.id}.test", f"{deliver_to}\0{recipient.email}", self.identity.domain
+            )
+        return OutgoingMessage(recipient, key, variant.template, values, deliver_to)
 
     def stream(self, recipients: Iterable[Recipient]) -> Iterator[OutgoingMessage]:
         """Messages produced one at a time: nothing is held for the whole list."""

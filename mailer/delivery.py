@@ -1,0 +1,447 @@
+"""Deliver: the SMTP sink of the message stream.
+
+A pool of ``MAILER_MAX_CONNECTIONS`` persistent aiosmtplib connections takes
+messages from a small bounded queue (so composing never runs far ahead of
+sending), under one global rate limit. Replies are classed the way a mail
+engineer would:
+
+- 2xx to DATA: **sent**;
+- 5xx to RCPT or DATA: **failed** for that recipient (permanent);
+- 4xx, a timeout or a dropped connection: transient; retried in this run with
+  exponential backoff and jitter, then left **deferred** for the next run;
+- authentication or TLS failure, a sender the relay refuses, or a relay that
+  refuses every connection: the run stops at once (:class:`DeliveryError`).
+
+Every attempt is in the ledger *before* its DATA and every outcome after it;
+the next message on a connection starts only once the previous outcome is
+durable (see ``ledger.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+import aiosmtplib
+
+from mailer.compose import OutgoingMessage
+from mailer.errors import DeliveryError
+from mailer.ledger import Ledger, Record
+from mailer.settings import Settings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try a message within one run (defaults: 2, 6, 18 s ≈ 26 s, ±25%)."""
+
+    attempts: int = 4
+    base: float = 2.0
+    factor: float = 3.0
+    jitter: float = 0.25
+    # Transient failures in a row (no success between) that pause the run.
+    max_consecutive_transient: int = 50
+    # Failed connection attempts, with none ever succeeding, that stop the run.
+    max_connect_failures: int = 3
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        nominal = self.base * self.factor ** (attempt - 1)
+        return nominal * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+class RateLimit:
+    """A global cap that holds exactly: evenly spaced starts, and never more than
+    ``per_second`` starts in any one-second window."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self.recent: deque[float] = deque(maxlen=max(1, int(per_second)))
+        self.next = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            loop = asyncio.get_running_loop()
+            start = max(loop.time(), self.next)
+            if len(self.recent) == self.recent.maxlen:
+                start = max(start, self.recent[0] + 1.0)
+            delay = start - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = loop.time()
+            self.recent.append(started)
+            self.next = started + self.interval
+
+
+@dataclass
+class Tally:
+    """Outcomes of this run, per segment and in all."""
+
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+
+
+@dataclass
+class Report:
+    """What a run did; the CLI prints it and picks the exit code from it."""
+
+    per_segment: dict[str, Tally] = field(default_factory=dict)
+    total: Tally = field(default_factory=Tally)
+    in_doubt: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early, if it did
+    failures: list[Record] = field(default_factory=list)
+
+    def count(self, message: OutgoingMessage, outcome: str) -> None:
+        for segment in message.recipient.segments:
+            tally = self.per_segment.setdefault(segment, Tally())
+            setattr(tally, outcome, getattr(tally, outcome) + 1)
+        setattr(self.total, outcome, getattr(self.total, outcome) + 1)
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and self.total.failed == 0 and self.total.deferred == 0
+
+
+@dataclass
+class _Item:
+    message: OutgoingMessage
+    attempt: int  # numbered across runs, from the ledger
+    last: int  # the last attempt this run may make
+
+
+class _Fatal(Exception):
+    """Internal: stop the whole run."""
+
+
+_SENTINEL: Any = None
+Progress = Callable[[str, OutgoingMessage], None]
+
+
+class Sender:
+    """Sends a stream of messages over a pool of connections, recording each outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger | None,
+        *,
+        policy: RetryPolicy | None = None,
+        envelope_from: str | None = None,
+        progress: Progress | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.policy = policy or RetryPolicy()
+        self.envelope_from = envelope_from or parseaddr(settings.from_ or "")[1]
+        self.progress = progress or (lambda outcome, message: None)
+        self.run_id = run_id
+        self.report = Report()
+        self.rate = RateLimit(settings.rate_per_second) if settings.rate_per_second else None
+        self._stop: str | None = None
+        self._consecutive_transient = 0
+        self._connect_failures = 0
+        self._ever_connected = False
+
+    def request_stop(self, reason: str) -> None:
+        """Stop taking new messages; messages in flight finish (Ctrl-C, a pause)."""
+        if self._stop is None:
+            self._stop = reason
+
+    # -- the run --------------------------------------------------------------------
+
+    async def run(
+        self, messages: Iterator[OutgoingMessage], attempts_before: Callable[[str], int]
+    ) -> Report:
+        """Send every message; ``attempts_before`` numbers attempts across runs."""
+        workers = self.settings.max_connections
+        queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        room = asyncio.Semaphore(workers * 2)  # back-pressure on the composer
+        outstanding = [0]
+        finished = asyncio.Event()
+
+        def settle() -> None:
+            outstanding[0] -= 1
+            room.release()
+            if outstanding[0] == 0 and producer.done():
+                finished.set()
+
+        async def produce() -> None:
+            for message in messages:
+                await room.acquire()
+                if self._stop is not None:
+                    room.release()
+                    return
+                outstanding[0] += 1
+                attempt = attempts_before(message.recipient.email) + 1
+                queue.put_nowait(_Item(message, attempt, attempt + self.policy.attempts - 1))
+
+        waiting: dict[int, tuple[asyncio.TimerHandle, _Item]] = {}
+
+        def retry_later(item: _Item) -> None:
+            def due() -> None:
+                waiting.pop(id(item), None)
+                queue.put_nowait(item)
+
+            delay = self.policy.delay(item.attempt - 1)
+            waiting[id(item)] = (asyncio.get_running_loop().call_later(delay, due), item)
+
+        def producer_done(_: object) -> None:
+            if outstanding[0] == 0:
+                finished.set()
+
+        producer = asyncio.create_task(produce())
+        producer.add_done_callback(producer_done)
+        pool = [
+            asyncio.create_task(self._worker(queue, settle, retry_later)) for _ in range(workers)
+        ]
+        watchers = [asyncio.create_task(finished.wait()), asyncio.create_task(self._stopped())]
+        try:
+            await asyncio.wait([*watchers, *pool], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            producer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+            for handle, item in waiting.values():  # retries not yet due stay deferred
+                handle.cancel()
+                self.report.count(item.message, "deferred")
+            for _ in pool:
+                queue.put_nowait(_SENTINEL)
+            results = await asyncio.gather(*pool, return_exceptions=True)
+            if self.ledger is not None:
+                await self.ledger.aclose()
+        for result in results:
+            if isinstance(result, _Fatal):
+                raise DeliveryError(str(result)) from None
+            if isinstance(result, BaseException):
+                raise result
+        self.report.stopped = self._stop
+        return self.report
+
+    async def _stopped(self) -> None:
+        while self._stop is None:
+            await asyncio.sleep(0.05)
+
+    # -- one connection -------------------------------------------------------------
+
+    async def _worker(
+        self,
+        queue: asyncio.Queue[_Item | None],
+        settle: Callable[[], None],
+        retry_later: Callable[[_Item], None],
+    ) -> None:
+        connection: aiosmtplib.SMTP | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if self._stop is not None:
+                    settle()  # left pending: no record, the next run sends it
+                    continue
+                connection = await self._connected(connection, queue, item)
+                if connection is None:
+                    continue
+                outcome = await self._send_one(connection, item)
+                if outcome == "retry":
+                    retry_later(_Item(item.message, item.attempt + 1, item.last))
+                    connection = None if not _alive(connection) else connection
+                    continue
+                settle()
+                if not _alive(connection):
+                    connection = None
+        except _Fatal as exc:
+            self.request_stop(str(exc))
+            raise
+        finally:
+            if connection is not None:
+                await _quit(connection)
+
+    async def _connected(
+        self, connection: aiosmtplib.SMTP | None, queue: asyncio.Queue[_Item | None], item: _Item
+    ) -> aiosmtplib.SMTP | None:
+        """A live connection, or None after putting ``item`` back for another try."""
+        if connection is not None and connection.is_connected:
+            return connection
+        if connection is not None:
+            connection.close()  # after a drop: close before reconnecting
+        fresh = self._new_connection()
+        try:
+            await fresh.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            fresh.close()
+            raise _Fatal(
+                f"the relay refused the login ({exc.code} {exc.message}); "
+                "check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent."
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            fresh.close()
+            if _is_tls_failure(exc):
+                raise _Fatal(
+                    f"TLS with {self.settings.smtp_host}:{self.settings.smtp_port} failed "
+                    f"({_describe(exc)}); nothing more was sent."
+                ) from None
+            self._connect_failures += 1
+            if (
+                not self._ever_connected
+                and self._connect_failures >= self.policy.max_connect_failures
+            ):
+                raise _Fatal(
+                    f"the relay {self.settings.smtp_host}:{self.settings.smtp_port} refused "
+                    f"every connection ({_describe(exc)}); nothing was sent."
+                ) from None
+            self._transient()
+            await asyncio.sleep(self.policy.delay(min(self._connect_failures, 3)) / 4)
+            queue.put_nowait(item)
+            return None
+        self._ever_connected = True
+        self._connect_failures = 0
+        return fresh
+
+    def _new_connection(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        password = s.smtp_password.get_secret_value() if s.smtp_password else None
+        context = ssl.create_default_context() if s.smtp_security != "none" else None
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            timeout=s.smtp_timeout,
+            use_tls=s.smtp_security == "tls",
+            start_tls=s.smtp_security == "starttls",
+            validate_certs=s.smtp_security != "none",
+            tls_context=context,
+            username=s.smtp_username,
+            password=password,
+        )
+
+    async def _send_one(self, connection: aiosmtplib.SMTP, item: _Item) -> str:
+        """One try of one message; returns its outcome or ``retry``."""
+        message = item.message
+        if self.rate is not None:
+            await self.rate.wait()
+        await self._record(message, "attempt", item.attempt)
+        code: int | None
+        try:
+            await connection.mail(self.envelope_from)
+            await connection.rcpt(message.to)
+            reply = await connection.data(message.data)
+            code, text = reply.code, reply.message
+        except aiosmtplib.SMTPSenderRefused as exc:
+            if exc.code >= 500:
+                await self._record(message, "deferred", item.attempt, exc.code, exc.message)
+                raise _Fatal(
+                    f"the relay refuses the sender {self.envelope_from} ({exc.code} "
+                    f"{exc.message}); check MAILER_FROM."
+                ) from None
+            code, text = exc.code, exc.message
+        except aiosmtplib.SMTPResponseException as exc:
+            code, text = exc.code, exc.message
+            if connection.is_connected:
+                await _reset(connection)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            connection.close()
+            code, text = None, _describe(exc)
+        if code is not None and 200 <= code < 300:
+            return await self._finish(message, "sent", item.attempt, code, text)
+        if code is not None and code >= 500:
+            return await self._finish(message, "failed", item.attempt, code, text)
+        self._transient()
+        if item.attempt < item.last and self._stop is None:
+            await self._record(message, "deferred", item.attempt, code, text)
+            return "retry"
+        return await self._finish(message, "deferred", item.attempt, code, text)
+
+    async def _finish(
+        self, message: OutgoingMessage, outcome: str, attempt: int, code: int | None, text: str
+    ) -> str:
+        if outcome != "deferred":
+            self._consecutive_transient = 0
+        record = await self._record(message, outcome, attempt, code, text)
+        self.report.count(message, outcome)
+        if outcome != "sent" and record is not None:
+            self.report.failures.append(record)
+        self.progress(outcome, message)
+        return outcome
+
+    def _transient(self) -> None:
+        self._consecutive_transient += 1
+        if self._consecutive_transient >= self.policy.max_consecutive_transient:
+            self.request_stop(
+                f"paused after {self._consecutive_transient} temporary failures in a row; "
+                "the relay may be overloaded. Run the same command later to resume."
+            )
+
+    async def _record(
+        self,
+        message: OutgoingMessage,
+        outcome: str,
+        attempt: int,
+        code: int | None = None,
+        text: str | None = None,
+    ) -> Record | None:
+        record = Record(
+            recipient=message.recipient.email,
+            outcome=outcome,
+            message_id=message.message_id,
+            segments=message.recipient.segments,
+            attempt=attempt,
+            code=code,
+            reply=text,
+            run=self.run_id,
+        )
+        if self.ledger is not None:
+            await self.ledger.commit(record)
+        return record
+
+
+def _alive(connection: aiosmtplib.SMTP) -> bool:
+    return bool(connection.is_connected)
+
+
+async def _reset(connection: aiosmtplib.SMTP) -> None:
+    try:
+        await connection.rset()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        connection.close()
+
+
+async def _quit(connection: aiosmtplib.SMTP) -> None:
+    try:
+        if connection.is_connected:
+            await asyncio.wait_for(connection.quit(), timeout=5)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        connection.close()
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    """A certificate or handshake problem, or a relay without the STARTTLS we require."""
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLError | ssl.CertificateError):
+            return True
+        if isinstance(link, aiosmtplib.SMTPException) and "STARTTLS" in str(link).upper():
+            return True
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for the ledger and messages (never includes credentials)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "…"

@@ -1,0 +1,234 @@
+"""The send record: one append-only JSON Lines file per issue, durable, readable by a person.
+
+``<ledger dir>/<id>.jsonl`` holds one record per event:
+
+- ``attempt``: a message is about to go to the server (written and fsynced
+  *before* its DATA, so a crash leaves a trace);
+- ``sent`` (the server answered 2xx to DATA), ``failed`` (5xx: permanent) or
+  ``deferred`` (4xx, timeout or dropped connection after every retry).
+
+A recipient is *done* when its last record is ``sent`` or ``failed``; *in
+doubt* when its last record is an ``attempt`` (the run stopped between DATA and
+the outcome: it may or may not have been delivered). A resumed run sends to
+every recipient not done, the in-doubt ones included, and reports those.
+
+Records are group-committed: writers hand records to :meth:`Ledger.commit` and
+wait until one ``fsync`` has covered them, so many connections share each fsync.
+A sender does not start its next message before the previous outcome is durable,
+so a crash can only lose outcomes of messages in flight (at most one a connection).
+
+A torn last line (a crash in the middle of a write) is dropped on open: it was
+never acknowledged as durable. A lock file keeps one run per issue at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from mailer.errors import MailerError
+
+DONE = ("sent", "failed")
+OUTCOMES = ("sent", "failed", "deferred")
+
+
+class LedgerLocked(MailerError):
+    """Another run holds this issue's ledger."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of the ledger."""
+
+    recipient: str
+    outcome: str  # attempt | sent | failed | deferred
+    message_id: str
+    segments: tuple[str, ...]
+    attempt: int
+    code: int | None = None
+    reply: str | None = None
+    time: str = ""
+    run: str | None = None
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "time": self.time or now(),
+            "recipient": self.recipient,
+            "outcome": self.outcome,
+            "attempt": self.attempt,
+            "code": self.code,
+            "reply": self.reply,
+            "message_id": self.message_id,
+            "segments": list(self.segments),
+        }
+        if self.run:
+            data["run"] = self.run
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        data = json.loads(line)
+        return cls(
+            recipient=data["recipient"],
+            outcome=data["outcome"],
+            message_id=data.get("message_id", ""),
+            segments=tuple(data.get("segments", ())),
+            attempt=int(data.get("attempt", 0)),
+            code=data.get("code"),
+            reply=data.get("reply"),
+            time=data.get("time", ""),
+            run=data.get("run"),
+        )
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def ledger_path(directory: Path, issue: str) -> Path:
+    return directory / f"{issue}.jsonl"
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Every complete record; a torn last line is skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # torn by a crash: never acknowledged
+            if line.strip():
+                yield Record.from_json(line)
+
+
+@dataclass
+class State:
+    """Per recipient (lower-cased address), the last record and how many attempts."""
+
+    last: dict[str, Record] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        state = cls()
+        for record in read_records(path):
+            state.last[record.recipient.lower()] = record
+        return state
+
+    def is_done(self, address: str) -> bool:
+        record = self.last.get(address.lower())
+        return record is not None and record.outcome in DONE
+
+    def in_doubt(self, address: str) -> bool:
+        record = self.last.get(address.lower())
+        return record is not None and record.outcome == "attempt"
+
+    def attempts(self, address: str) -> int:
+        record = self.last.get(address.lower())
+        return record.attempt if record else 0
+
+
+class Ledger:
+    """The issue's ledger opened for a run: locked, appended to, group-committed."""
+
+    def __init__(self, directory: Path, issue: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = ledger_path(directory, issue)
+        self._lock_path = directory / f".{issue}.lock"
+        self._lock: TextIO | None = None
+        self._handle: TextIO | None = None
+        self._pending: list[tuple[list[str], asyncio.Future[None]]] = []
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> Ledger:
+        self._lock = self._lock_path.open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise LedgerLocked(
+                f"another run is already sending this issue (lock {self._lock_path}); "
+                "wait for it to finish, then run again to resume."
+            ) from None
+        self._drop_torn_tail()
+        self._handle = self.path.open("a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a half-written last line so the next record starts on its own line."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def state(self) -> State:
+        return State.load(self.path)
+
+    def write_now(self, records: Iterable[Record]) -> None:
+        """Append and fsync at once (for the few records written outside the send loop)."""
+        assert self._handle is not None
+        self._handle.write("".join(r.to_json() + "\n" for r in records))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    async def commit(self, *records: Record) -> None:
+        """Append ``records``; return once an fsync has made them durable."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+            self._flusher = asyncio.create_task(self._flush_loop())
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(([r.to_json() + "\n" for r in records], future))
+        self._wake.set()
+        await future
+
+    async def _flush_loop(self) -> None:
+        """Write whatever is pending, fsync once, acknowledge every writer covered."""
+        assert self._wake is not None and self._handle is not None
+        handle = self._handle
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                handle.write("".join(line for lines, _ in batch for line in lines))
+                handle.flush()
+                await asyncio.to_thread(os.fsync, handle.fileno())
+            except OSError as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def aclose(self) -> None:
+        """Stop the flusher once everything handed to it is durable."""
+        if self._flusher is not None:
+            await self.commit()  # a barrier: resolves after every earlier record
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+            self._wake = None
