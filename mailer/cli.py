@@ -6,9 +6,10 @@ Exit codes: 0 all good; 1 some recipient failed, was deferred or is in doubt;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -54,15 +55,22 @@ SkipInvalidOpt = Annotated[
 ]
 
 
-def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a MailerError becomes one clear paragraph and its exit code."""
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A MailerError inside becomes one clear paragraph and its exit code."""
     try:
-        return action()
+        yield
     except MailerError as exc:
         describe = getattr(exc, "describe", None)
         text = describe() if callable(describe) else str(exc)
         err.print(f"[bold red]error:[/] {text}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action`` under :func:`_reported`."""
+    with _reported():
+        return action()
 
 
 def _settings() -> Settings:
@@ -132,8 +140,8 @@ def _dry_run(job: pipeline.Job, out_dir: Path) -> None:
 
 
 def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
-    checked = _guarded(lambda: pipeline.test_address(address))
-    report = _guarded(lambda: pipeline.send_test(job, settings, checked))
+    checked = _guarded(lambda: pipeline.validate_test_address(address))
+    report = _guarded(lambda: pipeline.send_test_messages(job, settings, checked))
     out.print(
         f"Test send to {checked}: {report.total.sent} of "
         f"{report.total.sent + report.total.failed + report.total.deferred} variant(s) accepted "
@@ -145,7 +153,7 @@ def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
 
 
 def _real_send(job: pipeline.Job, settings: Settings, yes: bool) -> None:
-    with _guarded(lambda: pipeline.open_ledger(job, settings)) as ledger:
+    with _reported(), pipeline.open_ledger(job, settings) as ledger:
         plan = pipeline.plan(job, ledger.state())
         table = Table(title=f"{job.bulletin.id}: to send now")
         table.add_column("segment")
@@ -232,7 +240,8 @@ def _print_report(job: pipeline.Job, report: Report) -> None:
         out.print(f"  … and {len(report.failures) - 20} more: see mailer status.")
     if report.in_doubt:
         out.print(
-            f"Resent {len(report.in_doubt)} in-doubt recipient(s): {', '.join(report.in_doubt[:10])}"
+            f"Resent {len(report.in_doubt)} in-doubt recipient(s) (they may get it twice): "
+            + ", ".join(report.in_doubt[:10])
         )
     if report.stopped:
         out.print(f"[yellow]Stopped:[/] {report.stopped}")

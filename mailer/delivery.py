@@ -117,7 +117,11 @@ class _Item:
 
 
 class _Fatal(Exception):
-    """Internal: stop the whole run."""
+    """Internal: stop the whole run; ``configuration`` when a setting must change."""
+
+    def __init__(self, message: str, *, configuration: bool = True) -> None:
+        super().__init__(message)
+        self.configuration = configuration
 
 
 _SENTINEL: Any = None
@@ -219,7 +223,7 @@ class Sender:
                 await self.ledger.aclose()
         for result in results:
             if isinstance(result, _Fatal):
-                raise DeliveryError(str(result)) from None
+                raise DeliveryError(str(result), configuration=result.configuration) from None
             if isinstance(result, BaseException):
                 raise result
         self.report.stopped = self._stop
@@ -295,7 +299,8 @@ class Sender:
             ):
                 raise _Fatal(
                     f"the relay {self.settings.smtp_host}:{self.settings.smtp_port} refused "
-                    f"every connection ({_describe(exc)}); nothing was sent."
+                    f"every connection ({_describe(exc)}); nothing was sent.",
+                    configuration=False,
                 ) from None
             self._transient()
             await asyncio.sleep(self.policy.delay(min(self._connect_failures, 3)) / 4)

@@ -62,10 +62,12 @@ class ConfigError(InputError):
 
 
 class DeliveryError(MailerError):
-    """Sending failed in a way that stops the run (authentication, TLS, refused relay)."""
+    """Sending failed in a way that stops the run (authentication, TLS, refused relay).
 
-    exit_code = 1
+    ``configuration`` marks failures a setting must fix (password, TLS, sender):
+    exit code 2; a relay that refuses connections is exit code 1.
+    """
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
-        self.code = code
+    def __init__(self, message: str, *, configuration: bool = False) -> None:
+        self.exit_code = 2 if configuration else 1
         super().__init__(message)

@@ -184,7 +184,7 @@ def deliver(
     return report
 
 
-def test_address(address: str) -> str:
+def validate_test_address(address: str) -> str:
     """The ``--test-to`` address, validated like a recipient's."""
     try:
         return validate_email(address, check_deliverability=False).normalized
@@ -192,7 +192,7 @@ def test_address(address: str) -> str:
         raise RecipientError(f"--test-to: {exc}", field="--test-to") from None
 
 
-def send_test(job: Job, settings: Settings, address: str) -> Report:
+def send_test_messages(job: Job, settings: Settings, address: str) -> Report:
     """One message of each variant to ``address``, subject marked [TEST]; no ledger."""
     test_composer = Composer(
         job.bulletin,

@@ -1,0 +1,375 @@
+"""Real sends over SMTP on 127.0.0.1: what the server received, what the ledger says."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.cli import app
+from mailer.delivery import Report, RetryPolicy
+from mailer.errors import DeliveryError
+from mailer.ledger import Ledger, read_records
+from mailer.settings import Settings
+
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings
+from .smtp_server import (
+    Behaviour,
+    GreetingRefuser,
+    Server,
+    accepting_authenticator,
+    refusing_authenticator,
+)
+
+FAST = RetryPolicy(attempts=3, base=0.05, factor=2, jitter=0.1)
+PASSWORD = "hunter2-very-secret"
+
+
+def write_list(directory: Path, count: int) -> Path:
+    """``count`` generated recipients, spread over the three segments."""
+    directory.mkdir(parents=True, exist_ok=True)
+    segments = ("states", "international-organizations", "civil-society")
+    rows: dict[str, list[str]] = {s: ["email,name,language"] for s in segments}
+    for index in range(count):
+        language = ("en", "fr", "es")[index % 3]
+        rows[segments[index % 3]].append(f"reader{index}@example.org,Reader {index},{language}")
+    for segment, lines in rows.items():
+        (directory / f"{segment}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_security": "none",
+        "smtp_timeout": 5,
+        "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
+        "unsubscribe_mailto": "unsubscribe@isu.example.org",
+        "ledger_dir": tmp_path / "ledger",
+        "max_connections": 2,
+    }
+    values.update(extra)
+    return make_settings(**values)
+
+
+def send(
+    settings: Settings, recipients: Path = SAMPLE_RECIPIENTS, policy: RetryPolicy = FAST
+) -> Report:
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=recipients, dry_run=False)
+    with pipeline.open_ledger(job, settings) as ledger:
+        return pipeline.deliver(job, settings, ledger, ledger.state(), policy=policy)
+
+
+def ledger_of(settings: Settings) -> list[dict[str, object]]:
+    path = settings.ledger_dir / "2017-03.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def last_outcomes(settings: Settings) -> dict[str, str]:
+    return {str(r["recipient"]).lower(): str(r["outcome"]) for r in ledger_of(settings)}
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_every_recipient_gets_exactly_one_intact_message(server: Server, tmp_path: Path) -> None:
+    settings = settings_for(server.port, tmp_path)
+    report = send(settings)
+    assert report.complete and report.total.sent == 13
+    assert set(server.by_rcpt().values()) == {1} and len(server.by_rcpt()) == 13
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS, dry_run=False)
+    composed = {m.to.lower(): m.data for m in job.messages()}
+    for received in server.received:
+        # Byte for byte what was composed, but for the Date of composition.
+        expected = composed[received.rcpt.lower()]
+        strip = lambda data: b"\r\n".join(  # noqa: E731
+            line for line in data.split(b"\r\n") if not line.startswith(b"Date: ")
+        )
+        assert strip(received.data).rstrip(b"\r\n") == strip(expected).rstrip(b"\r\n")
+    outcomes = last_outcomes(settings)
+    assert set(outcomes.values()) == {"sent"} and len(outcomes) == 13
+    records = ledger_of(settings)
+    sent = [r for r in records if r["outcome"] == "sent"]
+    assert all(r["code"] == 250 and r["message_id"] and r["time"] for r in sent)
+
+
+def test_rerun_sends_nothing_more(server: Server, tmp_path: Path) -> None:
+    settings = settings_for(server.port, tmp_path)
+    send(settings)
+    again = send(settings)
+    assert again.total.sent == 0 and len(server.received) == 13
+
+
+def test_550_on_rcpt_fails_that_recipient_only_and_is_not_retried(tmp_path: Path) -> None:
+    behaviour = Behaviour(reject_rcpt={"research@example.com": "550 5.1.1 No such user"})
+    server = Server(behaviour)
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path)
+        report = send(settings)
+        assert report.total.failed == 1 and report.total.sent == 12
+        failed = [r for r in ledger_of(settings) if r["outcome"] == "failed"]
+        assert failed[0]["recipient"] == "research@example.com"
+        assert failed[0]["code"] == 550 and "No such user" in str(failed[0]["reply"])
+        send(settings)  # a rerun does not try a permanent failure again
+        assert sum(1 for r in ledger_of(settings) if r["recipient"] == "research@example.com") == 2
+    finally:
+        server.stop()
+
+
+def test_451_is_retried_with_backoff_then_sent(tmp_path: Path) -> None:
+    server = Server(Behaviour(defer_times={"research@example.com": 2}))
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path)
+        report = send(settings)
+        assert report.complete and report.total.sent == 13
+        trail = [
+            (r["outcome"], r["attempt"], r["code"])
+            for r in ledger_of(settings)
+            if r["recipient"] == "research@example.com"
+        ]
+        assert trail == [
+            ("attempt", 1, None),
+            ("deferred", 1, 451),
+            ("attempt", 2, None),
+            ("deferred", 2, 451),
+            ("attempt", 3, None),
+            ("sent", 3, 250),
+        ]
+        assert server.by_rcpt()["research@example.com"] == 1
+    finally:
+        server.stop()
+
+
+def test_connection_dropped_mid_data_is_retried_on_a_new_connection(tmp_path: Path) -> None:
+    server = Server(Behaviour(drop_times={"research@example.com": 1}))
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path)
+        report = send(settings)
+        assert report.complete and report.total.sent == 13
+        assert server.by_rcpt()["research@example.com"] == 1
+        assert server.tracker.total >= 3  # 2 connections, plus one after the drop
+    finally:
+        server.stop()
+
+
+def test_server_stalling_past_the_timeout_leaves_recipient_deferred(tmp_path: Path) -> None:
+    server = Server(Behaviour(stall={"research@example.com": 3.0}))
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path, smtp_timeout=0.5)
+        report = send(settings, policy=RetryPolicy(attempts=2, base=0.05))
+        assert report.total.deferred == 1 and report.total.sent == 12
+        assert not report.complete
+        assert last_outcomes(settings)["research@example.com"] == "deferred"
+        status = pipeline.status(
+            pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS), settings
+        )
+        assert status.total == {"sent": 12, "failed": 0, "deferred": 1, "pending": 0}
+    finally:
+        server.stop()
+
+
+def test_relay_answering_421_to_every_connection_stops_the_run(tmp_path: Path) -> None:
+    relay = GreetingRefuser()
+    relay.start()
+    try:
+        settings = settings_for(relay.port, tmp_path)
+        with pytest.raises(DeliveryError) as raised:
+            send(settings)
+        assert "refused every connection" in str(raised.value) and "421" in str(raised.value)
+        assert raised.value.exit_code == 1
+        assert "sent" not in {r["outcome"] for r in ledger_of(settings)}
+        assert relay.connections <= 4
+    finally:
+        relay.stop()
+
+
+def test_wrong_password_stops_at_once_without_leaking_it(tmp_path: Path) -> None:
+    server = Server(authenticator=refusing_authenticator, auth_require_tls=False)
+    server.start()
+    try:
+        env = {
+            "MAILER_SMTP_HOST": "127.0.0.1",
+            "MAILER_SMTP_PORT": str(server.port),
+            "MAILER_SMTP_SECURITY": "none",
+            "MAILER_SMTP_USERNAME": "isu",
+            "MAILER_SMTP_PASSWORD": PASSWORD,
+            "MAILER_FROM": "isu@example.org",
+            "MAILER_UNSUBSCRIBE_MAILTO": "u@example.org",
+            "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+        }
+        result = CliRunner().invoke(
+            app, ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--yes"], env=env
+        )
+        assert result.exit_code == 2, result.output
+        assert "refused the login" in result.output and "535" in result.output
+        assert PASSWORD not in result.output
+        assert server.received == []
+        ledger = (tmp_path / "ledger" / "2017-03.jsonl").read_text()
+        assert PASSWORD not in ledger and '"sent"' not in ledger
+    finally:
+        server.stop()
+
+
+def test_login_with_the_right_password_sends(tmp_path: Path) -> None:
+    server = Server(authenticator=accepting_authenticator, auth_require_tls=False)
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path, smtp_username="isu", smtp_password=PASSWORD)
+        assert send(settings).total.sent == 13
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def certificate_authority() -> trustme.CA:
+    return trustme.CA()
+
+
+def _tls_server(ca: trustme.CA) -> Server:
+    context = ca.issue_cert("127.0.0.1", "localhost").configure_cert
+    import ssl
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context(server_context)
+    server = Server(tls_context=server_context, require_starttls=True)
+    server.start()
+    return server
+
+
+def test_starttls_with_a_trusted_certificate_sends(
+    certificate_authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = _tls_server(certificate_authority)
+    try:
+        bundle = tmp_path / "ca.pem"
+        certificate_authority.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # how staff trust a private CA
+        settings = settings_for(server.port, tmp_path, smtp_security="starttls")
+        assert send(settings).total.sent == 13
+    finally:
+        server.stop()
+
+
+def test_starttls_refuses_an_untrusted_certificate(
+    certificate_authority: trustme.CA, tmp_path: Path
+) -> None:
+    server = _tls_server(certificate_authority)
+    try:
+        settings = settings_for(server.port, tmp_path, smtp_security="starttls")
+        with pytest.raises(DeliveryError) as raised:
+            send(settings)
+        assert "TLS" in str(raised.value) and raised.value.exit_code == 2
+        assert server.received == []
+    finally:
+        server.stop()
+
+
+def test_connection_cap_holds_and_connections_are_reused(tmp_path: Path) -> None:
+    server = Server(Behaviour(delay=0.01))
+    server.start()
+    try:
+        recipients = write_list(tmp_path / "list", 60)
+        settings = settings_for(server.port, tmp_path, max_connections=3)
+        report = send(settings, recipients)
+        assert report.total.sent == 60
+        assert server.tracker.peak == 3
+        assert server.tracker.total == 3  # persistent: many messages a connection
+    finally:
+        server.stop()
+
+
+def test_rate_limit_holds_in_every_one_second_window(tmp_path: Path) -> None:
+    server = Server()
+    server.start()
+    try:
+        recipients = write_list(tmp_path / "list", 130)
+        settings = settings_for(server.port, tmp_path, max_connections=4, rate_per_second=50)
+        assert send(settings, recipients).total.sent == 130
+        times = sorted(r.at for r in server.received)
+        busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+        assert busiest <= 50
+        assert times[-1] - times[0] >= 2.0  # 130 messages cannot go faster than ~2.6 s
+    finally:
+        server.stop()
+
+
+def test_second_run_on_the_same_issue_refuses(server: Server, tmp_path: Path) -> None:
+    settings = settings_for(server.port, tmp_path)
+    env = {
+        "MAILER_SMTP_HOST": "127.0.0.1",
+        "MAILER_SMTP_PORT": str(server.port),
+        "MAILER_SMTP_SECURITY": "none",
+        "MAILER_FROM": "isu@example.org",
+        "MAILER_UNSUBSCRIBE_MAILTO": "u@example.org",
+        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
+    }
+    with Ledger(settings.ledger_dir, "2017-03"):
+        result = CliRunner().invoke(
+            app, ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--yes"], env=env
+        )
+    assert result.exit_code == 2
+    assert "another run is already sending this issue" in result.output
+    assert server.received == []
+
+
+def test_test_to_sends_one_message_per_variant_and_records_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = settings_for(server.port, tmp_path)
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS, dry_run=False)
+    report = pipeline.send_test_messages(job, settings, "editor@example.org")
+    assert report.total.sent == 9
+    assert server.by_rcpt() == {"editor@example.org": 9}
+    subjects = {str(r.message()["Subject"]) for r in server.received}
+    assert all(s.startswith("[TEST] ") for s in subjects) and len(subjects) == 3
+    assert all(
+        r.message()["To"].addresses[0].addr_spec == "editor@example.org" for r in server.received
+    )
+    assert not (settings.ledger_dir / "2017-03.jsonl").exists()
+
+
+def test_status_json_counts_each_segment_and_each_address_once(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = settings_for(server.port, tmp_path)
+    job = pipeline.prepare(
+        SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS, dry_run=False, limit=5
+    )
+    with pipeline.open_ledger(job, settings) as ledger:
+        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    env = {"MAILER_LEDGER_DIR": str(settings.ledger_dir)}
+    result = CliRunner().invoke(
+        app, ["status", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["total"] == {"sent": 5, "failed": 0, "deferred": 0, "pending": 8}
+    assert sum(data["segments"]["states"].values()) == 6
+    assert sum(data["segments"]["civil-society"].values()) == 5
+
+
+def test_a_torn_last_ledger_line_is_tolerated(server: Server, tmp_path: Path) -> None:
+    settings = settings_for(server.port, tmp_path)
+    send(settings)
+    path = settings.ledger_dir / "2017-03.jsonl"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"time": "2026-11-27T00:00:00", "recipient": "resea')
+    records = list(read_records(path))
+    assert len(records) == 26
+    assert send(settings).total.sent == 0  # still complete; the torn line is cut
+    assert path.read_text(encoding="utf-8").endswith("}\n")
