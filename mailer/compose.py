@@ -139,7 +139,11 @@ class OutgoingMessage:
 
     def mbox_data(self) -> bytes:
         """The same message with LF line ends, as an mbox file stores it."""
-        return self._template.fill(self._values, crlf=False)
+        return self._template.fill(self._values, "lf")
+
+    def wire(self) -> bytes:
+        """The bytes that follow SMTP DATA: CRLF, dot-stuffed, ended by ``.`` CRLF."""
+        return self._template.fill(self._values, "wire")
 
 
 @dataclass(frozen=True)

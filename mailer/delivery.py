@@ -242,6 +242,7 @@ class Sender:
         retry_later: Callable[[_Item], None],
     ) -> None:
         connection: aiosmtplib.SMTP | None = None
+        unsettled: list[asyncio.Future[None]] = []  # ledger records not yet durable
         try:
             while True:
                 item = await queue.get()
@@ -253,7 +254,7 @@ class Sender:
                 connection = await self._connected(connection, queue, item)
                 if connection is None:
                     continue
-                outcome = await self._send_one(connection, item)
+                outcome = await self._send_one(connection, item, unsettled)
                 if outcome == "retry":
                     retry_later(_Item(item.message, item.attempt + 1, item.last))
                     connection = None if not _alive(connection) else connection
@@ -267,6 +268,8 @@ class Sender:
         finally:
             if connection is not None:
                 await _quit(connection)
+            if unsettled:
+                await asyncio.gather(*unsettled, return_exceptions=True)
 
     async def _connected(
         self, connection: aiosmtplib.SMTP | None, queue: asyncio.Queue[_Item | None], item: _Item
@@ -326,21 +329,30 @@ class Sender:
             password=password,
         )
 
-    async def _send_one(self, connection: aiosmtplib.SMTP, item: _Item) -> str:
-        """One try of one message; returns its outcome or ``retry``."""
+    async def _send_one(
+        self, connection: aiosmtplib.SMTP, item: _Item, unsettled: list[asyncio.Future[None]]
+    ) -> str:
+        """One try of one message; returns its outcome or ``retry``.
+
+        The fsync of this attempt's record (and of the connection's previous
+        outcome) overlaps MAIL and RCPT; DATA waits until both are durable. So a
+        crash leaves at most one message a connection delivered but not recorded,
+        and that one has its attempt on disk: it is reported in doubt.
+        """
         message = item.message
         if self.rate is not None:
             await self.rate.wait()
-        await self._record(message, "attempt", item.attempt)
+        self._record(message, "attempt", item.attempt, unsettled=unsettled)
         code: int | None
         try:
             await connection.mail(self.envelope_from)
             await connection.rcpt(message.to)
-            reply = await connection.data(message.data)
+            await self._settle(unsettled)
+            reply = await _data(connection, message.wire(), self.settings.smtp_timeout)
             code, text = reply.code, reply.message
         except aiosmtplib.SMTPSenderRefused as exc:
             if exc.code >= 500:
-                await self._record(message, "deferred", item.attempt, exc.code, exc.message)
+                self._record(message, "deferred", item.attempt, exc.code, exc.message, unsettled)
                 raise _Fatal(
                     f"the relay refuses the sender {self.envelope_from} ({exc.code} "
                     f"{exc.message}); check MAILER_FROM."
@@ -354,26 +366,40 @@ class Sender:
             connection.close()
             code, text = None, _describe(exc)
         if code is not None and 200 <= code < 300:
-            return await self._finish(message, "sent", item.attempt, code, text)
-        if code is not None and code >= 500:
-            return await self._finish(message, "failed", item.attempt, code, text)
-        self._transient()
-        if item.attempt < item.last and self._stop is None:
-            await self._record(message, "deferred", item.attempt, code, text)
-            return "retry"
-        return await self._finish(message, "deferred", item.attempt, code, text)
+            outcome = "sent"
+        elif code is not None and code >= 500:
+            outcome = "failed"
+        else:
+            self._transient()
+            outcome = "deferred"
+            if item.attempt < item.last and self._stop is None:
+                self._record(message, "deferred", item.attempt, code, text, unsettled)
+                return "retry"
+        self._finish(message, outcome, item.attempt, code, text, unsettled)
+        return outcome
 
-    async def _finish(
-        self, message: OutgoingMessage, outcome: str, attempt: int, code: int | None, text: str
-    ) -> str:
+    async def _settle(self, unsettled: list[asyncio.Future[None]]) -> None:
+        """Wait until every record this connection handed to the ledger is durable."""
+        if unsettled:
+            pending, unsettled[:] = list(unsettled), []
+            await asyncio.gather(*pending)
+
+    def _finish(
+        self,
+        message: OutgoingMessage,
+        outcome: str,
+        attempt: int,
+        code: int | None,
+        text: str,
+        unsettled: list[asyncio.Future[None]],
+    ) -> None:
         if outcome != "deferred":
             self._consecutive_transient = 0
-        record = await self._record(message, outcome, attempt, code, text)
+        record = self._record(message, outcome, attempt, code, text, unsettled)
         self.report.count(message, outcome)
-        if outcome != "sent" and record is not None:
+        if outcome != "sent":
             self.report.failures.append(record)
         self.progress(outcome, message)
-        return outcome
 
     def _transient(self) -> None:
         self._consecutive_transient += 1
@@ -383,14 +409,16 @@ class Sender:
                 "the relay may be overloaded. Run the same command later to resume."
             )
 
-    async def _record(
+    def _record(
         self,
         message: OutgoingMessage,
         outcome: str,
         attempt: int,
         code: int | None = None,
         text: str | None = None,
-    ) -> Record | None:
+        unsettled: list[asyncio.Future[None]] | None = None,
+    ) -> Record:
+        """Hand a record to the ledger; its durability is awaited before the next DATA."""
         record = Record(
             recipient=message.recipient.email,
             outcome=outcome,
@@ -401,9 +429,34 @@ class Sender:
             reply=text,
             run=self.run_id,
         )
-        if self.ledger is not None:
-            await self.ledger.commit(record)
+        if self.ledger is not None and unsettled is not None:
+            unsettled.append(self.ledger.append(record))
         return record
+
+
+async def _data(
+    connection: aiosmtplib.SMTP, wire: bytes, timeout: float
+) -> aiosmtplib.SMTPResponse:
+    """DATA with bytes already in wire form (CRLF, dot-stuffed, ended by ``.``).
+
+    aiosmtplib's own ``data()`` re-normalizes line ends and dot-stuffs every
+    message with two regular expressions (~0.3 ms for 25 KB), a third of the
+    sender's time; our message templates are in wire form already. This uses the
+    same protocol steps as aiosmtplib 5's ``execute_data_command``.
+    """
+    protocol = connection.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    start = await protocol.execute_command(b"DATA", timeout=timeout)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    async with protocol._command_lock:
+        protocol._response_pending = True
+        protocol.write(wire)
+        reply = await protocol.read_response(timeout=timeout)
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    return reply
 
 
 def _alive(connection: aiosmtplib.SMTP) -> bool:

@@ -14,8 +14,9 @@ every recipient not done, the in-doubt ones included, and reports those.
 
 Records are group-committed: writers hand records to :meth:`Ledger.commit` and
 wait until one ``fsync`` has covered them, so many connections share each fsync.
-A sender does not start its next message before the previous outcome is durable,
-so a crash can only lose outcomes of messages in flight (at most one a connection).
+A connection sends no DATA before its previous outcome and its current attempt
+are durable, so a crash can only lose outcomes of messages in flight (at most
+one a connection), and each of those has its attempt on disk.
 
 A torn last line (a crash in the middle of a write) is dropped on open: it was
 never acknowledged as durable. A lock file keeps one run per issue at a time.
@@ -190,15 +191,19 @@ class Ledger:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
-    async def commit(self, *records: Record) -> None:
-        """Append ``records``; return once an fsync has made them durable."""
+    def append(self, *records: Record) -> asyncio.Future[None]:
+        """Queue ``records`` for the next group commit; the future resolves once durable."""
         if self._wake is None:
             self._wake = asyncio.Event()
             self._flusher = asyncio.create_task(self._flush_loop())
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(([r.to_json() + "\n" for r in records], future))
         self._wake.set()
-        await future
+        return future
+
+    async def commit(self, *records: Record) -> None:
+        """Append ``records``; return once an fsync has made them durable."""
+        await self.append(*records)
 
     async def _flush_loop(self) -> None:
         """Write whatever is pending, fsync once, acknowledge every writer covered."""

@@ -147,22 +147,47 @@ def qp_html(value: str) -> bytes:
     return qp_piece(html_text(value))
 
 
+# Encoders whose output starts and ends on a line boundary (quoted-printable
+# body values); what follows them starts a line.
+LINE_ENCODERS: frozenset[Encoder] = frozenset({qp_piece, qp_html})
+
+
+def _stuff(data: bytes, at_line_start: bool) -> bytes:
+    """SMTP dot-stuffing (RFC 5321 4.5.2): a line starting with "." gets another."""
+    if at_line_start and data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..")
+
+
 @dataclass(frozen=True)
 class MessageTemplate:
     """A variant's encoded message: ``pieces`` interleaved with ``holes``.
 
     ``holes[i]`` is ``(value name, encoder)`` and goes between ``pieces[i]`` and
-    ``pieces[i + 1]``. Pieces are kept with LF line ends (for mbox files) and with
-    CRLF (for SMTP), so neither sink converts a whole message.
+    ``pieces[i + 1]``. The pieces are kept in three forms, made once per variant,
+    so that no sink converts a whole message: LF line ends (mbox files), CRLF (the
+    message itself), and *wire* (CRLF, dot-stuffed, ended by ``.`` CRLF: the bytes
+    that follow an SMTP DATA command).
     """
 
     pieces: tuple[bytes, ...]
-    pieces_crlf: tuple[bytes, ...]
     holes: tuple[tuple[str, Encoder], ...]
+    pieces_crlf: tuple[bytes, ...] = ()
+    pieces_wire: tuple[bytes, ...] = ()
 
-    def fill(self, values: Mapping[str, str], *, crlf: bool = True) -> bytes:
-        """The message for one recipient: each hole filled with its encoded value."""
-        pieces = self.pieces_crlf if crlf else self.pieces
+    def __post_init__(self) -> None:
+        crlf = tuple(p.replace(LF, CRLF) for p in self.pieces)
+        # A piece starts a line when it opens the message or follows a body value
+        # (body values always end on a line boundary); header values end mid-line.
+        starts = [True] + [encoder in LINE_ENCODERS for _, encoder in self.holes]
+        wire = [_stuff(p, start) for p, start in zip(crlf, starts, strict=True)]
+        wire[-1] += b".\r\n"
+        object.__setattr__(self, "pieces_crlf", crlf)
+        object.__setattr__(self, "pieces_wire", tuple(wire))
+
+    def fill(self, values: Mapping[str, str], form: str = "crlf") -> bytes:
+        """The message for one recipient, in ``form`` (``lf``, ``crlf`` or ``wire``)."""
+        pieces = {"crlf": self.pieces_crlf, "lf": self.pieces, "wire": self.pieces_wire}[form]
         encoded: dict[tuple[str, Encoder], bytes] = {}
         out = [pieces[0]]
         for hole_key, piece in zip(self.holes, pieces[1:], strict=True):
@@ -170,8 +195,10 @@ class MessageTemplate:
             if chunk is None:
                 name, encoder = hole_key
                 chunk = encoder(values[name])
-                if crlf:
+                if form != "lf":
                     chunk = chunk.replace(LF, CRLF)
+                if form == "wire" and encoder in LINE_ENCODERS:
+                    chunk = _stuff(chunk, True)
                 encoded[hole_key] = chunk
             out.append(chunk)
             out.append(piece)
@@ -202,6 +229,4 @@ class TemplateBuilder:
         self.literal(qp_piece(rendered[position:]))
 
     def build(self) -> MessageTemplate:
-        pieces = tuple(self._pieces)
-        crlf = tuple(p.replace(LF, CRLF) for p in pieces)
-        return MessageTemplate(pieces, crlf, tuple(self._holes))
+        return MessageTemplate(tuple(self._pieces), tuple(self._holes))
