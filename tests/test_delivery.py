@@ -373,3 +373,22 @@ def test_a_torn_last_ledger_line_is_tolerated(server: Server, tmp_path: Path) ->
     assert len(records) == 26
     assert send(settings).total.sent == 0  # still complete; the torn line is cut
     assert path.read_text(encoding="utf-8").endswith("}\n")
+
+
+def test_many_temporary_failures_in_a_row_pause_the_run(tmp_path: Path) -> None:
+    recipients = write_list(tmp_path / "list", 40)
+    everyone = {f"reader{i}@example.org": 99 for i in range(40)}
+    server = Server(Behaviour(defer_times=everyone))
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path)
+        policy = RetryPolicy(attempts=2, base=0.01, max_consecutive_transient=6)
+        report = send(settings, recipients, policy)
+        assert report.stopped is not None and "paused after" in report.stopped
+        assert report.total.sent == 0 and not report.complete
+        tried = {r["recipient"] for r in ledger_of(settings)}
+        assert 3 <= len(tried) < 40  # stopped long before burning the whole list
+        outcomes = last_outcomes(settings)
+        assert set(outcomes.values()) == {"deferred"}
+    finally:
+        server.stop()
