@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .conftest import SAMPLE
 from .smtp_server import Behaviour, Server
-from .test_delivery import write_list
+from .test_delivery import cli_env, write_list
 
 COUNT = 200
 CONNECTIONS = 4
@@ -21,15 +21,7 @@ CONNECTIONS = 4
 
 def _env(port: int, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(
-        MAILER_SMTP_HOST="127.0.0.1",
-        MAILER_SMTP_PORT=str(port),
-        MAILER_SMTP_SECURITY="none",
-        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
-        MAILER_UNSUBSCRIBE_MAILTO="unsubscribe@isu.example.org",
-        MAILER_LEDGER_DIR=str(tmp_path / "ledger"),
-        MAILER_MAX_CONNECTIONS=str(CONNECTIONS),
-    )
+    env.update(cli_env(port, tmp_path / "ledger", MAILER_MAX_CONNECTIONS=str(CONNECTIONS)))
     return env
 
 

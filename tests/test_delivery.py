@@ -58,6 +58,19 @@ def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
     return make_settings(**values)
 
 
+def cli_env(port: int, ledger_dir: Path, **extra: str) -> dict[str, str]:
+    """MAILER_* variables for running the command line against a test server."""
+    return {
+        "MAILER_SMTP_HOST": "127.0.0.1",
+        "MAILER_SMTP_PORT": str(port),
+        "MAILER_SMTP_SECURITY": "none",
+        "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
+        "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@isu.example.org",
+        "MAILER_LEDGER_DIR": str(ledger_dir),
+        **extra,
+    }
+
+
 def send(
     settings: Settings, recipients: Path = SAMPLE_RECIPIENTS, policy: RetryPolicy = FAST
 ) -> Report:
@@ -202,16 +215,12 @@ def test_wrong_password_stops_at_once_without_leaking_it(tmp_path: Path) -> None
     server = Server(authenticator=refusing_authenticator, auth_require_tls=False)
     server.start()
     try:
-        env = {
-            "MAILER_SMTP_HOST": "127.0.0.1",
-            "MAILER_SMTP_PORT": str(server.port),
-            "MAILER_SMTP_SECURITY": "none",
-            "MAILER_SMTP_USERNAME": "isu",
-            "MAILER_SMTP_PASSWORD": PASSWORD,
-            "MAILER_FROM": "isu@example.org",
-            "MAILER_UNSUBSCRIBE_MAILTO": "u@example.org",
-            "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
-        }
+        env = cli_env(
+            server.port,
+            tmp_path / "ledger",
+            MAILER_SMTP_USERNAME="isu",
+            MAILER_SMTP_PASSWORD=PASSWORD,
+        )
         result = CliRunner().invoke(
             app, ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--yes"], env=env
         )
@@ -310,14 +319,7 @@ def test_rate_limit_holds_in_every_one_second_window(tmp_path: Path) -> None:
 
 def test_second_run_on_the_same_issue_refuses(server: Server, tmp_path: Path) -> None:
     settings = settings_for(server.port, tmp_path)
-    env = {
-        "MAILER_SMTP_HOST": "127.0.0.1",
-        "MAILER_SMTP_PORT": str(server.port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_FROM": "isu@example.org",
-        "MAILER_UNSUBSCRIBE_MAILTO": "u@example.org",
-        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
-    }
+    env = cli_env(server.port, settings.ledger_dir)
     with Ledger(settings.ledger_dir, "2017-03"):
         result = CliRunner().invoke(
             app, ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--yes"], env=env
