@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -27,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from mailer import dispatch as dispatcher
 from mailer import pipeline
 from mailer.delivery import Report
 from mailer.errors import MailerError
@@ -282,6 +284,84 @@ def status(
         out.print(
             f"  {record.outcome}: {record.recipient}: {record.code or ''} {record.reply or ''}"
         )
+
+
+@app.command()
+def dispatch(
+    now: Annotated[
+        str | None,
+        typer.Option("--now", help="Decide as if it were this moment (ISO 8601, with zone)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Send nothing; preview what would go out.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    claim: Annotated[
+        bool, typer.Option("--claim", help="Only record this run's claim on due bulletins.")
+    ] = False,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="The scheduled run's id: claims are recorded under it."),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Consider only this bulletin id.")
+    ] = None,
+    force: Annotated[
+        str | None,
+        typer.Option("--force", help="Release a dangling claim on this bulletin id first."),
+    ] = None,
+    bulletins: Annotated[
+        Path, typer.Option("--bulletins", help="Folder of bulletin folders.")
+    ] = Path("bulletins"),
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Send every bulletin whose send_at has passed and whose send is not complete."""
+    settings = _settings()
+    moment = _guarded(lambda: dispatcher.parse_now(now))
+    if force is not None:
+        _guarded(lambda: dispatcher.force_release(settings, force, run_id or "manual"))
+    decisions = _guarded(
+        lambda: dispatcher.decide(bulletins, settings, moment, only=only, recipients_dir=recipients)
+    )
+    if claim:
+        if run_id is None:
+            err.print("error: --claim needs --run-id (the scheduled run's id).")
+            raise typer.Exit(2)
+        _guarded(lambda: dispatcher.claim(decisions, settings, run_id))
+    elif dry_run:
+        _guarded(lambda: dispatcher.preview_due(decisions, settings.preview_dir))
+    elif any(d.action == "due" for d in decisions):
+        due = [d.issue for d in decisions if d.action == "due"]
+        if not yes:
+            if not sys.stdin.isatty():
+                err.print("error: not a terminal, so nothing to confirm with: pass --yes.")
+                raise typer.Exit(2)
+            if not typer.confirm(f"Send {', '.join(due)} now?", default=False):
+                raise typer.Exit(0)
+        _guarded(lambda: dispatcher.send_due(decisions, settings, run=run_id))
+    _print_decisions(decisions, moment, claim=claim, dry_run=dry_run)
+    raise typer.Exit(dispatcher.exit_code(decisions, settings))
+
+
+def _print_decisions(
+    decisions: list[dispatcher.Decision], moment: datetime, *, claim: bool, dry_run: bool
+) -> None:
+    mode = " (claim only)" if claim else " (dry run)" if dry_run else ""
+    table = Table(title=f"dispatch at {moment.isoformat(timespec='minutes')}{mode}")
+    for column in ("bulletin", "decision", "detail"):
+        table.add_column(column, overflow="fold")
+    for decision in decisions:
+        action = decision.action
+        if action == "due":
+            action = "claimed" if claim else "would send" if dry_run else action
+        table.add_row(decision.issue, action, decision.detail)
+    if not decisions:
+        table.add_row("(none)", "", "no bulletins found")
+    out.print(table)
+    for decision in decisions:
+        if decision.preview is not None:
+            out.print(str(decision.preview.mbox), soft_wrap=True)
+            out.print(str(decision.preview.page), soft_wrap=True)
 
 
 @app.command()

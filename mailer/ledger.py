@@ -5,7 +5,8 @@
 - ``attempt``: a message is about to go to the server (written and fsynced
   *before* its DATA, so a crash leaves a trace);
 - ``sent`` (the server answered 2xx to DATA), ``failed`` (5xx: permanent) or
-  ``deferred`` (4xx, timeout or dropped connection after every retry).
+  ``deferred`` (4xx, timeout or dropped connection after every retry);
+- ``claim`` and ``release`` (no recipient): a scheduled run's hold on the issue.
 
 A recipient is *done* when its last record is ``sent`` or ``failed``; *in
 doubt* when its last record is an ``attempt`` (the run stopped between DATA and
@@ -39,6 +40,9 @@ from mailer.errors import MailerError
 
 DONE = ("sent", "failed")
 OUTCOMES = ("sent", "failed", "deferred")
+# Issue-level records of the scheduled workflow: a run claims an issue before it
+# sends, and releases it when its sending ends (whatever happened).
+CLAIM, RELEASE = "claim", "release"
 
 
 class LedgerLocked(MailerError):
@@ -112,15 +116,24 @@ def read_records(path: Path) -> Iterator[Record]:
 
 @dataclass
 class State:
-    """Per recipient (lower-cased address), the last record and how many attempts."""
+    """Per recipient (lower-cased address), the last record and how many attempts;
+    and the scheduled workflow's last claim on the issue (see ``dispatch.py``)."""
 
     last: dict[str, Record] = field(default_factory=dict)
+    claim: Record | None = None  # the last claim not followed by its release
+    claimed_by: str | None = None  # the run of the last claim, released or not
 
     @classmethod
     def load(cls, path: Path) -> State:
         state = cls()
         for record in read_records(path):
-            state.last[record.recipient.lower()] = record
+            if record.outcome == CLAIM:
+                state.claim, state.claimed_by = record, record.run
+            elif record.outcome == RELEASE:
+                if state.claim is not None and state.claim.run == record.run:
+                    state.claim = None
+            else:
+                state.last[record.recipient.lower()] = record
         return state
 
     def is_done(self, address: str) -> bool:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        env_ignore_empty=True,  # an empty variable (as CI passes unset ones) means "default"
     )
 
     smtp_host: str = "localhost"

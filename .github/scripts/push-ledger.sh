@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Commit ledger/ and push it to the branch this checkout tracks, rebasing when
+# the branch moved meanwhile (an editor merged something). Exit 0 when the
+# ledger is on the remote (or unchanged), 1 when it could not be pushed.
+# Usage: push-ledger.sh "commit message"
+set -euo pipefail
+
+message=${1:-"ledger: record dispatch"}
+branch=${LEDGER_BRANCH:-$(git rev-parse --abbrev-ref HEAD)}
+remote=${LEDGER_REMOTE:-origin}
+
+git add -- ledger/
+if git diff --cached --quiet -- ledger/; then
+  echo "ledger unchanged: nothing to push"
+  exit 0
+fi
+git -c user.name="${GIT_AUTHOR_NAME:-mailer dispatch}" \
+    -c user.email="${GIT_AUTHOR_EMAIL:-mailer-dispatch@users.noreply.github.com}" \
+    commit --quiet -m "$message" -- ledger/
+
+for attempt in 1 2 3 4 5; do
+  if git push --quiet "$remote" "HEAD:refs/heads/$branch"; then
+    echo "ledger pushed to $remote/$branch"
+    exit 0
+  fi
+  echo "push refused (attempt $attempt); rebasing on $remote/$branch" >&2
+  if ! git pull --quiet --rebase "$remote" "$branch"; then
+    git rebase --abort 2>/dev/null || true
+    echo "could not rebase the ledger on $remote/$branch" >&2
+    exit 1
+  fi
+  sleep "$attempt"
+done
+echo "could not push the ledger to $remote/$branch" >&2
+exit 1

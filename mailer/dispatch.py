@@ -1,0 +1,236 @@
+"""Scheduled dispatch: send each bulletin once its ``send_at`` has passed.
+
+``mailer dispatch`` looks at every ``bulletins/*/bulletin.yaml`` and decides, per
+bulletin, one of:
+
+- ``unscheduled``: no ``send_at``; staff send it with ``mailer send``;
+- ``not due``: ``send_at`` is still ahead;
+- ``complete``: every recipient is sent or failed (nothing to do);
+- ``stale``: ``send_at`` is older than ``MAILER_DISPATCH_WINDOW``; a person must
+  send it with ``mailer send`` (firing a months-old issue after downtime is a
+  known failure of other tools);
+- ``blocked``: an earlier scheduled run claimed it and its outcomes never came
+  back to the repository; resending could mail everyone twice;
+- ``due``: it is sent (or resumed, if an earlier run was interrupted).
+
+Claims make the scheduled workflow safe when state fails to come back: the
+workflow first records a ``claim`` (``--claim``, sends nothing) and pushes it;
+only then sends (``--run-id`` sends only what this run claimed) and records a
+``release``; then pushes the outcomes. A later run that finds a claim without its
+release refuses that bulletin and says what to do. ``dispatch`` never runs git:
+the workflow's script does (``.github/scripts/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailer import pipeline
+from mailer.delivery import Report
+from mailer.errors import ConfigError, MailerError
+from mailer.ledger import CLAIM, RELEASE, Ledger, Record, State, ledger_path
+from mailer.preview import PreviewResult
+from mailer.settings import Settings
+
+
+@dataclass
+class Decision:
+    """What dispatch does with one bulletin, and why."""
+
+    folder: Path
+    issue: str
+    action: str  # unscheduled | not due | complete | stale | blocked | due | invalid
+    detail: str = ""
+    job: pipeline.Job | None = field(default=None, repr=False)
+    report: Report | None = None
+    preview: PreviewResult | None = None
+
+
+def parse_now(text: str | None) -> datetime:
+    """``--now``: an ISO 8601 moment with its zone; the real time when not given."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ConfigError(
+            f"'{text}' is not a moment with a time zone, e.g. 2017-03-28T09:00:00+02:00.",
+            field="--now",
+        )
+    return moment
+
+
+def bulletin_folders(root: Path) -> list[Path]:
+    """Every bulletin folder under ``root``, in name order."""
+    return sorted(p.parent for p in root.glob("*/bulletin.yaml"))
+
+
+def decide(
+    root: Path,
+    settings: Settings,
+    now: datetime,
+    *,
+    only: str | None = None,
+    recipients_dir: Path | None = None,
+    run: str | None = None,
+) -> list[Decision]:
+    """Decide, for each bulletin under ``root``, whether this run (``run``) sends it."""
+    decisions = []
+    for folder in bulletin_folders(root):
+        if only is not None and folder.name != only:
+            continue
+        decisions.append(_decide_one(folder, settings, now, recipients_dir, run))
+    return decisions
+
+
+def _decide_one(
+    folder: Path,
+    settings: Settings,
+    now: datetime,
+    recipients_dir: Path | None,
+    run: str | None,
+) -> Decision:
+    try:
+        job = pipeline.prepare(folder, settings, recipients_dir=recipients_dir, dry_run=True)
+    except MailerError as exc:
+        describe = getattr(exc, "describe", None)
+        return Decision(
+            folder, folder.name, "invalid", describe() if callable(describe) else str(exc)
+        )
+    bulletin = job.bulletin
+    decision = Decision(folder, bulletin.id, "due", job=job)
+    if bulletin.send_at is None:
+        decision.action, decision.detail = "unscheduled", "no send_at; send it with mailer send"
+        return decision
+    if now < bulletin.send_at:
+        decision.action, decision.detail = "not due", f"due at {bulletin.send_at.isoformat()}"
+        return decision
+    total = pipeline.status(job, settings).total
+    if total["pending"] == 0 and total["deferred"] == 0:
+        decision.action, decision.detail = (
+            "complete",
+            f"{total['sent']} sent, {total['failed']} failed",
+        )
+        return decision
+    state = State.load(ledger_path(settings.ledger_dir, bulletin.id))
+    if state.claim is not None and state.claim.run != run:
+        decision.action = "blocked"
+        decision.detail = (
+            f"run {state.claim.run} claimed it at {state.claim.time} and its outcomes never came "
+            "back to the repository, so it may have sent already. Restore "
+            f"ledger/{bulletin.id}.jsonl from that run's 'ledger' artifact and commit it; or, if "
+            f"you are sure that run sent nothing, run: mailer dispatch --force {bulletin.id}"
+        )
+        return decision
+    overdue = now - bulletin.send_at
+    if overdue > settings.dispatch_window:
+        decision.action = "stale"
+        decision.detail = (
+            f"send_at {bulletin.send_at.isoformat()} is {_hours(overdue)} ago, beyond "
+            f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
+        )
+        return decision
+    if total["sent"] or total["failed"] or total["deferred"]:
+        decision.detail = f"resuming: {total['pending'] + total['deferred']} left"
+    return decision
+
+
+def _hours(delta: object) -> str:
+    seconds = getattr(delta, "total_seconds", lambda: 0.0)()
+    return f"{seconds / 3600:.0f} h"
+
+
+def _issue_record(outcome: str, run: str) -> Record:
+    return Record(recipient="", outcome=outcome, message_id="", segments=(), attempt=0, run=run)
+
+
+def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decision]:
+    """Record this run's claim on every due bulletin; sends nothing."""
+    claimed = []
+    for decision in decisions:
+        if decision.action != "due":
+            continue
+        with Ledger(settings.ledger_dir, decision.issue) as ledger:
+            ledger.write_now([_issue_record(CLAIM, run)])
+        claimed.append(decision)
+    return claimed
+
+
+def force_release(settings: Settings, issue: str, run: str) -> None:
+    """Release a dangling claim on ``issue`` (a person decided it sent nothing)."""
+    with Ledger(settings.ledger_dir, issue) as ledger:
+        state = ledger.state()
+        if state.claim is not None:
+            ledger.write_now([_issue_record(RELEASE, state.claim.run or "")])
+
+
+def send_due(
+    decisions: list[Decision],
+    settings: Settings,
+    *,
+    run: str | None,
+    progress: Callable[[Decision], None] | None = None,
+) -> None:
+    """Send every due bulletin (only those this run claimed, when ``run`` is given)."""
+    for decision in decisions:
+        if decision.action != "due" or decision.job is None:
+            continue
+        job = pipeline.prepare(
+            decision.folder,
+            settings,
+            recipients_dir=decision.job.recipients.directory,
+            dry_run=False,
+        )
+        with Ledger(settings.ledger_dir, job.bulletin.id) as ledger:
+            state = ledger.state()
+            if run is not None and (state.claim is None or state.claim.run != run):
+                decision.action = "skipped"
+                decision.detail = f"not claimed by run {run}; run mailer dispatch --claim first"
+                continue
+            try:
+                decision.report = pipeline.deliver(job, settings, ledger, state, run_id=run)
+            finally:
+                if run is not None:
+                    ledger.write_now([_issue_record(RELEASE, run)])
+        decision.action = "sent"
+        decision.detail = _summary(decision.report)
+        if progress is not None:
+            progress(decision)
+
+
+def _summary(report: Report | None) -> str:
+    if report is None:
+        return ""
+    t = report.total
+    text = f"{t.sent} sent, {t.failed} failed, {t.deferred} deferred"
+    if report.in_doubt:
+        text += f", {len(report.in_doubt)} in doubt resent"
+    if report.stopped:
+        text += f"; stopped: {report.stopped}"
+    return text
+
+
+def preview_due(decisions: list[Decision], out_dir: Path) -> None:
+    """For ``--dry-run``: the mbox and preview page of every bulletin that would go out."""
+    for decision in decisions:
+        if decision.action == "due" and decision.job is not None:
+            decision.preview = pipeline.preview(decision.job, out_dir)
+
+
+def exit_code(decisions: list[Decision], settings: Settings) -> int:
+    """As ``send``: 2 for bad input, 1 when anything needs a person or is unfinished."""
+    if any(d.action == "invalid" for d in decisions):
+        return 2
+    if any(d.action in ("stale", "blocked", "skipped") for d in decisions):
+        return 1
+    for decision in decisions:
+        if decision.action == "sent" and decision.job is not None:
+            total = pipeline.status(decision.job, settings).total
+            if total["sent"] != sum(total.values()):
+                return 1
+    return 0
