@@ -321,7 +321,9 @@ def dispatch(
     if force is not None:
         _guarded(lambda: dispatcher.force_release(settings, force, run_id or "manual"))
     decisions = _guarded(
-        lambda: dispatcher.decide(bulletins, settings, moment, only=only, recipients_dir=recipients)
+        lambda: dispatcher.decide(
+            bulletins, settings, moment, only=only, recipients_dir=recipients, run=run_id
+        )
     )
     if claim:
         if run_id is None:

