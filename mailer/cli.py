@@ -32,7 +32,7 @@ from mailer import dispatch as dispatcher
 from mailer import pipeline
 from mailer.delivery import Report
 from mailer.errors import MailerError
-from mailer.ledger import Ledger
+from mailer.ledger import Ledger, Record
 from mailer.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -174,12 +174,7 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool) -> None:
             out.print("Nothing to send.")
             raise typer.Exit(_exit_code(job, settings))
         if not yes:
-            if not sys.stdin.isatty():
-                err.print("error: not a terminal, so nothing to confirm with: pass --yes.")
-                raise typer.Exit(2)
-            if not typer.confirm(f"Send {plan.pending_total} messages?", default=False):
-                out.print("Nothing sent.")
-                raise typer.Exit(0)
+            _confirm(f"Send {plan.pending_total} messages?")
         report = _send_with_progress(job, settings, ledger, plan)
     _print_report(job, report)
     raise typer.Exit(_exit_code(job, settings))
@@ -234,10 +229,7 @@ def _print_report(job: pipeline.Job, report: Report) -> None:
     t = report.total
     table.add_row("[bold]all (each address once)[/]", str(t.sent), str(t.failed), str(t.deferred))
     out.print(table)
-    for record in report.failures[:20]:
-        out.print(
-            f"  {record.outcome}: {record.recipient}: {record.code or ''} {record.reply or ''}"
-        )
+    _print_failures(report.failures[:20])
     if len(report.failures) > 20:
         out.print(f"  … and {len(report.failures) - 20} more: see mailer status.")
     if report.in_doubt:
@@ -280,10 +272,7 @@ def status(
     out.print(table)
     if result.in_doubt:
         out.print(f"{result.in_doubt} pending recipient(s) are in doubt (a run stopped mid-send).")
-    for record in result.failures:
-        out.print(
-            f"  {record.outcome}: {record.recipient}: {record.code or ''} {record.reply or ''}"
-        )
+    _print_failures(result.failures)
 
 
 @app.command()
@@ -335,11 +324,7 @@ def dispatch(
     elif any(d.action == "due" for d in decisions):
         due = [d.issue for d in decisions if d.action == "due"]
         if not yes:
-            if not sys.stdin.isatty():
-                err.print("error: not a terminal, so nothing to confirm with: pass --yes.")
-                raise typer.Exit(2)
-            if not typer.confirm(f"Send {', '.join(due)} now?", default=False):
-                raise typer.Exit(0)
+            _confirm(f"Send {', '.join(due)} now?")
         _guarded(lambda: dispatcher.send_due(decisions, settings, run=run_id))
     _print_decisions(decisions, moment, claim=claim, dry_run=dry_run)
     raise typer.Exit(dispatcher.exit_code(decisions, settings))
@@ -388,6 +373,23 @@ def check(
         f"{len(report.variants)} variants (largest HTML "
         f"{max(report.sizes.values(), default=0) // 1024} KB)."
     )
+
+
+def _confirm(question: str) -> None:
+    """Ask on a terminal; without one there is nobody to ask, so refuse (exit 2)."""
+    if not sys.stdin.isatty():
+        err.print("error: not a terminal, so nothing to confirm with: pass --yes.")
+        raise typer.Exit(2)
+    if not typer.confirm(question, default=False):
+        out.print("Nothing sent.")
+        raise typer.Exit(0)
+
+
+def _print_failures(records: list[Record]) -> None:
+    for record in records:
+        out.print(
+            f"  {record.outcome}: {record.recipient}: {record.code or ''} {record.reply or ''}"
+        )
 
 
 def _print_skipped(job: pipeline.Job) -> None:

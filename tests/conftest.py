@@ -17,6 +17,8 @@ from mailer import pipeline
 from mailer.compose import OutgoingMessage
 from mailer.settings import Settings
 
+from .smtp_server import Server
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "bulletins" / "2017-03"
 SAMPLE_RECIPIENTS = ROOT / "recipients"
@@ -30,6 +32,15 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is required (MAILER_REQUIRE_EXTERNAL=1) but not installed")
         pytest.skip(f"{name} is not installed")
     return found
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A well-behaved SMTP server on 127.0.0.1 (see smtp_server.py for the others)."""
+    running = Server()
+    running.start()
+    yield running
+    running.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,14 +85,6 @@ def ledger_of(settings: Settings) -> list[dict[str, object]]:
 
 def last_outcomes(settings: Settings) -> dict[str, str]:
     return {str(r["recipient"]).lower(): str(r["outcome"]) for r in ledger_of(settings)}
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    running = Server()
-    running.start()
-    yield running
-    running.stop()
 
 
 def test_every_recipient_gets_exactly_one_intact_message(server: Server, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from .test_delivery import FAST, cli_env, settings_for
 BEFORE = "2017-03-28T08:59:00+02:00"
 DUE = "2017-03-28T09:15:00+02:00"
 STALE = "2017-04-02T09:15:00+02:00"  # 5 days late, beyond the 72 h window
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    running = Server()
-    running.start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture
