@@ -60,6 +60,7 @@ def mailer_end_to_end(port: int, recipients: Path, work: Path) -> tuple[float, i
         MAILER_SMTP_SECURITY="none",
         MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
         MAILER_UNSUBSCRIBE_URL="https://isu.example.org/unsubscribe",
+        MAILER_UNSUBSCRIBE_SECRET="bench-secret",
         MAILER_UNSUBSCRIBE_MAILTO="unsubscribe@isu.example.org",
         MAILER_LEDGER_DIR=str(work / "ledger"),
         MAILER_MAX_CONNECTIONS=str(CONNECTIONS),

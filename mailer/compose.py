@@ -32,6 +32,7 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
+from mailer.bounces import verp_address
 from mailer.bulletin import Bulletin, Item
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
@@ -51,6 +52,8 @@ from mailer.message import (
 from mailer.plaintext import markdown_to_text, wrap
 from mailer.recipients import Recipient
 from mailer.settings import PLACEHOLDER_FROM, Settings
+from mailer.signing import Signer
+from mailer.unsubscribe import make_token
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _markdown = MarkdownIt("commonmark", {"html": False})
@@ -78,7 +81,12 @@ class Identity:
     unsubscribe_mailto: str | None
     unsubscribe_url: str | None
     archive_url: str | None
+    envelope_from: str = ""
+    unsubscribe_secret: bytes = field(default=b"", repr=False)
+    bounce_address: str | None = None
+    signer: Signer | None = field(default=None, repr=False)
     placeholder: bool = False
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool) -> Identity:
@@ -99,6 +107,15 @@ class Identity:
                     field="MAILER_UNSUBSCRIBE_MAILTO",
                 )
             mailto = f"unsubscribe@{domain}"
+        notes = []
+        secret = settings.unsubscribe_secret
+        if url is not None and secret is None:
+            if not dry_run:
+                raise ConfigError(
+                    "MAILER_UNSUBSCRIBE_URL needs a key to sign its per-reader tokens.",
+                    field="MAILER_UNSUBSCRIBE_SECRET",
+                )
+            notes.append("MAILER_UNSUBSCRIBE_SECRET is not set: preview tokens use a dummy key.")
         return cls(
             from_header=encode_address(name, address),
             domain=domain,
@@ -107,15 +124,37 @@ class Identity:
             unsubscribe_mailto=mailto,
             unsubscribe_url=url,
             archive_url=settings.archive_url,
+            envelope_from=address,
+            unsubscribe_secret=(
+                secret.get_secret_value().encode() if secret else b"preview-only-not-a-secret"
+            ),
+            bounce_address=settings.bounce_address,
+            signer=Signer.from_settings(settings),
             placeholder=placeholder,
+            notes=tuple(notes),
         )
+
+    def envelope_for(self, issue: str, address: str) -> str:
+        """MAIL FROM for one message: a VERP address when bounces are collected."""
+        if self.bounce_address:
+            return verp_address(self.bounce_address, issue, address)
+        return self.envelope_from
 
 
 class OutgoingMessage:
     """One recipient's message. The bytes are made when a sink asks for them, in the
     line ends that sink wants, so the stream itself carries almost nothing."""
 
-    __slots__ = ("_template", "_values", "message_id", "recipient", "to", "variant")
+    __slots__ = (
+        "_signer",
+        "_template",
+        "_values",
+        "envelope_from",
+        "message_id",
+        "recipient",
+        "to",
+        "variant",
+    )
 
     def __init__(
         self,
@@ -123,27 +162,38 @@ class OutgoingMessage:
         variant: VariantKey,
         template: MessageTemplate,
         values: dict[str, str],
+        *,
+        envelope_from: str,
         to: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.recipient = recipient
         self.to = to or recipient.email  # the envelope recipient (RCPT TO)
+        self.envelope_from = envelope_from  # MAIL FROM (VERP when bounces are collected)
         self.variant = variant
         self.message_id = values["message_id"]
         self._template = template
         self._values = values
+        self._signer = signer
 
     @property
     def data(self) -> bytes:
-        """The message with CRLF line ends, as SMTP DATA carries it."""
-        return self._template.fill(self._values)
+        """The message with CRLF line ends (DKIM-signed when configured)."""
+        body = self._template.fill(self._values)
+        return self._signer.header(body) + body if self._signer else body
 
     def mbox_data(self) -> bytes:
         """The same message with LF line ends, as an mbox file stores it."""
+        if self._signer is not None:
+            return self.data.replace(b"\r\n", b"\n")
         return self._template.fill(self._values, "lf")
 
     def wire(self) -> bytes:
         """The bytes that follow SMTP DATA: CRLF, dot-stuffed, ended by ``.`` CRLF."""
-        return self._template.fill(self._values, "wire")
+        wire = self._template.fill(self._values, "wire")
+        if self._signer is None:
+            return wire
+        return self._signer.header(self._template.fill(self._values)) + wire
 
 
 @dataclass(frozen=True)
@@ -220,13 +270,12 @@ def message_id(issue: str, address: str, domain: str) -> str:
 
 
 def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> str:
-    """The footer's unsubscribe target: the https page for this reader, else a mailto."""
+    """The footer's unsubscribe target: the https page with this reader's signed token
+    (RFC 8058 one-click), else a mailto."""
     if identity.unsubscribe_url:
         joiner = "&" if "?" in identity.unsubscribe_url else "?"
-        return (
-            f"{identity.unsubscribe_url}{joiner}address={quote(recipient.email, safe='@')}"
-            f"&issue={quote(issue)}"
-        )
+        token = make_token(identity.unsubscribe_secret, recipient.email)
+        return f"{identity.unsubscribe_url}{joiner}token={token}&issue={quote(issue)}"
     return f"mailto:{identity.unsubscribe_mailto}?subject=unsubscribe"
 
 
@@ -317,7 +366,17 @@ class Composer:
             values["message_id"] = message_id(
                 f"{self.bulletin.id}.test", f"{deliver_to}\0{recipient.email}", self.identity.domain
             )
-        return OutgoingMessage(recipient, key, variant.template, values, deliver_to)
+        return OutgoingMessage(
+            recipient,
+            key,
+            variant.template,
+            values,
+            envelope_from=self.identity.envelope_for(
+                self.bulletin.id, deliver_to or recipient.email
+            ),
+            to=deliver_to,
+            signer=self.identity.signer,
+        )
 
     def stream(self, recipients: Iterable[Recipient]) -> Iterator[OutgoingMessage]:
         """Messages produced one at a time: nothing is held for the whole list."""
@@ -380,11 +439,12 @@ class Composer:
         subject = self.subject_prefix + self.bulletin.subject.get(language)
         used = [self.images[i.image] for i in items if i.image is not None]
         embedded = () if self.identity.archive_url else tuple(dict.fromkeys(used))
-        template = self._encode(subject, html, text, hole_names, embedded)
+        template = self._encode(key, subject, html, text, hole_names, embedded)
         return Variant(key, subject, html, text, hole_names, embedded, template, catalog)
 
     def _encode(
         self,
+        key: VariantKey,
         subject: str,
         html: str,
         text: str,
@@ -414,6 +474,10 @@ class Composer:
         out.literal(LF)
         if ident.unsubscribe_url:
             out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n")
+        # Gmail's feedback loop reports complaints per campaign:segment:type:sender.
+        segments = "+".join(key.segments)
+        feedback = f"{self.bulletin.id}:{segments}:bulletin:{ident.list_id}"
+        out.literal(header_line("Feedback-ID", feedback))
         out.literal(b"MIME-Version: 1.0\n")
         out.literal(f'Content-Type: multipart/alternative; boundary="{outer}"\n\n'.encode())
         out.literal(f"--{outer}\n".encode() + _part_headers("text/plain"))

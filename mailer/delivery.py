@@ -25,7 +25,6 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -137,14 +136,12 @@ class Sender:
         ledger: Ledger | None,
         *,
         policy: RetryPolicy | None = None,
-        envelope_from: str | None = None,
         progress: Progress | None = None,
         run_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.policy = policy or RetryPolicy()
-        self.envelope_from = envelope_from or parseaddr(settings.from_ or "")[1]
         self.progress = progress or (lambda outcome, message: None)
         self.run_id = run_id
         self.report = Report()
@@ -345,7 +342,7 @@ class Sender:
         self._record(message, "attempt", item.attempt, unsettled=unsettled)
         code: int | None
         try:
-            await connection.mail(self.envelope_from)
+            await connection.mail(message.envelope_from)
             await connection.rcpt(message.to)
             await self._settle(unsettled)
             reply = await _data(connection, message.wire(), self.settings.smtp_timeout)
@@ -354,7 +351,7 @@ class Sender:
             if exc.code >= 500:
                 self._record(message, "deferred", item.attempt, exc.code, exc.message, unsettled)
                 raise _Fatal(
-                    f"the relay refuses the sender {self.envelope_from} ({exc.code} "
+                    f"the relay refuses the sender {message.envelope_from} ({exc.code} "
                     f"{exc.message}); check MAILER_FROM."
                 ) from None
             code, text = exc.code, exc.message

@@ -43,6 +43,8 @@ OUTCOMES = ("sent", "failed", "deferred")
 # Issue-level records of the scheduled workflow: a run claims an issue before it
 # sends, and releases it when its sending ends (whatever happened).
 CLAIM, RELEASE = "claim", "release"
+# A bounce report received later (see bounces.py): information, not a send state.
+BOUNCE = "bounce"
 
 
 class LedgerLocked(MailerError):
@@ -132,7 +134,7 @@ class State:
             elif record.outcome == RELEASE:
                 if state.claim is not None and state.claim.run == record.run:
                     state.claim = None
-            else:
+            elif record.outcome != BOUNCE:
                 state.last[record.recipient.lower()] = record
         return state
 

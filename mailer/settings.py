@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     list_id: str | None = None
     unsubscribe_mailto: str | None = None
     unsubscribe_url: str | None = None
+    unsubscribe_secret: SecretStr | None = None
+    bounce_address: str | None = None
+    bounce_soft_limit: int = Field(3, ge=1, le=100)
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
     dkim_domain: str | None = None
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
             raise ValueError("expected an absolute https:// URL")
         return value.rstrip("/") if value.endswith("/") and value.count("/") > 3 else value
 
-    @field_validator("unsubscribe_mailto")
+    @field_validator("unsubscribe_mailto", "bounce_address")
     @classmethod
     def _mailto(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -22,6 +22,7 @@ from .smtp_server import Server
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "bulletins" / "2017-03"
 SAMPLE_RECIPIENTS = ROOT / "recipients"
+UNSUBSCRIBE_SECRET = "test-unsubscribe-key"
 
 
 def require_tool(name: str) -> str:
@@ -89,6 +90,7 @@ def sample_messages() -> list[OutgoingMessage]:
         MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
         unsubscribe_url="https://isu.example.org/unsubscribe",
         unsubscribe_mailto="unsubscribe@isu.example.org",
+        unsubscribe_secret=UNSUBSCRIBE_SECRET,
         reply_to="ISU-CCM <isu@example.org>",
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from mailer.compose import OutgoingMessage
+from mailer.unsubscribe import verify_token
 
-from .conftest import by_address, compose_sample, html_of, parse, text_of
+from .conftest import UNSUBSCRIBE_SECRET, by_address, compose_sample, html_of, parse, text_of
 
 REQUIRED = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Reply-To", "List-Id")
 
@@ -91,7 +92,10 @@ def test_list_headers_name_the_list_and_the_unsubscribe_targets(
     assert parsed["List-Id"].endswith("<bulletin.isu.example.org>")
     targets = re.findall(r"<([^>]+)>", str(parsed["List-Unsubscribe"]))
     assert targets[0] == "mailto:unsubscribe@isu.example.org?subject=unsubscribe"
-    assert targets[1].startswith("https://isu.example.org/unsubscribe?address=research@example.com")
+    url = targets[1]
+    assert url.startswith("https://isu.example.org/unsubscribe?token=")
+    token = url.split("token=")[1].split("&")[0]
+    assert verify_token(UNSUBSCRIBE_SECRET.encode(), token) == "research@example.com"
     assert parsed["Reply-To"] == "ISU-CCM <isu@example.org>"
 
 

@@ -16,8 +16,18 @@ from mailer import pipeline
 from mailer.compose import Composer, OutgoingMessage
 from mailer.errors import ContentError
 from mailer.recipients import Recipient
+from mailer.unsubscribe import make_token
 
-from .conftest import SAMPLE, SAMPLE_RECIPIENTS, by_address, html_of, make_settings, parse, text_of
+from .conftest import (
+    SAMPLE,
+    SAMPLE_RECIPIENTS,
+    UNSUBSCRIBE_SECRET,
+    by_address,
+    html_of,
+    make_settings,
+    parse,
+    text_of,
+)
 
 
 def _composer(**settings: object) -> Composer:
@@ -108,7 +118,8 @@ def test_greeting_names_the_reader_in_their_language(
 def test_unsubscribe_link_is_the_readers_own(sample_messages: list[OutgoingMessage]) -> None:
     for message in sample_messages:
         parsed = parse(message.data)
-        own = f"https://isu.example.org/unsubscribe?address={message.recipient.email}&issue=2017-03"
+        token = make_token(UNSUBSCRIBE_SECRET.encode(), message.recipient.email)
+        own = f"https://isu.example.org/unsubscribe?token={token}&issue=2017-03"
         assert own in text_of(parsed)
         assert own.replace("&", "&amp;") in html_of(parsed)
         assert own in str(parsed["List-Unsubscribe"])

@@ -1,0 +1,128 @@
+"""Unsubscribing: signed one-click tokens, and the suppression list they feed.
+
+The https target of List-Unsubscribe (and the footer link) carries a token per
+reader: their address and an HMAC-SHA256 of it under ``MAILER_UNSUBSCRIBE_SECRET``,
+so nobody can unsubscribe someone else by editing a URL. The web endpoint that
+receives the RFC 8058 one-click POST calls ``mailer unsubscribe --token TOKEN``
+(or this module). Requests mailed to the mailto target are read from an mbox by
+``mailer unsubscribe --from-mbox``. Every path ends in ``recipients/suppressions.csv``,
+appended without duplicates, so a suppressed address is never mailed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import mailbox
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parseaddr
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from mailer.errors import InputError
+from mailer.recipients import SUPPRESSIONS, load_suppressions
+
+_MAC_BYTES = 16  # 128 bits of HMAC-SHA256: far beyond guessing
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, address: str) -> bytes:
+    message = b"mailer-unsubscribe\0" + address.lower().encode("utf-8")
+    return hmac.new(secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_token(secret: bytes, address: str) -> str:
+    """``<address, base64url>.<MAC, base64url>``: opaque in a URL, checkable offline."""
+    return f"{_b64(address.encode('utf-8'))}.{_b64(_mac(secret, address))}"
+
+
+def verify_token(secret: bytes, token: str) -> str:
+    """The address a genuine token names; raises InputError for a forged or broken one."""
+    try:
+        encoded, _, mac = token.strip().partition(".")
+        address = _unb64(encoded).decode("utf-8")
+        genuine = hmac.compare_digest(_unb64(mac), _mac(secret, address))
+    except (ValueError, UnicodeDecodeError):
+        genuine = False
+    if not genuine:
+        raise InputError(
+            "the unsubscribe token is not genuine (forged, altered or cut).", field="--token"
+        )
+    return address
+
+
+@dataclass(frozen=True)
+class Added:
+    """What a suppression update did."""
+
+    added: tuple[str, ...]
+    already: tuple[str, ...]
+
+
+def _normalized(address: str) -> str:
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InputError(f"'{address}' is not an address: {exc}", field="ADDRESS") from None
+
+
+def suppress(directory: Path, addresses: Iterable[str], reason: str) -> Added:
+    """Append ``addresses`` to suppressions.csv unless already there (case-insensitive)."""
+    path = directory / SUPPRESSIONS
+    known = set(load_suppressions(directory))
+    added, already = [], []
+    today = datetime.now(UTC).date().isoformat()
+    new_file = not path.exists()
+    rows = []
+    for address in addresses:
+        normalized = _normalized(address)
+        if normalized.lower() in known:
+            already.append(normalized)
+            continue
+        known.add(normalized.lower())
+        added.append(normalized)
+        rows.append([normalized, reason.replace("\n", " "), today])
+    if rows:
+        directory.mkdir(parents=True, exist_ok=True)
+        needs_newline = not new_file and not path.read_bytes().endswith(b"\n")
+        with path.open("a", newline="", encoding="utf-8") as handle:
+            if needs_newline:
+                handle.write("\n")
+            writer = csv.writer(handle, lineterminator="\n")
+            if new_file:
+                writer.writerow(["email", "reason", "date"])
+            writer.writerows(rows)
+    return Added(tuple(added), tuple(already))
+
+
+def requests_in_mbox(path: Path) -> list[str]:
+    """Senders of the unsubscribe requests in an mbox (mail sent to the mailto target).
+
+    A request is any message whose subject or first text line says "unsubscribe"
+    (what mail clients send for a List-Unsubscribe mailto); others are ignored.
+    """
+    if not path.is_file():
+        raise InputError("no such mbox file.", file=path)
+    senders = []
+    for message in mailbox.mbox(str(path)):
+        subject = str(message.get("Subject", "")).lower()
+        payload = message.get_payload(decode=True) if not message.is_multipart() else b""
+        body = payload if isinstance(payload, bytes) else b""
+        first_line = body.decode("utf-8", "replace").strip().lower()[:100]
+        if "unsubscribe" in subject or first_line.startswith("unsubscribe"):
+            address = parseaddr(str(message.get("From", "")))[1]
+            if address:
+                senders.append(address)
+    return senders
