@@ -237,6 +237,11 @@ def _print_report(job: pipeline.Job, report: Report) -> None:
             f"Resent {len(report.in_doubt)} in-doubt recipient(s) (they may get it twice): "
             + ", ".join(report.in_doubt[:10])
         )
+    if report.suppressed:
+        out.print(
+            f"Added to suppressions (no such mailbox): {', '.join(report.suppressed[:10])}"
+            + (" …" if len(report.suppressed) > 10 else "")
+        )
     if report.stopped:
         out.print(f"[yellow]Stopped:[/] {report.stopped}")
 

@@ -96,6 +96,7 @@ class Report:
     in_doubt: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early, if it did
     failures: list[Record] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)  # dead mailboxes added to suppressions
 
     def count(self, message: OutgoingMessage, outcome: str) -> None:
         for segment in message.recipient.segments:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailer.bounces import is_mailbox_gone
 from mailer.bulletin import Bulletin, load_bulletin
 from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
@@ -24,6 +25,7 @@ from mailer.ledger import OUTCOMES, Ledger, Record, State, ledger_path
 from mailer.preview import PreviewResult, write_preview
 from mailer.recipients import RecipientList, available_segments, load_recipients
 from mailer.settings import Settings
+from mailer.unsubscribe import suppress
 
 GMAIL_CLIP_BYTES = 102 * 1024
 
@@ -181,6 +183,15 @@ def deliver(
     sender = Sender(settings, ledger, policy=policy, progress=progress, run_id=run_id)
     report = _run_async(sender, pending(), state.attempts)
     report.in_doubt = in_doubt
+    gone = [
+        r.recipient
+        for r in report.failures
+        if r.outcome == "failed" and is_mailbox_gone(r.code, r.reply)
+    ]
+    if gone:  # the relay says these mailboxes do not exist: never mail them again
+        report.suppressed = list(
+            suppress(job.recipients.directory, gone, "rejected: no such mailbox").added
+        )
     return report
 
 

@@ -44,6 +44,23 @@ def server() -> Iterator[Server]:
     running.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sample_content_untouched() -> Iterator[None]:
+    """No test may change the bundled bulletin or lists (they are the product's sample)."""
+
+    def snapshot() -> dict[Path, bytes]:
+        return {
+            p: p.read_bytes()
+            for d in (SAMPLE, SAMPLE_RECIPIENTS)
+            for p in d.rglob("*")
+            if p.is_file()
+        }
+
+    before = snapshot()
+    yield
+    assert snapshot() == before, "a test modified the sample bulletin or recipients"
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read a developer's MAILER_* variables."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,11 @@ def write_list(directory: Path, count: int) -> Path:
 
 
 def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
+    """Settings for a test server, with a private copy of the sample recipients
+    (a send may add to suppressions.csv)."""
+    recipients = tmp_path / "recipients"
+    if not recipients.exists():
+        shutil.copytree(SAMPLE_RECIPIENTS, recipients)
     values: dict[str, object] = {
         "smtp_host": "127.0.0.1",
         "smtp_port": port,
@@ -51,6 +57,7 @@ def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
         "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
         "unsubscribe_mailto": "unsubscribe@isu.example.org",
         "ledger_dir": tmp_path / "ledger",
+        "recipients_dir": recipients,
         "max_connections": 2,
     }
     values.update(extra)
@@ -70,9 +77,7 @@ def cli_env(port: int, ledger_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def send(
-    settings: Settings, recipients: Path = SAMPLE_RECIPIENTS, policy: RetryPolicy = FAST
-) -> Report:
+def send(settings: Settings, recipients: Path | None = None, policy: RetryPolicy = FAST) -> Report:
     job = pipeline.prepare(SAMPLE, settings, recipients_dir=recipients, dry_run=False)
     with pipeline.open_ledger(job, settings) as ledger:
         return pipeline.deliver(job, settings, ledger, ledger.state(), policy=policy)
@@ -126,6 +131,9 @@ def test_550_on_rcpt_fails_that_recipient_only_and_is_not_retried(tmp_path: Path
         failed = [r for r in ledger_of(settings) if r["outcome"] == "failed"]
         assert failed[0]["recipient"] == "research@example.com"
         assert failed[0]["code"] == 550 and "No such user" in str(failed[0]["reply"])
+        # "No such user" (5.1.1): the address is suppressed for every later issue.
+        suppressions = (settings.recipients_dir / "suppressions.csv").read_text()
+        assert "research@example.com,rejected: no such mailbox," in suppressions
         send(settings)  # a rerun does not try a permanent failure again
         assert sum(1 for r in ledger_of(settings) if r["recipient"] == "research@example.com") == 2
     finally:
