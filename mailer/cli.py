@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -28,10 +29,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from mailer import bounces as bounce_reader
 from mailer import dispatch as dispatcher
-from mailer import pipeline
+from mailer import pipeline, signing
+from mailer import unsubscribe as unsubscribing
 from mailer.delivery import Report
-from mailer.errors import MailerError
+from mailer.errors import ConfigError, InputError, MailerError
 from mailer.ledger import Ledger, Record
 from mailer.settings import Settings, load_settings
 
@@ -354,6 +357,113 @@ def _print_decisions(
         if decision.preview is not None:
             out.print(str(decision.preview.mbox), soft_wrap=True)
             out.print(str(decision.preview.page), soft_wrap=True)
+
+
+@app.command()
+def unsubscribe(
+    addresses: Annotated[
+        list[str] | None, typer.Argument(help="Addresses to suppress.", show_default=False)
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (kept in the file).")
+    ] = "unsubscribed",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="A one-click token (from the https unsubscribe URL)."),
+    ] = None,
+    from_mbox: Annotated[
+        Path | None,
+        typer.Option("--from-mbox", help="An mbox of requests sent to the mailto target."),
+    ] = None,
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Add addresses to suppressions.csv (never mailed again), without duplicates."""
+    settings = _settings()
+    directory = recipients or settings.recipients_dir
+    wanted = list(addresses or [])
+    with _reported():
+        if token is not None:
+            secret = settings.unsubscribe_secret
+            if secret is None:
+                raise ConfigError(
+                    "needed to check unsubscribe tokens.", field="MAILER_UNSUBSCRIBE_SECRET"
+                )
+            wanted.append(unsubscribing.verify_token(secret.get_secret_value().encode(), token))
+            reason = "one-click unsubscribe" if reason == "unsubscribed" else reason
+        if from_mbox is not None:
+            wanted.extend(unsubscribing.requests_in_mbox(from_mbox))
+            reason = "unsubscribe request by mail" if reason == "unsubscribed" else reason
+        if not wanted:
+            raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
+        result = unsubscribing.suppress(directory, wanted, reason)
+    for address in result.added:
+        out.print(f"suppressed: {address}")
+    for address in result.already:
+        out.print(f"already suppressed: {address}")
+
+
+@app.command()
+def bounces(
+    source: Annotated[
+        Path,
+        typer.Argument(help="An mbox file or a Maildir of bounce reports.", show_default=False),
+    ],
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Read bounce reports: record them in the ledgers; suppress dead addresses."""
+    settings = _settings()
+    report = _guarded(
+        lambda: bounce_reader.process(
+            source,
+            settings.ledger_dir,
+            recipients or settings.recipients_dir,
+            bounce_address=settings.bounce_address,
+            soft_limit=settings.bounce_soft_limit,
+        )
+    )
+    table = Table(title=f"{report.read} message(s) read")
+    for column in ("issue", "recipient", "bounce"):
+        table.add_column(column)
+    for bounce in report.bounces:
+        table.add_row(bounce.issue, bounce.recipient, bounce.detail)
+    out.print(table)
+    if report.duplicates:
+        out.print(f"{report.duplicates} bounce(s) were already recorded.")
+    for line in report.unattributed:
+        err.print(f"[yellow]not attributed:[/] {line}", soft_wrap=True)
+    for address in report.suppressed.added:
+        out.print(f"suppressed: {address}")
+
+
+@app.command("dkim-keygen")
+def dkim_keygen(
+    selector: Annotated[str, typer.Argument(help="The DKIM selector, e.g. bulletin2026.")],
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", help="Signing domain [default: MAILER_DKIM_DOMAIN or From's]."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the keys.")] = Path("dkim"),
+) -> None:
+    """Write a DKIM key pair and print the DNS TXT record to publish."""
+    settings = _settings()
+    signing_domain = domain or settings.dkim_domain
+    if signing_domain is None and settings.from_:
+        signing_domain = settings.from_.rpartition("@")[2].rstrip(">").strip()
+    if not signing_domain:
+        err.print("error: name the domain with --domain (or set MAILER_DKIM_DOMAIN).")
+        raise typer.Exit(2)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", selector):
+        err.print("error: a selector is letters, digits and '-', e.g. bulletin2026.")
+        raise typer.Exit(2)
+    private, record = _guarded(lambda: signing.generate_key(out_dir, selector, signing_domain))
+    out.print(f"Private key: {private} (keep it secret; never commit it)")
+    out.print("Publish this DNS record:")
+    out.print(record, soft_wrap=True)
+    out.print(
+        f"Then set MAILER_DKIM_DOMAIN={signing_domain} MAILER_DKIM_SELECTOR={selector} "
+        f"MAILER_DKIM_KEY_FILE={private}",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer.bounces import is_mailbox_gone
 from mailer.bulletin import Bulletin, load_bulletin
-from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
+from mailer.compose import Composer, Identity, OutgoingMessage, Variant, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
 from mailer.errors import ContentError, RecipientError
 from mailer.ledger import OUTCOMES, Ledger, Record, State, ledger_path
+from mailer.message import HOLE_PATTERN
 from mailer.preview import PreviewResult, write_preview
 from mailer.recipients import RecipientList, available_segments, load_recipients
 from mailer.settings import Settings
@@ -95,6 +97,41 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
 
 
+_HREF = re.compile(r"""href=["']([^"']*)["']""")
+_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_ALT = re.compile(r"""\balt=["']([^"']+)["']""")
+SUBJECT_LIMIT = 78  # longer subjects are cut in most inbox lists
+
+
+def _deliverability(variant: Variant, key: VariantKey) -> list[str]:
+    """What inbox providers and spam filters would hold against a variant."""
+    label = key.label()
+    found = []
+    for href in dict.fromkeys(_HREF.findall(variant.html)):
+        if HOLE_PATTERN.fullmatch(href):
+            continue  # a personal link (unsubscribe), filled in per reader
+        if href.startswith("http://"):
+            found.append(f"{label}: the link {href} is not https; prefer https://.")
+        elif not href.startswith(("https://", "mailto:")):
+            raise ContentError(
+                f"the link '{href}' in variant {label} is not absolute; it would be dead in "
+                "every inbox.",
+                field="href",
+            )
+    for tag in _IMG.findall(variant.html):
+        if not _ALT.search(tag):
+            raise ContentError(f"an image of variant {label} has no alt text: {tag}", field="alt")
+    if len(variant.subject) > SUBJECT_LIMIT:
+        found.append(
+            f"the subject in '{key.language}' has {len(variant.subject)} characters; inboxes "
+            f"show about {SUBJECT_LIMIT} or fewer."
+        )
+    words = len(HOLE_PATTERN.sub("", variant.text).split())
+    if words < 50:
+        found.append(f"{label}: the plain text has only {words} words; add some text.")
+    return found
+
+
 def check(job: Job, settings: Settings) -> CheckReport:
     """Render every variant the list needs and check what a real send would need."""
     report = CheckReport()
@@ -111,6 +148,8 @@ def check(job: Job, settings: Settings) -> CheckReport:
                 f"over 102 KB. Shorten the items or move images to MAILER_ARCHIVE_URL.",
                 file=job.bulletin.path,
             )
+        report.warnings.extend(_deliverability(variant, key))
+    report.warnings = list(dict.fromkeys(report.warnings))  # one per language, not per variant
     report.warnings.extend(p.describe() for p in job.recipients.warnings)
     report.warnings.extend(f"skipped: {p.describe()}" for p in job.recipients.skipped)
     if settings.from_ is None:

@@ -32,6 +32,7 @@ class Received:
     rcpt: str
     data: bytes
     at: float
+    mail_from: str = ""
 
     def message(self) -> EmailMessage:
         parsed = email.message_from_bytes(self.data, policy=email.policy.default)
@@ -85,7 +86,8 @@ class Handler:
         content = envelope.original_content or b""
         with self.lock:
             for rcpt in envelope.rcpt_tos:
-                self.received.append(Received(rcpt, content, time.monotonic()))
+                received = Received(rcpt, content, time.monotonic(), envelope.mail_from or "")
+                self.received.append(received)
         return "250 2.0.0 Queued"
 
 

@@ -1,0 +1,345 @@
+"""Deliverability: DKIM, one-click unsubscribe, bounces into suppressions, spam score."""
+
+from __future__ import annotations
+
+import csv
+import mailbox
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim
+import pytest
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.bounces import parse_verp, process, tag, verp_address
+from mailer.cli import app
+from mailer.compose import OutgoingMessage
+from mailer.errors import InputError
+from mailer.settings import Settings
+from mailer.signing import generate_key
+from mailer.unsubscribe import make_token, requests_in_mbox, suppress, verify_token
+
+from .conftest import SAMPLE, UNSUBSCRIBE_SECRET, compose_sample, parse, require_tool
+from .smtp_server import Server
+from .test_delivery import FAST, settings_for
+
+BOUNCES = Path(__file__).parent / "fixtures" / "bounces"
+BOUNCE_ADDRESS = "bounces@isu.example.org"
+
+
+# -- DKIM -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dkim_key(tmp_path: Path) -> tuple[Path, bytes]:
+    """A fresh key pair; returns the private key file and the TXT record to 'publish'."""
+    private, record = generate_key(tmp_path / "dkim", "bulletin2026", "isu.example.org")
+    txt = record.split('"')[1].encode()
+    return private, txt
+
+
+def _verify(data: bytes, txt: bytes) -> bool:
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"bulletin2026._domainkey.isu.example.org."
+        return txt
+
+    return bool(dkim.verify(data, dnsfunc=dns))
+
+
+def _signed_sample(private: Path) -> list[OutgoingMessage]:
+    return compose_sample(
+        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
+        unsubscribe_url="https://isu.example.org/unsubscribe",
+        unsubscribe_mailto="unsubscribe@isu.example.org",
+        unsubscribe_secret=UNSUBSCRIBE_SECRET,
+        reply_to="ISU-CCM <isu@example.org>",
+        dkim_domain="isu.example.org",
+        dkim_selector="bulletin2026",
+        dkim_key_file=private,
+    )
+
+
+def test_every_message_carries_a_dkim_signature_dkimpy_verifies(
+    dkim_key: tuple[Path, bytes],
+) -> None:
+    private, txt = dkim_key
+    messages = _signed_sample(private)
+    for message in messages:
+        data = message.data
+        assert data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
+        assert _verify(data, txt), message.recipient.email
+        signed = re.search(rb"h=([^;]+);", data.replace(b"\r\n ", b"")).group(1)  # type: ignore[union-attr]
+        for name in (b"list-unsubscribe", b"list-unsubscribe-post", b"list-id", b"message-id"):
+            assert name in signed.split(b":")
+
+
+def test_tampering_with_list_unsubscribe_breaks_the_signature(
+    dkim_key: tuple[Path, bytes],
+) -> None:
+    private, txt = dkim_key
+    data = _signed_sample(private)[0].data
+    tampered = re.sub(rb"token=[^&]+", b"token=forged", data, count=1)
+    assert tampered != data and not _verify(tampered, txt)
+    added_from = data.replace(b"\r\nFrom: ", b"\r\nFrom: evil@example.net\r\nFrom: ", 1)
+    assert not _verify(added_from, txt)
+
+
+def test_signed_message_arrives_verifiable_over_smtp(
+    dkim_key: tuple[Path, bytes], server: Server, tmp_path: Path
+) -> None:
+    private, txt = dkim_key
+    settings = settings_for(
+        server.port,
+        tmp_path,
+        dkim_domain="isu.example.org",
+        dkim_selector="bulletin2026",
+        dkim_key_file=private,
+    )
+    job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+    with pipeline.open_ledger(job, settings) as ledger:
+        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert len(server.received) == 13
+    assert all(_verify(r.data, txt) for r in server.received)
+
+
+def test_dkim_keygen_prints_the_dns_record_to_publish(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["dkim-keygen", "news2026", "--domain", "isu.example.org", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'news2026._domainkey.isu.example.org. IN TXT "v=DKIM1; k=rsa; p=' in result.output
+    key = tmp_path / "news2026.private.pem"
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+# -- unsubscribe ------------------------------------------------------------------------
+
+
+def test_unsubscribe_token_round_trip_and_forgery() -> None:
+    secret = UNSUBSCRIBE_SECRET.encode()
+    token = make_token(secret, "Liaison@Example.org")
+    assert verify_token(secret, token) == "Liaison@Example.org"
+    address_part, mac = token.split(".")
+    other = make_token(secret, "someone.else@example.org").split(".")[0]
+    for forged in (f"{other}.{mac}", f"{address_part}.{mac[:-2]}AA", "garbage", ""):
+        with pytest.raises(InputError):
+            verify_token(secret, forged)
+    with pytest.raises(InputError):
+        verify_token(b"another key", token)
+
+
+def _suppressed(directory: Path) -> list[str]:
+    with (directory / "suppressions.csv").open(encoding="utf-8") as handle:
+        return [row["email"] for row in csv.DictReader(handle)]
+
+
+def test_unsubscribe_command_takes_tokens_and_refuses_forgeries(
+    copy_sample: Callable[[], tuple[Path, Path]],
+) -> None:
+    _, recipients = copy_sample()
+    env = {"MAILER_UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET}
+    token = make_token(UNSUBSCRIBE_SECRET.encode(), "research@example.com")
+    args = ["unsubscribe", "--recipients", str(recipients), "--token"]
+    ok = CliRunner().invoke(app, [*args, token], env=env)
+    assert ok.exit_code == 0, ok.output
+    again = CliRunner().invoke(app, [*args, token], env=env)
+    assert "already suppressed: research@example.com" in again.output
+    forged = CliRunner().invoke(app, [*args, token[:-3] + "xyz"], env=env)
+    assert forged.exit_code == 2 and "not genuine" in forged.output
+    assert _suppressed(recipients).count("research@example.com") == 1
+
+
+def test_mailed_unsubscribe_requests_are_processed_once(
+    copy_sample: Callable[[], tuple[Path, Path]], tmp_path: Path
+) -> None:
+    _, recipients = copy_sample()
+    box = mailbox.mbox(str(tmp_path / "requests.mbox"))
+    for sender, subject, body in (
+        ("Tom Becker <research@example.com>", "unsubscribe", ""),
+        ("Elena Ruiz <CAMPAIGNER@example.org>", "Re: Bulletin", "unsubscribe\n\nthanks"),
+        ("Someone <question@example.net>", "A question about 7MSP", "When is it?"),
+        ("Tom Becker <research@example.com>", "Unsubscribe", ""),
+    ):
+        box.add(
+            f"From: {sender}\nSubject: {subject}\nTo: unsubscribe@isu.example.org\n\n"
+            f"{body}\n".encode()
+        )
+    box.flush()
+    senders = requests_in_mbox(tmp_path / "requests.mbox")
+    assert senders == ["research@example.com", "CAMPAIGNER@example.org", "research@example.com"]
+    first = suppress(recipients, senders, "unsubscribe request by mail")
+    assert first.added == ("research@example.com", "CAMPAIGNER@example.org")
+    second = suppress(recipients, requests_in_mbox(tmp_path / "requests.mbox"), "again")
+    assert second.added == ()
+    lines = _suppressed(recipients)
+    assert len(lines) == 3 and "question@example.net" not in lines
+
+
+# -- bounces -----------------------------------------------------------------------------
+
+
+def test_verp_addresses_name_issue_and_recipient() -> None:
+    address = verp_address(BOUNCE_ADDRESS, "2017-03", "Liaison@Example.org")
+    assert address == f"bounces+2017-03.{tag('liaison@example.org')}@isu.example.org"
+    assert len(address.split("@")[0]) <= 64
+    assert parse_verp(address, BOUNCE_ADDRESS) == ("2017-03", tag("liaison@example.org"))
+    assert parse_verp("bounces@isu.example.org", BOUNCE_ADDRESS) is None
+    assert parse_verp(address.replace("isu.", "other."), BOUNCE_ADDRESS) is None
+
+
+def _sent_with_verp(server: Server, tmp_path: Path) -> Settings:
+    settings = settings_for(server.port, tmp_path, bounce_address=BOUNCE_ADDRESS)
+    job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+    with pipeline.open_ledger(job, settings) as ledger:
+        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    return settings
+
+
+def _mbox_of(names: list[str], path: Path) -> Path:
+    box = mailbox.mbox(str(path))
+    for name in names:
+        box.add((BOUNCES / name).read_bytes())
+    box.flush()
+    return path
+
+
+def test_each_message_has_its_own_verp_envelope_sender(server: Server, tmp_path: Path) -> None:
+    _sent_with_verp(server, tmp_path)
+    for received in server.received:
+        assert received.mail_from == verp_address(BOUNCE_ADDRESS, "2017-03", received.rcpt)
+
+
+def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_path: Path) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    source = _mbox_of(sorted(p.name for p in BOUNCES.glob("*.eml")), tmp_path / "bounces.mbox")
+    report = process(
+        source,
+        settings.ledger_dir,
+        settings.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+    )
+    assert report.read == 7 and report.unattributed == []
+    assert report.duplicates == 1  # 07 repeats 01
+    permanent = {
+        "research@example.com",  # RFC 3464 from Postfix, VERP
+        "delegation@example.net",  # RFC 3464 without VERP: issue from the quoted Message-ID
+        "campaigner@example.org",  # Exim's own format
+        "focal.point@example.com",  # qmail's own format
+        "survivors@example.com",  # nothing readable but the VERP address
+    }
+    assert set(report.suppressed.added) == permanent
+    assert "seminar.desk@example.net" not in _suppressed(settings.recipients_dir)  # temporary
+    ledger = (settings.ledger_dir / "2017-03.jsonl").read_text(encoding="utf-8")
+    assert ledger.count('"outcome": "bounce"') == 6
+    again = process(
+        source,
+        settings.ledger_dir,
+        settings.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+    )
+    assert again.suppressed.added == () and again.duplicates == 7
+    rows = _suppressed(settings.recipients_dir)
+    assert sorted(rows) == sorted({*rows}) and permanent <= set(rows)
+    status = pipeline.status(pipeline.prepare(SAMPLE, settings), settings)
+    # Suppressed readers leave the list; the others stay sent (a bounce undoes nothing).
+    assert status.total == {"sent": 8, "failed": 0, "deferred": 0, "pending": 0}
+
+
+def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
+    maildir.add((BOUNCES / "04-qmail.eml").read_bytes())
+    env = {
+        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
+        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+    }
+    result = CliRunner().invoke(
+        app,
+        ["bounces", str(tmp_path / "Maildir"), "--recipients", str(settings.recipients_dir)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "suppressed: focal.point@example.com" in result.output
+
+
+def test_temporary_bounces_in_three_issues_in_a_row_suppress(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    ledger = settings.ledger_dir
+    for issue in ("2017-06", "2017-09"):  # two more issues went to the same reader
+        text = (ledger / "2017-03.jsonl").read_text(encoding="utf-8")
+        (ledger / f"{issue}.jsonl").write_text(text.replace("2017-03", issue), encoding="utf-8")
+    template = (BOUNCES / "06-rfc3464-temporary.eml").read_text()
+    for count, issue in enumerate(("2017-03", "2017-06", "2017-09"), start=1):
+        bounce = template.replace("2017-03.", f"{issue}.").replace(
+            "<20170328-delay-1@", f"<{issue}-delay@"
+        )
+        (tmp_path / "b.eml").write_text(bounce)
+        source = tmp_path / f"soft-{issue}.mbox"
+        box = mailbox.mbox(str(source))
+        box.add((tmp_path / "b.eml").read_bytes())
+        box.flush()
+        report = process(
+            source, ledger, settings.recipients_dir, bounce_address=BOUNCE_ADDRESS, soft_limit=3
+        )
+        suppressed = "seminar.desk@example.net" in report.suppressed.added
+        assert suppressed == (count == 3), issue
+
+
+# -- the spam judge ---------------------------------------------------------------------------
+
+
+def _spam_scores(messages: list[bytes], home: Path) -> list[float]:
+    spamassassin = require_tool("spamassassin")
+    scores = []
+    for data in messages:
+        done = subprocess.run(
+            [spamassassin, "-x", "-L", "-t", "--cf=use_bayes 0"],
+            input=data,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(home)},
+        )
+        match = re.search(rb"X-Spam-Status: \w+, score=(-?[\d.]+)", done.stdout)
+        assert match, done.stdout[:500]
+        scores.append(float(match.group(1)))
+    return scores
+
+
+def test_spamassassin_scores_every_variant_at_most_zero(
+    dkim_key: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    private, _ = dkim_key
+    one_per_variant = {m.variant: m.data for m in _signed_sample(private)}
+    assert len(one_per_variant) == 9
+    scores = _spam_scores(list(one_per_variant.values()), tmp_path)
+    assert max(scores) <= 0.0, dict(zip(one_per_variant, scores, strict=True))
+
+
+def test_spamassassin_is_known_to_catch_a_bad_message(tmp_path: Path) -> None:
+    bad = (
+        b"From: WINNER <prize@example.com>\r\nTo: you@example.org\r\n"
+        b"Subject: FREE MONEY!!! CLAIM YOUR PRIZE NOW!!!\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><body><p><b>CLICK HERE</b> to get <font color=red size=7>100% FREE</font> CASH "
+        b"no obligation, act now, limited time! Viagra, casino, wire transfer.</p>"
+        b"<a href='http://192.0.2.1/claim'>CLICK HERE</a></body></html>\r\n"
+    )
+    assert _spam_scores([bad], tmp_path)[0] >= 5.0
+
+
+def test_feedback_id_names_issue_and_segments(sample_messages: list[OutgoingMessage]) -> None:
+    for message in sample_messages:
+        feedback = parse(message.data)["Feedback-ID"]
+        assert (
+            feedback
+            == f"2017-03:{'+'.join(message.variant.segments)}:bulletin:bulletin.isu.example.org"
+        )
