@@ -177,10 +177,19 @@ class OutgoingMessage:
         self._signer = signer
 
     @property
+    def signed(self) -> bool:
+        """Whether making the bytes includes a DKIM signature (~0.4 ms of RSA)."""
+        return self._signer is not None
+
+    def _signature(self, message: bytes) -> bytes:
+        assert self._signer is not None
+        return self._signer.header(message, self._template.fill(self._values, "canonical"))
+
+    @property
     def data(self) -> bytes:
         """The message with CRLF line ends (DKIM-signed when configured)."""
         body = self._template.fill(self._values)
-        return self._signer.header(body) + body if self._signer else body
+        return self._signature(body) + body if self._signer else body
 
     def mbox_data(self) -> bytes:
         """The same message with LF line ends, as an mbox file stores it."""
@@ -193,7 +202,7 @@ class OutgoingMessage:
         wire = self._template.fill(self._values, "wire")
         if self._signer is None:
             return wire
-        return self._signer.header(self._template.fill(self._values)) + wire
+        return self._signature(self._template.fill(self._values)) + wire
 
 
 @dataclass(frozen=True)
@@ -236,16 +245,17 @@ class Variant:
         self, recipient: Recipient, identity: Identity, issue: str
     ) -> dict[str, str]:
         """The values for this recipient's holes, in their language."""
+        link = unsubscribe_link(identity, recipient, issue)
         values = {
             "email": recipient.email,
             "name": recipient.name,
             "organization": recipient.organization,
             "country": recipient.country,
             "greeting": lang.greeting(recipient.name, self.catalog),
-            "unsubscribe_url": unsubscribe_link(identity, recipient, issue),
+            "unsubscribe_url": link,
             "message_id": message_id(issue, recipient.email, identity.domain),
             "to": encode_address(recipient.name, recipient.email),
-            "list_unsubscribe": list_unsubscribe(identity, recipient, issue),
+            "list_unsubscribe": list_unsubscribe(identity, link),
         }
         for name in self.hole_names.values():
             if name not in values:
@@ -279,13 +289,16 @@ def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> st
     return f"mailto:{identity.unsubscribe_mailto}?subject=unsubscribe"
 
 
-def list_unsubscribe(identity: Identity, recipient: Recipient, issue: str) -> str:
-    """RFC 2369 List-Unsubscribe value: mailto and/or https targets, folded."""
+def list_unsubscribe(identity: Identity, link: str) -> str:
+    """RFC 2369 List-Unsubscribe value: mailto and/or https targets, folded.
+
+    ``link`` is the reader's own from :func:`unsubscribe_link`.
+    """
     targets = []
     if identity.unsubscribe_mailto:
         targets.append(f"<mailto:{identity.unsubscribe_mailto}?subject=unsubscribe>")
     if identity.unsubscribe_url:
-        targets.append(f"<{unsubscribe_link(identity, recipient, issue)}>")
+        targets.append(f"<{link}>")
     return ",\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
 
 

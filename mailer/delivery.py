@@ -345,8 +345,11 @@ class Sender:
         try:
             await connection.mail(message.envelope_from)
             await connection.rcpt(message.to)
+            # RSA signing releases the GIL: sign on another core while this loop
+            # keeps the other connections busy.
+            wire = await asyncio.to_thread(message.wire) if message.signed else message.wire()
             await self._settle(unsettled)
-            reply = await _data(connection, message.wire(), self.settings.smtp_timeout)
+            reply = await _data(connection, wire, self.settings.smtp_timeout)
             code, text = reply.code, reply.message
         except aiosmtplib.SMTPSenderRefused as exc:
             if exc.code >= 500:
