@@ -343,8 +343,7 @@ class Sender:
         self._record(message, "attempt", item.attempt, unsettled=unsettled)
         code: int | None
         try:
-            await connection.mail(message.envelope_from)
-            await connection.rcpt(message.to)
+            await _envelope(connection, message.envelope_from, message.to)
             # RSA signing releases the GIL: sign on another core while this loop
             # keeps the other connections busy.
             wire = await asyncio.to_thread(message.wire) if message.signed else message.wire()
@@ -433,6 +432,22 @@ class Sender:
         if self.ledger is not None and unsettled is not None:
             unsettled.append(self.ledger.append(record))
         return record
+
+
+async def _envelope(connection: aiosmtplib.SMTP, sender: str, recipient: str) -> None:
+    """MAIL FROM and RCPT TO for addresses validated at load time (ASCII, no CR/LF).
+
+    aiosmtplib's ``mail()`` and ``rcpt()`` re-parse each address with
+    ``email.utils`` (~60 µs a message); the replies are checked the same way.
+    """
+    if connection.is_ehlo_or_helo_needed:
+        await connection.ehlo()
+    reply = await connection.execute_command(b"MAIL FROM:<" + sender.encode("ascii") + b">")
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+    reply = await connection.execute_command(b"RCPT TO:<" + recipient.encode("ascii") + b">")
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
 
 
 async def _data(
