@@ -343,3 +343,38 @@ def test_feedback_id_names_issue_and_segments(sample_messages: list[OutgoingMess
             feedback
             == f"2017-03:{'+'.join(message.variant.segments)}:bulletin:bulletin.isu.example.org"
         )
+
+
+def test_check_warns_about_what_inbox_providers_dislike(
+    copy_sample: Callable[[], tuple[Path, Path]],
+) -> None:
+    bulletin, recipients = copy_sample()
+    yaml = bulletin / "bulletin.yaml"
+    yaml.write_text(
+        yaml.read_text(encoding="utf-8").replace(
+            'subject: "CCM newsletter:', 'subject: "A very long subject line that goes on and on:'
+        ),
+        encoding="utf-8",
+    )
+    item = bulletin / "items" / "03-oslo-process-ten-years.md"
+    item.write_text(
+        item.read_text(encoding="utf-8").replace(
+            "link: https://www.clusterconvention.org/", "link: http://www.clusterconvention.org/"
+        ),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
+    assert result.exit_code == 0, result.output
+    assert "http://www.clusterconvention.org/ is not https" in result.output
+    assert "the subject in 'en' has" in result.output
+    assert "a real send will refuse to start" in result.output
+    # Configured for a real send, those two warnings go away.
+    env = {
+        "MAILER_FROM": "isu@isu.example.org",
+        "MAILER_UNSUBSCRIBE_URL": "https://isu.example.org/u",
+        "MAILER_UNSUBSCRIBE_SECRET": "k",
+    }
+    configured = CliRunner().invoke(
+        app, ["check", str(SAMPLE), "--recipients", str(recipients)], env=env
+    )
+    assert configured.exit_code == 0 and "warning" not in configured.output
