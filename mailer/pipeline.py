@@ -7,10 +7,10 @@ and tests can drive a whole job without a terminal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +270,9 @@ def _run_async(
 
     async def main() -> Report:
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # Signal handlers can only be set from the main thread (always so from the CLI).
+        handle_ctrl_c = threading.current_thread() is threading.main_thread()
+        if handle_ctrl_c:
             loop.add_signal_handler(
                 signal.SIGINT,
                 sender.request_stop,
@@ -279,7 +281,7 @@ def _run_async(
         try:
             return await sender.run(messages, attempts)
         finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            if handle_ctrl_c:
                 loop.remove_signal_handler(signal.SIGINT)
 
     return asyncio.run(main())
