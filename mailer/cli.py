@@ -316,7 +316,7 @@ def dispatch(
     settings = _settings()
     moment = _guarded(lambda: dispatcher.parse_now(now))
     if force is not None:
-        _guarded(lambda: dispatcher.force_release(settings, force, run_id or "manual"))
+        _guarded(lambda: dispatcher.force_release(settings, force))
     decisions = _guarded(
         lambda: dispatcher.decide(
             bulletins, settings, moment, only=only, recipients_dir=recipients, run=run_id

@@ -398,7 +398,7 @@ class Composer:
 
     # -- rendering -------------------------------------------------------------
 
-    def _item_view(self, item: Item, language: str, catalog: NullTranslations) -> dict[str, Any]:
+    def _item_view(self, item: Item, language: str) -> dict[str, Any]:
         text = item.text(language)
         image = self.images.get(item.image) if item.image else None
         return {
@@ -428,8 +428,8 @@ class Composer:
                 "preheader": self.bulletin.preheader.get(language),
                 "date": lang.long_date(self.bulletin.date, language),
             },
-            "items": [self._item_view(item, language, catalog) for item in items],
-            "segments": [lang.segment_label(s, language, catalog) for s in key.segments],
+            "items": [self._item_view(item, language) for item in items],
+            "segments": [lang.segment_label(s, catalog) for s in key.segments],
             "archive_url": (
                 f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/"
                 if self.identity.archive_url
@@ -446,7 +446,7 @@ class Composer:
             ) from None
         except jinja2.TemplateError as exc:
             raise ContentError(f"template error: {exc}.", file=self.templates) from None
-        html = _inline_css(html_source, len(names))
+        html = _inline_css(html_source)
         text = wrap(text_source.replace("\r\n", "\n"))
         hole_names = dict(enumerate(names))
         subject = self.subject_prefix + self.bulletin.subject.get(language)
@@ -529,7 +529,7 @@ def _image_part(image: Image) -> bytes:
     ).encode() + data.rstrip(LF)
 
 
-def _inline_css(html: str, holes: int) -> str:
+def _inline_css(html: str) -> str:
     """Inline the CSS once per variant; prove the hole markers came through intact."""
     before = len(HOLE_PATTERN.findall(html))
     inlined = Premailer(

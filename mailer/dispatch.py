@@ -161,7 +161,7 @@ def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decis
     return claimed
 
 
-def force_release(settings: Settings, issue: str, run: str) -> None:
+def force_release(settings: Settings, issue: str) -> None:
     """Release a dangling claim on ``issue`` (a person decided it sent nothing)."""
     with Ledger(settings.ledger_dir, issue) as ledger:
         state = ledger.state()

@@ -68,7 +68,7 @@ def date_span(starts: date, ends: date | None, language: str) -> str:
     return str(format_interval(starts, ends, "yMMMd", locale=language))
 
 
-def segment_label(segment: str, language: str, catalog: NullTranslations) -> str:
+def segment_label(segment: str, catalog: NullTranslations) -> str:
     """A segment's name for readers: translated for the three standard lists."""
     label = SEGMENT_LABELS.get(segment)
     if label is None:

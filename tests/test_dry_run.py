@@ -114,9 +114,9 @@ def test_messages_are_produced_lazily_and_each_variant_inlined_once(
     calls: list[int] = []
     original = compose_module._inline_css
 
-    def counting(html_source: str, holes: int) -> str:
+    def counting(html_source: str) -> str:
         calls.append(1)
-        return original(html_source, holes)
+        return original(html_source)
 
     monkeypatch.setattr(compose_module, "_inline_css", counting)
     job = pipeline.prepare(SAMPLE, make_settings(), recipients_dir=SAMPLE_RECIPIENTS)
