@@ -219,6 +219,8 @@ class Sender:
             results = await asyncio.gather(*pool, return_exceptions=True)
             if self.ledger is not None:
                 await self.ledger.aclose()
+        if producer.done() and not producer.cancelled() and producer.exception() is not None:
+            raise producer.exception()  # type: ignore[misc]  # e.g. a list changed mid-send
         for result in results:
             if isinstance(result, _Fatal):
                 raise DeliveryError(str(result), configuration=result.configuration) from None

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mailer import pipeline
 from mailer.cli import app
 from mailer.delivery import Report, RetryPolicy
-from mailer.errors import DeliveryError
+from mailer.errors import DeliveryError, RecipientError
 from mailer.ledger import Ledger, read_records
 from mailer.settings import Settings
 
@@ -393,3 +393,17 @@ def test_many_temporary_failures_in_a_row_pause_the_run(tmp_path: Path) -> None:
         assert set(outcomes.values()) == {"deferred"}
     finally:
         server.stop()
+
+
+def test_a_list_edited_during_the_send_stops_it_with_a_clear_error(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = settings_for(server.port, tmp_path)
+    job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+    with (settings.recipients_dir / "civil-society.csv").open("a", encoding="utf-8") as handle:
+        handle.write("late@example.org,Late Addition,,,en\n")
+    with pytest.raises(RecipientError) as raised, pipeline.open_ledger(job, settings) as ledger:
+        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert "changed while the bulletin was being sent" in str(raised.value)
+    assert "civil-society.csv" in str(raised.value)
+    assert "late@example.org" not in {r.rcpt for r in server.received}
