@@ -55,7 +55,13 @@ from mailer.settings import PLACEHOLDER_FROM, Settings
 from mailer.signing import Signer
 from mailer.unsubscribe import make_token
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def default_templates() -> Path:
+    """``templates/`` in the current folder (a checkout, as in CI), else the bundled one."""
+    here = Path("templates")
+    return here if (here / "bulletin.html.j2").is_file() else BUNDLED_TEMPLATES
 _markdown = MarkdownIt("commonmark", {"html": False})
 
 
@@ -335,7 +341,7 @@ class Composer:
     ) -> None:
         self.bulletin = bulletin
         self.identity = identity
-        self.templates = templates or DEFAULT_TEMPLATES
+        self.templates = templates or default_templates()
         self.env = _environment(self.templates)
         self.date = format_datetime(now or datetime.now(UTC))
         self.subject_prefix = subject_prefix
