@@ -139,3 +139,22 @@ def test_branch_moved_meanwhile_is_rebased_and_pushed(
     log = git(tmp_path / "remote.git", "log", "--format=%s", "main")
     assert "editor change" in log and "ledger: outcomes of run 300-1" in log
     assert remote_ledger(remote, tmp_path).count('"outcome": "sent"') == 13
+
+
+def test_a_broken_bulletin_does_not_hold_back_a_due_one(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    editor = tmp_path / "editor"
+    git(tmp_path, "clone", "--quiet", str(remote), str(editor))
+    broken = editor / "bulletins" / "2017-06"
+    shutil.copytree(editor / "bulletins" / "2017-03", broken)
+    yaml = (broken / "bulletin.yaml").read_text(encoding="utf-8")
+    (broken / "bulletin.yaml").write_text(yaml.replace("id: 2017-03", "id: [2017-06"))
+    git(editor, "add", ".")
+    git(editor, "commit", "--quiet", "-m", "a draft with a typo")
+    git(editor, "push", "--quiet", "origin", "main")
+    run = ci_run(remote, tmp_path, server, "400-1")
+    assert run.returncode == 2  # the draft's error is reported ...
+    assert "2017-06" in run.stdout and "invalid" in run.stdout
+    assert len(server.received) == 13  # ... and the due issue went out all the same
+    assert remote_ledger(remote, tmp_path).count('"outcome": "sent"') == 13

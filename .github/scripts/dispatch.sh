@@ -13,11 +13,10 @@ set -euo pipefail
 run=${RUN_ID:?RUN_ID must name this run}
 here=$(dirname "$0")
 
+# A bulletin with errors (or a stale or blocked one) is reported and skipped; the
+# others still go out. The worst status is the script's.
 claim_status=0
 mailer dispatch --claim --run-id "$run" "$@" || claim_status=$?
-if [ "$claim_status" -eq 2 ]; then
-  exit 2
-fi
 if ! bash "$here/push-ledger.sh" "ledger: claim due bulletins (run $run)"; then
   echo "::error::could not record the claim in the repository; nothing was sent" >&2
   exit 1
@@ -30,7 +29,7 @@ if ! bash "$here/push-ledger.sh" "ledger: outcomes of run $run"; then
   echo "::error::the outcomes of run $run could not be pushed; restore ledger/ from this run's 'ledger' artifact" >&2
   exit 1
 fi
-if [ "$claim_status" -ne 0 ] && [ "$send_status" -eq 0 ]; then
+if [ "$claim_status" -gt "$send_status" ]; then
   exit "$claim_status"
 fi
 exit "$send_status"
