@@ -490,9 +490,14 @@ def check(
     )
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def _confirm(question: str) -> None:
     """Ask on a terminal; without one there is nobody to ask, so refuse (exit 2)."""
-    if not sys.stdin.isatty():
+    if not _interactive():
         err.print("error: not a terminal, so nothing to confirm with: pass --yes.")
         raise typer.Exit(2)
     if not typer.confirm(question, default=False):

@@ -62,6 +62,8 @@ def default_templates() -> Path:
     """``templates/`` in the current folder (a checkout, as in CI), else the bundled one."""
     here = Path("templates")
     return here if (here / "bulletin.html.j2").is_file() else BUNDLED_TEMPLATES
+
+
 _markdown = MarkdownIt("commonmark", {"html": False})
 
 

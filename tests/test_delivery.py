@@ -407,3 +407,20 @@ def test_a_list_edited_during_the_send_stops_it_with_a_clear_error(
     assert "changed while the bulletin was being sent" in str(raised.value)
     assert "civil-society.csv" in str(raised.value)
     assert "late@example.org" not in {r.rcpt for r in server.received}
+
+
+def test_real_send_asks_before_sending_and_needs_yes_without_a_terminal(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = cli_env(server.port, tmp_path / "ledger")
+    args = ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS)]
+    no_terminal = CliRunner().invoke(app, args, env=env)
+    assert no_terminal.exit_code == 2 and "pass --yes" in no_terminal.output
+    monkeypatch.setattr("mailer.cli._interactive", lambda: True)
+    declined = CliRunner().invoke(app, args, env=env, input="n\n")
+    assert "Send 13 messages? [y/N]" in declined.output and "Nothing sent." in declined.output
+    assert server.received == []
+    accepted = CliRunner().invoke(app, args, env=env, input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert len(server.received) == 13
+    assert "all (each address once)" in accepted.output
