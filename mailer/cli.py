@@ -53,7 +53,11 @@ BulletinArg = Annotated[
 ]
 RecipientsOpt = Annotated[
     Path | None,
-    typer.Option("--recipients", help="Recipients folder [default: MAILER_RECIPIENTS_DIR]."),
+    typer.Option(
+        "--recipients",
+        help="Recipients folder.",
+        show_default="MAILER_RECIPIENTS_DIR, else recipients/",
+    ),
 ]
 SkipInvalidOpt = Annotated[
     bool, typer.Option("--skip-invalid", help="Leave bad recipient rows out (each is listed).")
@@ -92,7 +96,12 @@ def send(
         bool, typer.Option("--dry-run", help="Send nothing; write an mbox and a preview page.")
     ] = False,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Dry-run output folder [default: previews/].")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Dry-run output folder.",
+            show_default="MAILER_PREVIEW_DIR, else previews/",
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most N messages.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -440,7 +449,9 @@ def dkim_keygen(
     selector: Annotated[str, typer.Argument(help="The DKIM selector, e.g. bulletin2026.")],
     domain: Annotated[
         str | None,
-        typer.Option("--domain", help="Signing domain [default: MAILER_DKIM_DOMAIN or From's]."),
+        typer.Option(
+            "--domain", help="Signing domain.", show_default="MAILER_DKIM_DOMAIN, else From's"
+        ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the keys.")] = Path("dkim"),
 ) -> None:
