@@ -346,9 +346,7 @@ class Sender:
         code: int | None
         try:
             await _envelope(connection, message.envelope_from, message.to)
-            # RSA signing releases the GIL: sign on another core while this loop
-            # keeps the other connections busy.
-            wire = await asyncio.to_thread(message.wire) if message.signed else message.wire()
+            wire = await _wire(message)
             await self._settle(unsettled)
             reply = await _data(connection, wire, self.settings.smtp_timeout)
             code, text = reply.code, reply.message
@@ -434,6 +432,17 @@ class Sender:
         if self.ledger is not None and unsettled is not None:
             unsettled.append(self.ledger.append(record))
         return record
+
+
+async def _wire(message: OutgoingMessage) -> bytes:
+    """The message for DATA; a DKIM signature's RSA step runs in a thread (it releases
+    the GIL), so a second core signs while this loop keeps the other connections busy."""
+    pending = message.pending_signature()
+    if pending is None:
+        return message.wire()
+    work, signer = pending
+    signature = await asyncio.to_thread(signer.sign, work.payload)
+    return message.wire(work.finish(signature))
 
 
 async def _envelope(connection: aiosmtplib.SMTP, sender: str, recipient: str) -> None:

@@ -77,6 +77,11 @@ class Signer:
 
         ``canonical`` is the body already in relaxed form, when the caller has it.
         """
+        pending = self.prepare(message, canonical)
+        return pending.finish(self.sign(pending.payload))
+
+    def prepare(self, message: bytes, canonical: bytes | None = None) -> PendingSignature:
+        """Everything but the RSA operation: the tag list and the bytes to sign."""
         head, _, body = message.partition(b"\r\n\r\n")
         if canonical is None:
             canonical = canonical_body(body)
@@ -87,12 +92,27 @@ class Signer:
             f" t={int(time.time())}; h={':'.join(SIGNED)};\r\n"
             f" bh={body_hash};\r\n b="
         )
-        signed = b"".join(_relaxed(name, fields) for name in _occurrences())
-        signed += _canonical_line(b"dkim-signature", value.encode())
-        signature = self.key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
+        payload = b"".join(_relaxed(name, fields) for name in _occurrences())
+        payload += _canonical_line(b"dkim-signature", value.encode())
+        return PendingSignature(value, payload)
+
+    def sign(self, payload: bytes) -> bytes:
+        """The RSA signature (OpenSSL; releases the GIL, so it can run in a thread)."""
+        return self.key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class PendingSignature:
+    """A DKIM-Signature waiting for its RSA signature."""
+
+    value: str
+    payload: bytes
+
+    def finish(self, signature: bytes) -> bytes:
+        """The header line(s), with the signature folded at 72 characters."""
         encoded = base64.b64encode(signature).decode()
         folded = "\r\n ".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
-        return f"DKIM-Signature: {value}{folded}\r\n".encode()
+        return f"DKIM-Signature: {self.value}{folded}\r\n".encode()
 
 
 def load_key(path: Path) -> rsa.RSAPrivateKey:
