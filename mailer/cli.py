@@ -70,9 +70,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except MailerError as exc:
-        describe = getattr(exc, "describe", None)
-        text = describe() if callable(describe) else str(exc)
-        err.print(f"[bold red]error:[/] {text}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {exc.describe()}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 

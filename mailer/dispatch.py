@@ -98,10 +98,7 @@ def _decide_one(
     try:
         job = pipeline.prepare(folder, settings, recipients_dir=recipients_dir, dry_run=True)
     except MailerError as exc:
-        describe = getattr(exc, "describe", None)
-        return Decision(
-            folder, folder.name, "invalid", describe() if callable(describe) else str(exc)
-        )
+        return Decision(folder, folder.name, "invalid", exc.describe())
     bulletin = job.bulletin
     decision = Decision(folder, bulletin.id, "due", job=job)
     if bulletin.send_at is None:

@@ -14,6 +14,10 @@ class MailerError(Exception):
 
     exit_code = 2
 
+    def describe(self) -> str:
+        """The one-paragraph message shown to staff."""
+        return str(self)
+
 
 class InputError(MailerError):
     """Bad input a person must fix: names the file, the line and the field."""
