@@ -118,16 +118,23 @@ def read_records(path: Path) -> Iterator[Record]:
 
 @dataclass
 class State:
-    """Per recipient (lower-cased address), the last record and how many attempts;
-    and the scheduled workflow's last claim on the issue (see ``dispatch.py``)."""
+    """Where each recipient stands, from the ledger; and the scheduled workflow's last
+    claim on the issue (see ``dispatch.py``).
 
-    last: dict[str, Record] = field(default_factory=dict)
+    Kept compact, since a resumed send of a long list loads every line: per
+    recipient (lower-cased address) only the last outcome and attempt number, and
+    whole records only for those that failed or were deferred (for reports).
+    """
+
+    last: dict[str, tuple[str, int]] = field(default_factory=dict)
+    unfinished: dict[str, Record] = field(default_factory=dict)
     claim: Record | None = None  # the last claim not followed by its release
     claimed_by: str | None = None  # the run of the last claim, released or not
 
     @classmethod
     def load(cls, path: Path) -> State:
         state = cls()
+        outcomes = {name: name for name in ("attempt", *OUTCOMES)}  # one string each
         for record in read_records(path):
             if record.outcome == CLAIM:
                 state.claim, state.claimed_by = record, record.run
@@ -135,20 +142,29 @@ class State:
                 if state.claim is not None and state.claim.run == record.run:
                     state.claim = None
             elif record.outcome != BOUNCE:
-                state.last[record.recipient.lower()] = record
+                key = record.recipient.lower()
+                outcome = outcomes.get(record.outcome, record.outcome)
+                state.last[key] = (outcome, record.attempt)
+                if outcome in ("failed", "deferred"):
+                    state.unfinished[key] = record
+                else:
+                    state.unfinished.pop(key, None)
         return state
 
+    def outcome(self, address: str) -> str | None:
+        """The recipient's last outcome (``attempt`` when in doubt), None if never tried."""
+        found = self.last.get(address.lower())
+        return found[0] if found else None
+
     def is_done(self, address: str) -> bool:
-        record = self.last.get(address.lower())
-        return record is not None and record.outcome in DONE
+        return self.outcome(address) in DONE
 
     def in_doubt(self, address: str) -> bool:
-        record = self.last.get(address.lower())
-        return record is not None and record.outcome == "attempt"
+        return self.outcome(address) == "attempt"
 
     def attempts(self, address: str) -> int:
-        record = self.last.get(address.lower())
-        return record.attempt if record else 0
+        found = self.last.get(address.lower())
+        return found[1] if found else 0
 
 
 class Ledger:

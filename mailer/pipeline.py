@@ -309,12 +309,11 @@ def status(job: Job, settings: Settings) -> Status:
     failures: list[Record] = []
     in_doubt = 0
     for recipient in job.recipients:
-        record = state.last.get(recipient.email.lower())
-        outcome = record.outcome if record and record.outcome in OUTCOMES else "pending"
-        if record is not None and record.outcome == "attempt":
-            in_doubt += 1
-        if record is not None and outcome in ("failed", "deferred"):
-            failures.append(record)
+        last = state.outcome(recipient.email)
+        outcome = last if last in OUTCOMES else "pending"
+        in_doubt += last == "attempt"
+        if outcome in ("failed", "deferred"):
+            failures.append(state.unfinished[recipient.email.lower()])
         total[outcome] += 1
         for segment in recipient.segments:
             segments[segment][outcome] += 1
