@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailer import pipeline
+from mailer.compose import Identity
 from mailer.delivery import Report
 from mailer.errors import ConfigError, MailerError
 from mailer.ledger import CLAIM, RELEASE, Ledger, Record, State, ledger_path
@@ -147,7 +148,13 @@ def _issue_record(outcome: str, run: str) -> Record:
 
 
 def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decision]:
-    """Record this run's claim on every due bulletin; sends nothing."""
+    """Record this run's claim on every due bulletin; sends nothing.
+
+    Settings a real send needs are checked first, so a misconfigured run claims
+    nothing (and blocks nothing).
+    """
+    if any(d.action == "due" for d in decisions):
+        Identity.from_settings(settings, dry_run=False)
     claimed = []
     for decision in decisions:
         if decision.action != "due":
@@ -177,21 +184,23 @@ def send_due(
     for decision in decisions:
         if decision.action != "due" or decision.job is None:
             continue
-        job = pipeline.prepare(
-            decision.folder,
-            settings,
-            recipients_dir=decision.job.recipients.directory,
-            dry_run=False,
-        )
-        with Ledger(settings.ledger_dir, job.bulletin.id) as ledger:
+        with Ledger(settings.ledger_dir, decision.issue) as ledger:
             state = ledger.state()
             if run is not None and (state.claim is None or state.claim.run != run):
                 decision.action = "skipped"
                 decision.detail = f"not claimed by run {run}; run mailer dispatch --claim first"
                 continue
             try:
+                job = pipeline.prepare(
+                    decision.folder,
+                    settings,
+                    recipients_dir=decision.job.recipients.directory,
+                    dry_run=False,
+                )
                 decision.report = pipeline.deliver(job, settings, ledger, state, run_id=run)
             finally:
+                # Whatever happened, this run's outcomes are in the ledger now: the
+                # release tells the next run they came back (only a crash leaves none).
                 if run is not None:
                     ledger.write_now([_issue_record(RELEASE, run)])
         decision.action = "sent"

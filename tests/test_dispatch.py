@@ -12,7 +12,7 @@ from mailer import pipeline
 from mailer.cli import app
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
-from .smtp_server import Server
+from .smtp_server import Server, refusing_authenticator
 from .test_delivery import FAST, cli_env, settings_for
 
 BEFORE = "2017-03-28T08:59:00+02:00"
@@ -130,3 +130,46 @@ def test_now_without_a_time_zone_is_refused(
 ) -> None:
     result = dispatch(server, tmp_path, bulletins, "--now", "2017-03-28T09:15:00")
     assert result.exit_code == 2 and "--now" in result.output
+
+
+def test_a_misconfigured_run_claims_nothing(
+    server: Server, tmp_path: Path, bulletins: Path
+) -> None:
+    env = cli_env(server.port, tmp_path / "ledger")
+    del env["MAILER_FROM"]
+    command = ["dispatch", "--bulletins", str(bulletins), "--recipients", str(SAMPLE_RECIPIENTS)]
+    result = CliRunner().invoke(
+        app, [*command, "--now", DUE, "--claim", "--run-id", "44-1"], env=env
+    )
+    assert result.exit_code == 2 and "MAILER_FROM" in result.output
+    assert not (tmp_path / "ledger" / "2017-03.jsonl").exists()
+
+
+def test_a_send_that_fails_before_sending_releases_its_claim(
+    tmp_path: Path, bulletins: Path
+) -> None:
+    refused = Server(authenticator=refusing_authenticator, auth_require_tls=False)
+    refused.start()
+    try:
+        env = cli_env(
+            refused.port,
+            tmp_path / "ledger",
+            MAILER_SMTP_USERNAME="isu",
+            MAILER_SMTP_PASSWORD="wrong",
+        )
+        command = [
+            "dispatch",
+            "--bulletins",
+            str(bulletins),
+            "--recipients",
+            str(SAMPLE_RECIPIENTS),
+        ]
+        runner = CliRunner()
+        runner.invoke(app, [*command, "--now", DUE, "--claim", "--run-id", "45-1"], env=env)
+        failed = runner.invoke(app, [*command, "--now", DUE, "--yes", "--run-id", "45-1"], env=env)
+        assert failed.exit_code == 2 and "refused the login" in failed.output
+        # The outcomes (none) came back with a release: the next run is not blocked.
+        later = runner.invoke(app, [*command, "--now", DUE, "--dry-run"], env=env)
+        assert "would send" in later.output and "blocked" not in later.output
+    finally:
+        refused.stop()
