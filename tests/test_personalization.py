@@ -5,9 +5,12 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import shutil
+from collections.abc import Callable
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -19,6 +22,7 @@ from mailer.recipients import Recipient
 from mailer.unsubscribe import make_token
 
 from .conftest import (
+    ROOT,
     SAMPLE,
     SAMPLE_RECIPIENTS,
     UNSUBSCRIBE_SECRET,
@@ -143,17 +147,35 @@ def test_a_crafted_name_cannot_add_a_header() -> None:
     assert message["To"].addresses[0].display_name == "Eve Bcc: x@example.com"
 
 
-def test_extra_csv_columns_reach_templates_as_fields(tmp_path: object) -> None:
-    composer = _composer()
-    recipient = Recipient(
-        email="x@example.org",
-        name="X",
-        organization="",
-        country="",
-        language="en",
-        segments=("states",),
-        fields=MappingProxyType({"title": "Ambassador"}),
+def test_extra_csv_columns_reach_templates_as_fields(
+    copy_sample: Callable[[], tuple[Path, Path]], tmp_path: Path
+) -> None:
+    bulletin, recipients = copy_sample()
+    (recipients / "states.csv").write_text(
+        "email,name,language,title,mission\n"
+        "x@example.org,Ana Pérez,es,Embajadora,Misión de Chile & Co\n",
+        encoding="utf-8",
     )
-    variant = composer.variant(composer.compose(recipient).variant)
-    values = variant.personal_values(recipient, composer.identity, "2017-03")
-    assert values["greeting"] == "Dear X,"
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    text = templates / "bulletin.txt.j2"
+    text.write_text(
+        text.read_text(encoding="utf-8").replace(
+            "{{ recipient.greeting }}",
+            "{{ recipient.greeting }}\n{{ recipient.title }}, {{ recipient.mission }}",
+        ),
+        encoding="utf-8",
+    )
+    html = templates / "bulletin.html.j2"
+    html.write_text(
+        html.read_text(encoding="utf-8").replace(
+            "{{ recipient.greeting }}</p>",
+            "{{ recipient.greeting }}</p><p>{{ recipient.mission }}</p>",
+        ),
+        encoding="utf-8",
+    )
+    settings = make_settings(templates_dir=templates)
+    job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, segments=["states"])
+    message = parse(next(iter(job.messages())).data)
+    assert "Embajadora, Misión de Chile & Co" in text_of(message)
+    assert "<p>Misión de Chile &amp; Co</p>" in html_of(message)
