@@ -1,4 +1,4 @@
-"""The scheduled workflow's script, run against a local bare repository standing in for
+"""The workflows' scripts: the scheduled send against a local bare repository standing in for
 GitHub: the ledger comes back, a lost push never causes a second send."""
 
 from __future__ import annotations
@@ -158,3 +158,50 @@ def test_a_broken_bulletin_does_not_hold_back_a_due_one(
     assert "2017-06" in run.stdout and "invalid" in run.stdout
     assert len(server.received) == 13  # ... and the due issue went out all the same
     assert remote_ledger(remote, tmp_path).count('"outcome": "sent"') == 13
+
+
+def _preview(checkout: Path, base: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["BASE_SHA"] = base
+    env["GITHUB_STEP_SUMMARY"] = str(checkout / "summary.md")
+    done = subprocess.run(
+        ["bash", ".github/scripts/preview.sh"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, (checkout / "summary.md").read_text(encoding="utf-8")
+
+
+def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
+    repo = tmp_path / "pr"
+    git(tmp_path, "init", "--quiet", "--initial-branch=main", str(repo))
+    for name in ("templates", "recipients", ".github"):
+        shutil.copytree(ROOT / name, repo / name)
+    shutil.copytree(SAMPLE, repo / "bulletins" / "2017-03")
+    shutil.copytree(SAMPLE, repo / "bulletins" / "2017-06")
+    yaml = repo / "bulletins" / "2017-06" / "bulletin.yaml"
+    yaml.write_text(yaml.read_text(encoding="utf-8").replace("id: 2017-03", "id: 2017-06"))
+    git(repo, "add", ".")
+    git(repo, "commit", "--quiet", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD").strip()
+
+    item = repo / "bulletins" / "2017-06" / "items" / "04-bangkok-regional-seminar.md"
+    item.write_text(item.read_text(encoding="utf-8") + "\nA late paragraph.\n")
+    git(repo, "commit", "--quiet", "-am", "edit 2017-06")
+    code, summary = _preview(repo, base)
+    assert code == 0, summary
+    assert "### bulletins/2017-06" in summary and "2017-03" not in summary
+    assert "2017-06: OK" in summary and (repo / "previews" / "2017-06.mbox").exists()
+
+    footer = repo / "templates" / "partials" / "footer.html.j2"
+    footer.write_text(footer.read_text(encoding="utf-8").replace("<p>", "<p class='f'>", 1))
+    item.write_text(item.read_text(encoding="utf-8").replace("title:", "titel:"))
+    git(repo, "commit", "--quiet", "-am", "template change, and a typo")
+    code, summary = _preview(repo, base)
+    assert code == 1  # the typo fails the check ...
+    assert "### bulletins/2017-03" in summary and "2017-03: OK" in summary  # ... all previewed
+    assert "field 'titel'" in summary
