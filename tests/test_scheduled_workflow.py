@@ -1,5 +1,6 @@
-"""The workflows' scripts: the scheduled send against a local bare repository standing in for
-GitHub: the ledger comes back, a lost push never causes a second send."""
+"""The workflows' scripts, run for real: the scheduled send against a local bare
+repository standing in for GitHub (the ledger comes back; a lost push never causes a
+second send), and the pull-request preview against a real git history."""
 
 from __future__ import annotations
 
