@@ -30,8 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mailer import bounces as bounce_reader
+from mailer import checks, pipeline, signing
 from mailer import dispatch as dispatcher
-from mailer import pipeline, signing
 from mailer import unsubscribe as unsubscribing
 from mailer.delivery import Report
 from mailer.errors import ConfigError, InputError, MailerError
@@ -488,7 +488,7 @@ def check(
             bulletin, settings, recipients_dir=recipients, skip_invalid=skip_invalid
         )
     )
-    report = _guarded(lambda: pipeline.check(job, settings))
+    report = _guarded(lambda: checks.check(job, settings))
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     total = sum(report.variants.values())

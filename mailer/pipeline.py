@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,17 +18,14 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailer.bounces import is_mailbox_gone
 from mailer.bulletin import Bulletin, load_bulletin
-from mailer.compose import Composer, Identity, OutgoingMessage, Variant, VariantKey
+from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
 from mailer.errors import ContentError, RecipientError
 from mailer.ledger import OUTCOMES, Ledger, Record, State, ledger_path
-from mailer.message import HOLE_PATTERN
 from mailer.preview import PreviewResult, write_preview
 from mailer.recipients import RecipientList, available_segments, load_recipients
 from mailer.settings import Settings
 from mailer.unsubscribe import suppress
-
-GMAIL_CLIP_BYTES = 102 * 1024
 
 
 @dataclass
@@ -86,80 +82,6 @@ def _choose_segments(
 def preview(job: Job, out_dir: Path) -> PreviewResult:
     """The dry run: every message to the mbox, every variant to the preview page."""
     return write_preview(job.composer, job.recipients, out_dir, job.messages())
-
-
-@dataclass
-class CheckReport:
-    """What ``mailer check`` found: the variants it rendered, and warnings."""
-
-    variants: dict[VariantKey, int] = field(default_factory=dict)
-    sizes: dict[VariantKey, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-_HREF = re.compile(r"""href=["']([^"']*)["']""")
-_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
-_ALT = re.compile(r"""\balt=["']([^"']+)["']""")
-SUBJECT_LIMIT = 78  # longer subjects are cut in most inbox lists
-
-
-def _deliverability(variant: Variant, key: VariantKey) -> list[str]:
-    """What inbox providers and spam filters would hold against a variant."""
-    label = key.label()
-    found = []
-    for href in dict.fromkeys(_HREF.findall(variant.html)):
-        if HOLE_PATTERN.fullmatch(href):
-            continue  # a personal link (unsubscribe), filled in per reader
-        if href.startswith("http://"):
-            found.append(f"{label}: the link {href} is not https; prefer https://.")
-        elif not href.startswith(("https://", "mailto:")):
-            raise ContentError(
-                f"the link '{href}' in variant {label} is not absolute; it would be dead in "
-                "every inbox.",
-                field="href",
-            )
-    for tag in _IMG.findall(variant.html):
-        if not _ALT.search(tag):
-            raise ContentError(f"an image of variant {label} has no alt text: {tag}", field="alt")
-    if len(variant.subject) > SUBJECT_LIMIT:
-        found.append(
-            f"the subject in '{key.language}' has {len(variant.subject)} characters; inboxes "
-            f"show about {SUBJECT_LIMIT} or fewer."
-        )
-    words = len(HOLE_PATTERN.sub("", variant.text).split())
-    if words < 50:
-        found.append(f"{label}: the plain text has only {words} words; add some text.")
-    return found
-
-
-def check(job: Job, settings: Settings) -> CheckReport:
-    """Render every variant the list needs and check what a real send would need."""
-    report = CheckReport()
-    for recipient in job.recipients:
-        key = VariantKey(recipient.segments, recipient.language)
-        report.variants[key] = report.variants.get(key, 0) + 1
-    for key in report.variants:
-        variant = job.composer.variant(key)
-        size = len(variant.html.encode("utf-8"))
-        report.sizes[key] = size
-        if size > GMAIL_CLIP_BYTES:
-            raise ContentError(
-                f"the HTML of variant {key.label()} is {size // 1024} KB; Gmail clips messages "
-                f"over 102 KB. Shorten the items or move images to MAILER_ARCHIVE_URL.",
-                file=job.bulletin.path,
-            )
-        report.warnings.extend(_deliverability(variant, key))
-    report.warnings = list(dict.fromkeys(report.warnings))  # one per language, not per variant
-    report.warnings.extend(p.describe() for p in job.recipients.warnings)
-    report.warnings.extend(f"skipped: {p.describe()}" for p in job.recipients.skipped)
-    if settings.from_ is None:
-        report.warnings.append("MAILER_FROM is not set: a real send will refuse to start.")
-    if settings.unsubscribe_mailto is None and settings.unsubscribe_url is None:
-        report.warnings.append(
-            "neither MAILER_UNSUBSCRIBE_MAILTO nor MAILER_UNSUBSCRIBE_URL is set: "
-            "a real send will refuse to start."
-        )
-    return report
 
 
 @dataclass
