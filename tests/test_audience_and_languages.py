@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from mailer.compose import OutgoingMessage
+from collections.abc import Callable
+from pathlib import Path
 
-from .conftest import by_address, html_of, text_of
+import pytest
+
+from mailer import pipeline
+from mailer.compose import OutgoingMessage
+from mailer.errors import ContentError
+
+from .conftest import by_address, html_of, make_settings, parse, text_of
 
 NDM_UN_EN = "The CCM President at the 20th NDM-UN meeting"
 
@@ -70,3 +77,26 @@ def test_variants_are_segments_times_language(sample_messages: list[OutgoingMess
     assert (("states",), "fr") in keys and (("states",), "es") in keys
     assert (("international-organizations", "civil-society"), "en") in keys
     assert len(keys) == 9
+
+
+def test_explicit_item_order_in_bulletin_yaml_is_followed(
+    copy_sample: Callable[[], tuple[Path, Path]],
+) -> None:
+    bulletin, recipients = copy_sample()
+    yaml = bulletin / "bulletin.yaml"
+    yaml.write_text(
+        yaml.read_text(encoding="utf-8")
+        + "items: [04-bangkok-regional-seminar, 01-7msp-save-the-date]\n",
+        encoding="utf-8",
+    )
+    job = pipeline.prepare(bulletin, make_settings(), recipients_dir=recipients)
+    text = text_of(parse(next(iter(job.messages())).data))
+    seminar, save_the_date = text.find("South-East Asia regional seminar"), text.find("7e AEP")
+    assert 0 < seminar < save_the_date
+    assert "Oslo" not in text  # not listed, so not in this issue
+
+    yaml.write_text(yaml.read_text(encoding="utf-8").replace("04-bangkok", "05-bangkok"))
+    with pytest.raises(ContentError) as raised:
+        pipeline.prepare(bulletin, make_settings(), recipients_dir=recipients)
+    assert "no item file items/05-bangkok-regional-seminar.md" in str(raised.value)
+    assert "bulletin.yaml, line 19, field 'items'" in str(raised.value)
