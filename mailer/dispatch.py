@@ -23,7 +23,6 @@ the workflow's script does (``.github/scripts/``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,7 +177,6 @@ def send_due(
     settings: Settings,
     *,
     run: str | None,
-    progress: Callable[[Decision], None] | None = None,
 ) -> None:
     """Send every due bulletin (only those this run claimed, when ``run`` is given)."""
     for decision in decisions:
@@ -205,8 +203,6 @@ def send_due(
                     ledger.write_now([_issue_record(RELEASE, run)])
         decision.action = "sent"
         decision.detail = _summary(decision.report)
-        if progress is not None:
-            progress(decision)
 
 
 def _summary(report: Report | None) -> str:

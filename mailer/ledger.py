@@ -129,7 +129,6 @@ class State:
     last: dict[str, tuple[str, int]] = field(default_factory=dict)
     unfinished: dict[str, Record] = field(default_factory=dict)
     claim: Record | None = None  # the last claim not followed by its release
-    claimed_by: str | None = None  # the run of the last claim, released or not
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -137,7 +136,7 @@ class State:
         outcomes = {name: name for name in ("attempt", *OUTCOMES)}  # one string each
         for record in read_records(path):
             if record.outcome == CLAIM:
-                state.claim, state.claimed_by = record, record.run
+                state.claim = record
             elif record.outcome == RELEASE:
                 if state.claim is not None and state.claim.run == record.run:
                     state.claim = None
@@ -232,10 +231,6 @@ class Ledger:
         self._wake.set()
         return future
 
-    async def commit(self, *records: Record) -> None:
-        """Append ``records``; return once an fsync has made them durable."""
-        await self.append(*records)
-
     async def _flush_loop(self) -> None:
         """Write whatever is pending, fsync once, acknowledge every writer covered."""
         assert self._wake is not None and self._handle is not None
@@ -262,7 +257,7 @@ class Ledger:
     async def aclose(self) -> None:
         """Stop the flusher once everything handed to it is durable."""
         if self._flusher is not None:
-            await self.commit()  # a barrier: resolves after every earlier record
+            await self.append()  # a barrier: resolves after every earlier record
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
