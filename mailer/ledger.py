@@ -13,7 +13,7 @@ doubt* when its last record is an ``attempt`` (the run stopped between DATA and
 the outcome: it may or may not have been delivered). A resumed run sends to
 every recipient not done, the in-doubt ones included, and reports those.
 
-Records are group-committed: writers hand records to :meth:`Ledger.commit` and
+Records are group-committed: writers hand records to :meth:`Ledger.append` and
 wait until one ``fsync`` has covered them, so many connections share each fsync.
 A connection sends no DATA before its previous outcome and its current attempt
 are durable, so a crash can only lose outcomes of messages in flight (at most
