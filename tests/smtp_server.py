@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -133,11 +134,19 @@ class ConnectionTracker:
 class Server(Controller):
     """aiosmtpd on 127.0.0.1 with a :class:`Handler` and connection counting."""
 
-    def __init__(self, behaviour: Behaviour | None = None, **smtp_kwargs: Any) -> None:
+    def __init__(
+        self,
+        behaviour: Behaviour | None = None,
+        *,
+        implicit_tls: ssl.SSLContext | None = None,
+        **smtp_kwargs: Any,
+    ) -> None:
         self.handler_obj = Handler(behaviour or Behaviour())
         self.tracker = ConnectionTracker()
         self.smtp_kwargs = smtp_kwargs
-        super().__init__(self.handler_obj, hostname="127.0.0.1", port=free_port())
+        super().__init__(
+            self.handler_obj, hostname="127.0.0.1", port=free_port(), ssl_context=implicit_tls
+        )
 
     def factory(self) -> SMTP:
         return CountingSMTP(self.handler, self.tracker, **self.smtp_kwargs)

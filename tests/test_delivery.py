@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 from pathlib import Path
 
 import pytest
@@ -250,8 +251,6 @@ def certificate_authority() -> trustme.CA:
 
 def _tls_server(ca: trustme.CA) -> Server:
     context = ca.issue_cert("127.0.0.1", "localhost").configure_cert
-    import ssl
-
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context(server_context)
     server = Server(tls_context=server_context, require_starttls=True)
@@ -269,6 +268,28 @@ def test_starttls_with_a_trusted_certificate_sends(
         monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # how staff trust a private CA
         settings = settings_for(server.port, tmp_path, smtp_security="starttls")
         assert send(settings).total.sent == 13
+    finally:
+        server.stop()
+
+
+def test_implicit_tls_with_a_trusted_certificate_sends(
+    certificate_authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    server = Server(implicit_tls=server_context)
+    server.start()
+    try:
+        settings = settings_for(server.port, tmp_path, smtp_security="tls")
+        assert send(settings).total.sent == 13
+        plain = settings_for(
+            server.port, tmp_path, smtp_security="none", smtp_timeout=1, ledger_dir=tmp_path / "l2"
+        )
+        with pytest.raises(DeliveryError):  # a TLS port spoken to in clear never works
+            send(plain)
     finally:
         server.stop()
 
