@@ -166,10 +166,14 @@ def _write_page(
             values = variant.personal_values(summary.sample, composer.identity, bulletin.id)
             body = _viewable(variant, variant.personal_html(values))
             text = variant.personal_text(values)
+            language = summary.key.language
+            titles = [i.text(language).title for i in bulletin.items_for(summary.key.segments)]
             page.write(
                 f'<section id="variant-{index}"><h2>Variant {index + 1}: '
                 f"{esc(summary.key.label())} — {summary.count} recipient(s)</h2>"
                 f'<p class="meta">Subject: {esc(variant.subject)}<br>'
+                f"Preheader: {esc(bulletin.preheader.get(summary.key.language))}<br>"
+                f"Items: {esc(' · '.join(titles))}<br>"
                 f"Shown as received by {esc(summary.sample.email)}</p>"
                 f'<div class="panes"><div class="pane"><iframe title="HTML of variant {index + 1}" '
                 f'srcdoc="{esc(body, quote=True)}"></iframe></div>'

@@ -127,3 +127,16 @@ def test_messages_are_produced_lazily_and_each_variant_inlined_once(
     rest = sum(1 for _ in itertools.islice(stream, 1990))
     assert rest == 1990 and pulled[0] == 2000
     assert len(calls) == 6  # 2 segment sets x 3 languages, premailer once each
+
+
+def test_preview_page_tells_each_variants_subject_preheader_and_items(
+    dry_run_files: tuple[Path, Path],
+) -> None:
+    _, page = dry_run_files
+    text = html.unescape(page.read_text(encoding="utf-8"))
+    civil_society_fr = text.split("civil-society · fr")[1].split("<section")[0]
+    assert "Subject: Lettre de la CCM : 7e Assemblée des États parties" in civil_society_fr
+    assert "Preheader: Inscriptions jusqu’au 18 août." in civil_society_fr
+    assert "Items: À vos agendas" in civil_society_fr
+    items = civil_society_fr.split("Items: ")[1].split("<br>")[0]
+    assert "Oslo" in items and "NDM-UN" not in items  # item 02 is not for civil society
