@@ -119,9 +119,12 @@ class _Item:
 class _Fatal(Exception):
     """Internal: stop the whole run; ``configuration`` when a setting must change."""
 
-    def __init__(self, message: str, *, configuration: bool = True) -> None:
+    def __init__(
+        self, message: str, *, configuration: bool = True, code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.configuration = configuration
+        self.code = code
 
 
 _SENTINEL: Any = None
@@ -223,7 +226,9 @@ class Sender:
             raise producer.exception()  # type: ignore[misc]  # e.g. a list changed mid-send
         for result in results:
             if isinstance(result, _Fatal):
-                raise DeliveryError(str(result), configuration=result.configuration) from None
+                raise DeliveryError(
+                    str(result), configuration=result.configuration, code=result.code
+                ) from None
             if isinstance(result, BaseException):
                 raise result
         self.report.stopped = self._stop
@@ -286,7 +291,8 @@ class Sender:
             fresh.close()
             raise _Fatal(
                 f"the relay refused the login ({exc.code} {exc.message}); "
-                "check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent."
+                "check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent.",
+                code=exc.code,
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             fresh.close()
@@ -304,6 +310,7 @@ class Sender:
                     f"the relay {self.settings.smtp_host}:{self.settings.smtp_port} refused "
                     f"every connection ({_describe(exc)}); nothing was sent.",
                     configuration=False,
+                    code=getattr(exc, "code", None),
                 ) from None
             self._transient()
             await asyncio.sleep(self.policy.delay(min(self._connect_failures, 3)) / 4)
@@ -355,7 +362,8 @@ class Sender:
                 self._record(message, "deferred", item.attempt, exc.code, exc.message, unsettled)
                 raise _Fatal(
                     f"the relay refuses the sender {message.envelope_from} ({exc.code} "
-                    f"{exc.message}); check MAILER_FROM."
+                    f"{exc.message}); check MAILER_FROM.",
+                    code=exc.code,
                 ) from None
             code, text = exc.code, exc.message
         except aiosmtplib.SMTPResponseException as exc:

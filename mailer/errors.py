@@ -72,6 +72,9 @@ class DeliveryError(MailerError):
     exit code 2; a relay that refuses connections is exit code 1.
     """
 
-    def __init__(self, message: str, *, configuration: bool = False) -> None:
+    def __init__(
+        self, message: str, *, configuration: bool = False, code: int | None = None
+    ) -> None:
         self.exit_code = 2 if configuration else 1
+        self.code = code  # the SMTP reply code behind it, when there is one
         super().__init__(message)

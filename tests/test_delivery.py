@@ -204,7 +204,7 @@ def test_relay_answering_421_to_every_connection_stops_the_run(tmp_path: Path) -
         with pytest.raises(DeliveryError) as raised:
             send(settings)
         assert "refused every connection" in str(raised.value) and "421" in str(raised.value)
-        assert raised.value.exit_code == 1
+        assert raised.value.exit_code == 1 and raised.value.code == 421
         assert "sent" not in {r["outcome"] for r in ledger_of(settings)}
         assert relay.connections <= 4
     finally:
