@@ -101,15 +101,19 @@ def compose_sample(**settings: object) -> list[OutgoingMessage]:
     return list(job.messages())
 
 
+# What a real send of the sample is configured with (DKIM aside).
+SEND_SETTINGS: dict[str, object] = {
+    "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
+    "unsubscribe_url": "https://isu.example.org/unsubscribe",
+    "unsubscribe_mailto": "unsubscribe@isu.example.org",
+    "unsubscribe_secret": UNSUBSCRIBE_SECRET,
+    "reply_to": "ISU-CCM <isu@example.org>",
+}
+
+
 @pytest.fixture(scope="session")
 def sample_messages() -> list[OutgoingMessage]:
-    return compose_sample(
-        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
-        unsubscribe_url="https://isu.example.org/unsubscribe",
-        unsubscribe_mailto="unsubscribe@isu.example.org",
-        unsubscribe_secret=UNSUBSCRIBE_SECRET,
-        reply_to="ISU-CCM <isu@example.org>",
-    )
+    return compose_sample(**SEND_SETTINGS)
 
 
 def by_address(messages: list[OutgoingMessage]) -> dict[str, EmailMessage]:

@@ -38,6 +38,13 @@ def _command(recipients: Path) -> list[str]:
     ]
 
 
+def _start(recipients: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`mailer send --yes` in the background, as staff would start it."""
+    return subprocess.Popen(
+        _command(recipients), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def _wait_for(server: Server, count: int, limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
     while len(server.received) < count:
@@ -59,9 +66,7 @@ def test_kill_9_mid_run_then_rerun_delivers_everyone_with_few_duplicates(tmp_pat
     try:
         recipients = write_list(tmp_path / "list", COUNT)
         env = _env(server.port, tmp_path)
-        first = subprocess.Popen(
-            _command(recipients), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        first = _start(recipients, env)
         _wait_for(server, 60)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -89,13 +94,7 @@ def test_ctrl_c_finishes_messages_in_flight_and_says_how_to_resume(tmp_path: Pat
     try:
         recipients = write_list(tmp_path / "list", COUNT)
         env = _env(server.port, tmp_path)
-        first = subprocess.Popen(
-            _command(recipients),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        first = _start(recipients, env)
         _wait_for(server, 40)
         first.send_signal(signal.SIGINT)
         output, _ = first.communicate(timeout=30)

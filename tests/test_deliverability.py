@@ -23,7 +23,7 @@ from mailer.settings import Settings
 from mailer.signing import generate_key
 from mailer.unsubscribe import make_token, requests_in_mbox, suppress, verify_token
 
-from .conftest import SAMPLE, UNSUBSCRIBE_SECRET, compose_sample, parse, require_tool
+from .conftest import SAMPLE, SEND_SETTINGS, UNSUBSCRIBE_SECRET, compose_sample, parse, require_tool
 from .smtp_server import Server
 from .test_delivery import FAST, settings_for
 
@@ -52,11 +52,7 @@ def _verify(data: bytes, txt: bytes) -> bool:
 
 def _signed_sample(private: Path) -> list[OutgoingMessage]:
     return compose_sample(
-        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
-        unsubscribe_url="https://isu.example.org/unsubscribe",
-        unsubscribe_mailto="unsubscribe@isu.example.org",
-        unsubscribe_secret=UNSUBSCRIBE_SECRET,
-        reply_to="ISU-CCM <isu@example.org>",
+        **SEND_SETTINGS,
         dkim_domain="isu.example.org",
         dkim_selector="bulletin2026",
         dkim_key_file=private,

@@ -48,24 +48,40 @@ def remote(tmp_path: Path) -> Path:
     return bare
 
 
-def ci_run(
-    remote: Path, tmp_path: Path, server: Server, run: str
-) -> subprocess.CompletedProcess[str]:
-    """A fresh checkout, then the workflow's script, as a scheduled run does it."""
-    checkout = tmp_path / f"run-{run}"
-    git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment a workflow step gives its script: `mailer` on the PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(cli_env(server.port, Path("ledger")))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["RUN_ID"] = run
+    env.update(extra)
+    return env
+
+
+def run_script(
+    checkout: Path, script: str, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """One of .github/scripts/, run in ``checkout`` as the workflow runs it."""
     return subprocess.run(
-        ["bash", ".github/scripts/dispatch.sh", "--now", DUE],
+        ["bash", f".github/scripts/{script}", *args],
         cwd=checkout,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def dispatch_script(checkout: Path, server: Server, run: str) -> subprocess.CompletedProcess[str]:
+    env = script_env(**cli_env(server.port, Path("ledger")), RUN_ID=run)
+    return run_script(checkout, "dispatch.sh", env, "--now", DUE)
+
+
+def ci_run(
+    remote: Path, tmp_path: Path, server: Server, run: str
+) -> subprocess.CompletedProcess[str]:
+    """A fresh checkout, then the workflow's script, as a scheduled run does it."""
+    checkout = tmp_path / f"run-{run}"
+    git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+    return dispatch_script(checkout, server, run)
 
 
 def remote_ledger(remote: Path, tmp_path: Path) -> str:
@@ -123,18 +139,7 @@ def test_branch_moved_meanwhile_is_rebased_and_pushed(
     git(editor, "commit", "--quiet", "-m", "editor change")
     git(editor, "push", "--quiet", "origin", "main")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(cli_env(server.port, Path("ledger")))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["RUN_ID"] = "300-1"
-    done = subprocess.run(
-        ["bash", ".github/scripts/dispatch.sh", "--now", DUE],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = dispatch_script(checkout, server, "300-1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebasing" in done.stderr
     log = git(tmp_path / "remote.git", "log", "--format=%s", "main")
@@ -162,19 +167,10 @@ def test_a_broken_bulletin_does_not_hold_back_a_due_one(
 
 
 def _preview(checkout: Path, base: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["BASE_SHA"] = base
-    env["GITHUB_STEP_SUMMARY"] = str(checkout / "summary.md")
-    done = subprocess.run(
-        ["bash", ".github/scripts/preview.sh"],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.returncode, (checkout / "summary.md").read_text(encoding="utf-8")
+    summary = checkout / "summary.md"
+    env = script_env(BASE_SHA=base, GITHUB_STEP_SUMMARY=str(summary))
+    done = run_script(checkout, "preview.sh", env)
+    return done.returncode, summary.read_text(encoding="utf-8")
 
 
 def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
