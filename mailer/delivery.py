@@ -154,6 +154,9 @@ class Sender:
         self._consecutive_transient = 0
         self._connect_failures = 0
         self._ever_connected = False
+        # One verifying context for the run: building it loads the CA store (ms),
+        # which a reconnect after every drop should not pay again.
+        self._tls = ssl.create_default_context() if settings.smtp_security != "none" else None
 
     def request_stop(self, reason: str) -> None:
         """Stop taking new messages; messages in flight finish (Ctrl-C, a pause)."""
@@ -323,7 +326,6 @@ class Sender:
     def _new_connection(self) -> aiosmtplib.SMTP:
         s = self.settings
         password = s.smtp_password.get_secret_value() if s.smtp_password else None
-        context = ssl.create_default_context() if s.smtp_security != "none" else None
         return aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
@@ -331,7 +333,7 @@ class Sender:
             use_tls=s.smtp_security == "tls",
             start_tls=s.smtp_security == "starttls",
             validate_certs=s.smtp_security != "none",
-            tls_context=context,
+            tls_context=self._tls,
             username=s.smtp_username,
             password=password,
         )

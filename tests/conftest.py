@@ -38,10 +38,8 @@ def require_tool(name: str) -> str:
 @pytest.fixture
 def server() -> Iterator[Server]:
     """A well-behaved SMTP server on 127.0.0.1 (see smtp_server.py for the others)."""
-    running = Server()
-    running.start()
-    yield running
-    running.stop()
+    with Server() as running:
+        yield running
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,6 +84,13 @@ def copy_sample(tmp_path: Path) -> Callable[[], tuple[Path, Path]]:
         return bulletin, recipients
 
     return make
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first ``old`` in a copied file, which must contain it."""
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def parse(data: bytes) -> EmailMessage:

@@ -156,6 +156,13 @@ class Server(Controller):
         time.sleep(0.05)  # start() opened (and closed) one connection to itself
         self.tracker.reset()
 
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def received(self) -> list[Received]:
         return self.handler_obj.received
@@ -193,6 +200,13 @@ class GreetingRefuser:
             asyncio.start_server(self._serve, "127.0.0.1", self.port), self._loop
         )
         self._server = future.result(5)
+
+    def __enter__(self) -> GreetingRefuser:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._server.close)

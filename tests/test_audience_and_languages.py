@@ -11,7 +11,7 @@ from mailer import pipeline
 from mailer.compose import OutgoingMessage
 from mailer.errors import ContentError
 
-from .conftest import by_address, html_of, make_settings, parse, text_of
+from .conftest import by_address, edit, html_of, make_settings, parse, text_of
 
 NDM_UN_EN = "The CCM President at the 20th NDM-UN meeting"
 
@@ -95,7 +95,7 @@ def test_explicit_item_order_in_bulletin_yaml_is_followed(
     assert 0 < seminar < save_the_date
     assert "Oslo" not in text  # not listed, so not in this issue
 
-    yaml.write_text(yaml.read_text(encoding="utf-8").replace("04-bangkok", "05-bangkok"))
+    edit(yaml, "04-bangkok", "05-bangkok")
     with pytest.raises(ContentError) as raised:
         pipeline.prepare(bulletin, make_settings(), recipients_dir=recipients)
     assert "no item file items/05-bangkok-regional-seminar.md" in str(raised.value)

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from mailer.cli import app
 
+from .conftest import edit
+
 Sample = Callable[[], tuple[Path, Path]]
 
 
@@ -30,12 +32,6 @@ def _dry_run(bulletin: Path, recipients: Path, *extra: str) -> tuple[int, str]:
         ],
     )
     return result.exit_code, result.output
-
-
-def _replace(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def _assert_refused(code: int, output: str, *fragments: str) -> None:
@@ -100,7 +96,7 @@ def test_content_errors_name_file_line_and_field(
     copy_sample: Sample, file: str, old: str, new: str, expected: tuple[str, ...]
 ) -> None:
     bulletin, recipients = copy_sample()
-    _replace(bulletin / file, old, new)
+    edit(bulletin / file, old, new)
     code, output = _dry_run(bulletin, recipients)
     _assert_refused(code, output, *expected)
     assert not (bulletin.parent.parent / "previews").exists()
@@ -108,7 +104,7 @@ def test_content_errors_name_file_line_and_field(
 
 def test_image_without_alt_is_refused(copy_sample: Sample) -> None:
     bulletin, recipients = copy_sample()
-    _replace(
+    edit(
         bulletin / ITEM,
         'alt: "Seventh Meeting of States Parties, Geneva, 4 to 6 September 2017"\n',
         "",

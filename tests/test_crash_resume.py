@@ -61,9 +61,7 @@ def _last_outcomes(ledger: Path) -> dict[str, str]:
 
 
 def test_kill_9_mid_run_then_rerun_delivers_everyone_with_few_duplicates(tmp_path: Path) -> None:
-    server = Server(Behaviour(delay=0.02))
-    server.start()
-    try:
+    with Server(Behaviour(delay=0.02)) as server:
         recipients = write_list(tmp_path / "list", COUNT)
         env = _env(server.port, tmp_path)
         first = _start(recipients, env)
@@ -84,14 +82,10 @@ def test_kill_9_mid_run_then_rerun_delivers_everyone_with_few_duplicates(tmp_pat
         assert "in doubt" in second.stdout
         outcomes = _last_outcomes(tmp_path / "ledger" / "2017-03.jsonl")
         assert len(outcomes) == COUNT and set(outcomes.values()) == {"sent"}
-    finally:
-        server.stop()
 
 
 def test_ctrl_c_finishes_messages_in_flight_and_says_how_to_resume(tmp_path: Path) -> None:
-    server = Server(Behaviour(delay=0.02))
-    server.start()
-    try:
+    with Server(Behaviour(delay=0.02)) as server:
         recipients = write_list(tmp_path / "list", COUNT)
         env = _env(server.port, tmp_path)
         first = _start(recipients, env)
@@ -110,5 +104,3 @@ def test_ctrl_c_finishes_messages_in_flight_and_says_how_to_resume(tmp_path: Pat
         assert second.returncode == 0, second.stdout + second.stderr
         received = Counter(r.rcpt.lower() for r in server.received)
         assert len(received) == COUNT and set(received.values()) == {1}
-    finally:
-        server.stop()

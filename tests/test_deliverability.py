@@ -23,7 +23,15 @@ from mailer.settings import Settings
 from mailer.signing import generate_key
 from mailer.unsubscribe import make_token, requests_in_mbox, suppress, verify_token
 
-from .conftest import SAMPLE, SEND_SETTINGS, UNSUBSCRIBE_SECRET, compose_sample, parse, require_tool
+from .conftest import (
+    SAMPLE,
+    SEND_SETTINGS,
+    UNSUBSCRIBE_SECRET,
+    compose_sample,
+    edit,
+    parse,
+    require_tool,
+)
 from .smtp_server import Server
 from .test_delivery import FAST, settings_for
 
@@ -346,18 +354,12 @@ def test_check_warns_about_what_inbox_providers_dislike(
 ) -> None:
     bulletin, recipients = copy_sample()
     yaml = bulletin / "bulletin.yaml"
-    yaml.write_text(
-        yaml.read_text(encoding="utf-8").replace(
-            'subject: "CCM newsletter:', 'subject: "A very long subject line that goes on and on:'
-        ),
-        encoding="utf-8",
+    edit(
+        yaml, 'subject: "CCM newsletter:', 'subject: "A very long subject line that goes on and on:'
     )
     item = bulletin / "items" / "03-oslo-process-ten-years.md"
-    item.write_text(
-        item.read_text(encoding="utf-8").replace(
-            "link: https://www.clusterconvention.org/", "link: http://www.clusterconvention.org/"
-        ),
-        encoding="utf-8",
+    edit(
+        item, "link: https://www.clusterconvention.org/", "link: http://www.clusterconvention.org/"
     )
     result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
     assert result.exit_code == 0, result.output

@@ -123,9 +123,7 @@ def test_rerun_sends_nothing_more(server: Server, tmp_path: Path) -> None:
 
 def test_550_on_rcpt_fails_that_recipient_only_and_is_not_retried(tmp_path: Path) -> None:
     behaviour = Behaviour(reject_rcpt={"research@example.com": "550 5.1.1 No such user"})
-    server = Server(behaviour)
-    server.start()
-    try:
+    with Server(behaviour) as server:
         settings = settings_for(server.port, tmp_path)
         report = send(settings)
         assert report.total.failed == 1 and report.total.sent == 12
@@ -137,14 +135,10 @@ def test_550_on_rcpt_fails_that_recipient_only_and_is_not_retried(tmp_path: Path
         assert "research@example.com,rejected: no such mailbox," in suppressions
         send(settings)  # a rerun does not try a permanent failure again
         assert sum(1 for r in ledger_of(settings) if r["recipient"] == "research@example.com") == 2
-    finally:
-        server.stop()
 
 
 def test_451_is_retried_with_backoff_then_sent(tmp_path: Path) -> None:
-    server = Server(Behaviour(defer_times={"research@example.com": 2}))
-    server.start()
-    try:
+    with Server(Behaviour(defer_times={"research@example.com": 2})) as server:
         settings = settings_for(server.port, tmp_path)
         report = send(settings)
         assert report.complete and report.total.sent == 13
@@ -162,27 +156,19 @@ def test_451_is_retried_with_backoff_then_sent(tmp_path: Path) -> None:
             ("sent", 3, 250),
         ]
         assert server.by_rcpt()["research@example.com"] == 1
-    finally:
-        server.stop()
 
 
 def test_connection_dropped_mid_data_is_retried_on_a_new_connection(tmp_path: Path) -> None:
-    server = Server(Behaviour(drop_times={"research@example.com": 1}))
-    server.start()
-    try:
+    with Server(Behaviour(drop_times={"research@example.com": 1})) as server:
         settings = settings_for(server.port, tmp_path)
         report = send(settings)
         assert report.complete and report.total.sent == 13
         assert server.by_rcpt()["research@example.com"] == 1
         assert server.tracker.total >= 3  # 2 connections, plus one after the drop
-    finally:
-        server.stop()
 
 
 def test_server_stalling_past_the_timeout_leaves_recipient_deferred(tmp_path: Path) -> None:
-    server = Server(Behaviour(stall={"research@example.com": 3.0}))
-    server.start()
-    try:
+    with Server(Behaviour(stall={"research@example.com": 3.0})) as server:
         settings = settings_for(server.port, tmp_path, smtp_timeout=0.5)
         report = send(settings, policy=RetryPolicy(attempts=2, base=0.05))
         assert report.total.deferred == 1 and report.total.sent == 12
@@ -192,14 +178,10 @@ def test_server_stalling_past_the_timeout_leaves_recipient_deferred(tmp_path: Pa
             pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS), settings
         )
         assert status.total == {"sent": 12, "failed": 0, "deferred": 1, "pending": 0}
-    finally:
-        server.stop()
 
 
 def test_relay_answering_421_to_every_connection_stops_the_run(tmp_path: Path) -> None:
-    relay = GreetingRefuser()
-    relay.start()
-    try:
+    with GreetingRefuser() as relay:
         settings = settings_for(relay.port, tmp_path)
         with pytest.raises(DeliveryError) as raised:
             send(settings)
@@ -207,14 +189,10 @@ def test_relay_answering_421_to_every_connection_stops_the_run(tmp_path: Path) -
         assert raised.value.exit_code == 1 and raised.value.code == 421
         assert "sent" not in {r["outcome"] for r in ledger_of(settings)}
         assert relay.connections <= 4
-    finally:
-        relay.stop()
 
 
 def test_wrong_password_stops_at_once_without_leaking_it(tmp_path: Path) -> None:
-    server = Server(authenticator=refusing_authenticator, auth_require_tls=False)
-    server.start()
-    try:
+    with Server(authenticator=refusing_authenticator, auth_require_tls=False) as server:
         env = cli_env(
             server.port,
             tmp_path / "ledger",
@@ -230,18 +208,12 @@ def test_wrong_password_stops_at_once_without_leaking_it(tmp_path: Path) -> None
         assert server.received == []
         ledger = (tmp_path / "ledger" / "2017-03.jsonl").read_text()
         assert PASSWORD not in ledger and '"sent"' not in ledger
-    finally:
-        server.stop()
 
 
 def test_login_with_the_right_password_sends(tmp_path: Path) -> None:
-    server = Server(authenticator=accepting_authenticator, auth_require_tls=False)
-    server.start()
-    try:
+    with Server(authenticator=accepting_authenticator, auth_require_tls=False) as server:
         settings = settings_for(server.port, tmp_path, smtp_username="isu", smtp_password=PASSWORD)
         assert send(settings).total.sent == 13
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -249,40 +221,38 @@ def certificate_authority() -> trustme.CA:
     return trustme.CA()
 
 
-def _tls_server(ca: trustme.CA) -> Server:
-    context = ca.issue_cert("127.0.0.1", "localhost").configure_cert
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context(server_context)
-    server = Server(tls_context=server_context, require_starttls=True)
-    server.start()
-    return server
+def _server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server-side TLS context with a certificate for 127.0.0.1 issued by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def _trust(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust ``ca`` the way staff trust a private CA: SSL_CERT_FILE."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+
+
+def _starttls_server(ca: trustme.CA) -> Server:
+    return Server(tls_context=_server_context(ca), require_starttls=True)
 
 
 def test_starttls_with_a_trusted_certificate_sends(
     certificate_authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = _tls_server(certificate_authority)
-    try:
-        bundle = tmp_path / "ca.pem"
-        certificate_authority.cert_pem.write_to_path(str(bundle))
-        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # how staff trust a private CA
+    _trust(certificate_authority, tmp_path, monkeypatch)
+    with _starttls_server(certificate_authority) as server:
         settings = settings_for(server.port, tmp_path, smtp_security="starttls")
         assert send(settings).total.sent == 13
-    finally:
-        server.stop()
 
 
 def test_implicit_tls_with_a_trusted_certificate_sends(
     certificate_authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certificate_authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    bundle = tmp_path / "ca.pem"
-    certificate_authority.cert_pem.write_to_path(str(bundle))
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
-    server = Server(implicit_tls=server_context)
-    server.start()
-    try:
+    _trust(certificate_authority, tmp_path, monkeypatch)
+    with Server(implicit_tls=_server_context(certificate_authority)) as server:
         settings = settings_for(server.port, tmp_path, smtp_security="tls")
         assert send(settings).total.sent == 13
         plain = settings_for(
@@ -290,42 +260,31 @@ def test_implicit_tls_with_a_trusted_certificate_sends(
         )
         with pytest.raises(DeliveryError):  # a TLS port spoken to in clear never works
             send(plain)
-    finally:
-        server.stop()
 
 
 def test_starttls_refuses_an_untrusted_certificate(
     certificate_authority: trustme.CA, tmp_path: Path
 ) -> None:
-    server = _tls_server(certificate_authority)
-    try:
+    with _starttls_server(certificate_authority) as server:
         settings = settings_for(server.port, tmp_path, smtp_security="starttls")
         with pytest.raises(DeliveryError) as raised:
             send(settings)
         assert "TLS" in str(raised.value) and raised.value.exit_code == 2
         assert server.received == []
-    finally:
-        server.stop()
 
 
 def test_connection_cap_holds_and_connections_are_reused(tmp_path: Path) -> None:
-    server = Server(Behaviour(delay=0.01))
-    server.start()
-    try:
+    with Server(Behaviour(delay=0.01)) as server:
         recipients = write_list(tmp_path / "list", 60)
         settings = settings_for(server.port, tmp_path, max_connections=3)
         report = send(settings, recipients)
         assert report.total.sent == 60
         assert server.tracker.peak == 3
         assert server.tracker.total == 3  # persistent: many messages a connection
-    finally:
-        server.stop()
 
 
 def test_rate_limit_holds_in_every_one_second_window(tmp_path: Path) -> None:
-    server = Server()
-    server.start()
-    try:
+    with Server() as server:
         recipients = write_list(tmp_path / "list", 130)
         settings = settings_for(server.port, tmp_path, max_connections=4, rate_per_second=50)
         assert send(settings, recipients).total.sent == 130
@@ -333,8 +292,6 @@ def test_rate_limit_holds_in_every_one_second_window(tmp_path: Path) -> None:
         busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
         assert busiest <= 50
         assert times[-1] - times[0] >= 2.0  # 130 messages cannot go faster than ~2.6 s
-    finally:
-        server.stop()
 
 
 def test_second_run_on_the_same_issue_refuses(server: Server, tmp_path: Path) -> None:
@@ -400,9 +357,7 @@ def test_a_torn_last_ledger_line_is_tolerated(server: Server, tmp_path: Path) ->
 def test_many_temporary_failures_in_a_row_pause_the_run(tmp_path: Path) -> None:
     recipients = write_list(tmp_path / "list", 40)
     everyone = {f"reader{i}@example.org": 99 for i in range(40)}
-    server = Server(Behaviour(defer_times=everyone))
-    server.start()
-    try:
+    with Server(Behaviour(defer_times=everyone)) as server:
         settings = settings_for(server.port, tmp_path)
         policy = RetryPolicy(attempts=2, base=0.01, max_consecutive_transient=6)
         report = send(settings, recipients, policy)
@@ -412,8 +367,6 @@ def test_many_temporary_failures_in_a_row_pause_the_run(tmp_path: Path) -> None:
         assert 3 <= len(tried) < 40  # stopped long before burning the whole list
         outcomes = last_outcomes(settings)
         assert set(outcomes.values()) == {"deferred"}
-    finally:
-        server.stop()
 
 
 def test_a_list_edited_during_the_send_stops_it_with_a_clear_error(

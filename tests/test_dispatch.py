@@ -148,9 +148,7 @@ def test_a_misconfigured_run_claims_nothing(
 def test_a_send_that_fails_before_sending_releases_its_claim(
     tmp_path: Path, bulletins: Path
 ) -> None:
-    refused = Server(authenticator=refusing_authenticator, auth_require_tls=False)
-    refused.start()
-    try:
+    with Server(authenticator=refusing_authenticator, auth_require_tls=False) as refused:
         env = cli_env(
             refused.port,
             tmp_path / "ledger",
@@ -171,5 +169,3 @@ def test_a_send_that_fails_before_sending_releases_its_claim(
         # The outcomes (none) came back with a release: the next run is not blocked.
         later = runner.invoke(app, [*command, "--now", DUE, "--dry-run"], env=env)
         assert "would send" in later.output and "blocked" not in later.output
-    finally:
-        refused.stop()

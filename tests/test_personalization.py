@@ -27,6 +27,7 @@ from .conftest import (
     SAMPLE_RECIPIENTS,
     UNSUBSCRIBE_SECRET,
     by_address,
+    edit,
     html_of,
     make_settings,
     parse,
@@ -159,20 +160,16 @@ def test_extra_csv_columns_reach_templates_as_fields(
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
     text = templates / "bulletin.txt.j2"
-    text.write_text(
-        text.read_text(encoding="utf-8").replace(
-            "{{ recipient.greeting }}",
-            "{{ recipient.greeting }}\n{{ recipient.title }}, {{ recipient.mission }}",
-        ),
-        encoding="utf-8",
+    edit(
+        text,
+        "{{ recipient.greeting }}",
+        "{{ recipient.greeting }}\n{{ recipient.title }}, {{ recipient.mission }}",
     )
     html = templates / "bulletin.html.j2"
-    html.write_text(
-        html.read_text(encoding="utf-8").replace(
-            "{{ recipient.greeting }}</p>",
-            "{{ recipient.greeting }}</p><p>{{ recipient.mission }}</p>",
-        ),
-        encoding="utf-8",
+    edit(
+        html,
+        "{{ recipient.greeting }}</p>",
+        "{{ recipient.greeting }}</p><p>{{ recipient.mission }}</p>",
     )
     settings = make_settings(templates_dir=templates)
     job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, segments=["states"])

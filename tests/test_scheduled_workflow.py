@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS
+from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, edit
 from .smtp_server import Server
 from .test_delivery import cli_env
 
@@ -181,7 +181,7 @@ def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     shutil.copytree(SAMPLE, repo / "bulletins" / "2017-03")
     shutil.copytree(SAMPLE, repo / "bulletins" / "2017-06")
     yaml = repo / "bulletins" / "2017-06" / "bulletin.yaml"
-    yaml.write_text(yaml.read_text(encoding="utf-8").replace("id: 2017-03", "id: 2017-06"))
+    edit(yaml, "id: 2017-03", "id: 2017-06")
     git(repo, "add", ".")
     git(repo, "commit", "--quiet", "-m", "base")
     base = git(repo, "rev-parse", "HEAD").strip()
@@ -195,8 +195,8 @@ def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     assert "2017-06: OK" in summary and (repo / "previews" / "2017-06.mbox").exists()
 
     footer = repo / "templates" / "partials" / "footer.html.j2"
-    footer.write_text(footer.read_text(encoding="utf-8").replace("<p>", "<p class='f'>", 1))
-    item.write_text(item.read_text(encoding="utf-8").replace("title:", "titel:"))
+    edit(footer, "<p>", "<p class='f'>")
+    edit(item, "title:", "titel:")
     git(repo, "commit", "--quiet", "-am", "template change, and a typo")
     code, summary = _preview(repo, base)
     assert code == 1  # the typo fails the check ...

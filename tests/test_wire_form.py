@@ -40,9 +40,7 @@ def test_item_line_starting_with_a_dot_arrives_intact(
     bulletin, recipients = copy_sample()
     item = bulletin / "items" / "03-oslo-process-ten-years.md"
     item.write_text(item.read_text() + "\n.NET and .org are not news.\n", encoding="utf-8")
-    server = Server()
-    server.start()
-    try:
+    with Server() as server:
         settings = settings_for(server.port, tmp_path)
         job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, dry_run=False)
         with pipeline.open_ledger(job, settings) as ledger:
@@ -50,5 +48,3 @@ def test_item_line_starting_with_a_dot_arrives_intact(
         assert len(server.received) == 13
         for received in server.received:
             assert "\n.NET and .org are not news." in text_of(received.message()).replace("\r", "")
-    finally:
-        server.stop()
