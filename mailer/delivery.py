@@ -151,6 +151,7 @@ class Sender:
         self.report = Report()
         self.rate = RateLimit(settings.rate_per_second) if settings.rate_per_second else None
         self._stop: str | None = None
+        self._stopping = asyncio.Event()  # set with _stop, for the run to wait on
         self._consecutive_transient = 0
         self._connect_failures = 0
         self._ever_connected = False
@@ -162,6 +163,7 @@ class Sender:
         """Stop taking new messages; messages in flight finish (Ctrl-C, a pause)."""
         if self._stop is None:
             self._stop = reason
+            self._stopping.set()
 
     # -- the run --------------------------------------------------------------------
 
@@ -210,7 +212,10 @@ class Sender:
         pool = [
             asyncio.create_task(self._worker(queue, settle, retry_later)) for _ in range(workers)
         ]
-        watchers = [asyncio.create_task(finished.wait()), asyncio.create_task(self._stopped())]
+        watchers = [
+            asyncio.create_task(finished.wait()),
+            asyncio.create_task(self._stopping.wait()),
+        ]
         try:
             await asyncio.wait([*watchers, *pool], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -236,10 +241,6 @@ class Sender:
                 raise result
         self.report.stopped = self._stop
         return self.report
-
-    async def _stopped(self) -> None:
-        while self._stop is None:
-            await asyncio.sleep(0.05)
 
     # -- one connection -------------------------------------------------------------
 

@@ -47,6 +47,19 @@ SIGNED = (
 _WSP_RUN = re.compile(rb"[ \t]+")
 
 
+def _occurrences() -> list[tuple[bytes, int]]:
+    """Each signed name with which occurrence, from the bottom, it signs (RFC 6376 5.4.2)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in SIGNED:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name.encode(), seen[name]))
+    return out
+
+
+_OCCURRENCES = _occurrences()  # the same for every message: worked out once
+
+
 @dataclass(frozen=True)
 class Signer:
     """Signs messages for ``domain`` with the key published at ``selector``."""
@@ -92,7 +105,7 @@ class Signer:
             f" t={int(time.time())}; h={':'.join(SIGNED)};\r\n"
             f" bh={body_hash};\r\n b="
         )
-        payload = b"".join(_relaxed(name, fields) for name in _occurrences())
+        payload = b"".join(_relaxed(name, fields) for name in _OCCURRENCES)
         payload += _canonical_line(b"dkim-signature", value.encode())
         return PendingSignature(value, payload)
 
@@ -150,16 +163,6 @@ def _header_fields(head: bytes) -> dict[bytes, list[bytes]]:
         name, _, value = line.partition(b":")
         fields.setdefault(name.strip().lower(), []).append(value)
     return fields
-
-
-def _occurrences() -> list[tuple[bytes, int]]:
-    """Each signed name with which occurrence, from the bottom, it signs (RFC 6376 5.4.2)."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in SIGNED:
-        seen[name] = seen.get(name, 0) + 1
-        out.append((name.encode(), seen[name]))
-    return out
 
 
 def _relaxed(occurrence: tuple[bytes, int], fields: dict[bytes, list[bytes]]) -> bytes:
