@@ -10,9 +10,7 @@ Message-ID quoted in the report when there is no VERP address.
 
 Permanent failures are suppressed at once. A temporary failure is suppressed once
 the address bounced temporarily in each of the last ``MAILER_BOUNCE_SOFT_LIMIT``
-issues it was sent. Replies of 5xx at send time that say the mailbox does not
-exist (5.1.x, 5.2.1, or a bare 550/551/553) count as permanent bounces; other 5xx
-(e.g. 5.7.1, a policy or spam rejection) do not, since the address may be fine.
+issues it was sent. Refusals at send time are classed in ``replies.py``.
 """
 
 from __future__ import annotations
@@ -30,11 +28,10 @@ from flufl.bounce import all_failures
 
 from mailer.errors import InputError
 from mailer.ledger import BOUNCE, Ledger, Record, read_records
-from mailer.unsubscribe import Added, suppress
+from mailer.suppressions import Added, suppress
 
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._-]*)\.[0-9a-f]{24}@[^>\s]+>")
 _ADDRESS_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Cc")
-_MAILBOX_GONE = re.compile(r"\b5\.(1\.\d+|2\.1)\b")
 
 
 def tag(address: str) -> str:
@@ -56,16 +53,6 @@ def parse_verp(address: str, bounce_address: str) -> tuple[str, str] | None:
         return None
     issue, dot, recipient_tag = local[len(base_local) + 1 :].rpartition(".")
     return (issue, recipient_tag.lower()) if dot and issue else None
-
-
-def is_mailbox_gone(code: int | None, reply: str | None) -> bool:
-    """Whether a 5xx reply at send time says the address itself is dead."""
-    if code is None or not 500 <= code < 600:
-        return False
-    text = reply or ""
-    if re.search(r"\b5\.\d+\.\d+\b", text):
-        return bool(_MAILBOX_GONE.search(text))
-    return code in (550, 551, 553)
 
 
 @dataclass

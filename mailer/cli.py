@@ -30,11 +30,11 @@ from rich.table import Table
 from rich.text import Text
 
 from mailer import bounces as bounce_reader
-from mailer import checks, pipeline, signing
+from mailer import checks, pipeline, signing, suppressions
 from mailer import dispatch as dispatcher
 from mailer import unsubscribe as unsubscribing
 from mailer.delivery import Report
-from mailer.errors import ConfigError, InputError, MailerError
+from mailer.errors import ConfigError, DeliveryError, InputError, MailerError
 from mailer.ledger import Ledger, Record
 from mailer.settings import Settings, load_settings
 
@@ -43,8 +43,21 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Compose, preview and send a secretariat's email bulletin.",
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Markup off: replies, links, names and Message-IDs come from outside, and a
+# "[/]" in one of them must print as it is, not crash or vanish. Styles are
+# applied with Text (see _label).
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+def _label(label: str, style: str, rest: object) -> Text:
+    """``label`` styled, then ``rest`` as plain text."""
+    return Text.assemble((label, style), " ", str(rest))
+
+
+def _bold(text: object) -> Text:
+    return Text(str(text), style="bold")
+
 
 T = TypeVar("T")
 
@@ -70,7 +83,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except MailerError as exc:
-        err.print(f"[bold red]error:[/] {exc.describe()}", soft_wrap=True)
+        err.print(_label("error:", "bold red", exc.describe()), soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -109,6 +122,13 @@ def send(
     ] = None,
     recipients: RecipientsOpt = None,
     skip_invalid: SkipInvalidOpt = False,
+    allow_mass_suppression: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-suppression",
+            help="Suppress every address refused as a dead mailbox, even beyond 5% of the list.",
+        ),
+    ] = False,
 ) -> None:
     """Send BULLETIN to its segments (resuming where a run stopped), or preview it."""
     settings = _settings()
@@ -129,7 +149,7 @@ def send(
     elif test_to is not None:
         _test_send(job, settings, test_to)
     else:
-        _real_send(job, settings, yes)
+        _real_send(job, settings, yes, allow_mass_suppression)
 
 
 def _dry_run(job: pipeline.Job, out_dir: Path) -> None:
@@ -139,7 +159,7 @@ def _dry_run(job: pipeline.Job, out_dir: Path) -> None:
     table.add_column("messages", justify="right")
     for summary in result.variants.values():
         table.add_row(summary.key.label(), str(summary.count))
-    table.add_row("[bold]total[/]", f"[bold]{result.messages}[/]")
+    table.add_row(_bold("total"), _bold(result.messages))
     out.print(table)
     counts = ", ".join(f"{s}: {n}" for s, n in job.recipients.per_segment.items())
     out.print(f"Per segment: {counts}; suppressed: {job.recipients.suppressed}.")
@@ -160,11 +180,11 @@ def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
         "(subject marked [TEST]; nothing recorded in the ledger)."
     )
     for record in report.failures:
-        err.print(f"[red]{record.outcome}:[/] {record.code or ''} {record.reply or ''}")
+        err.print(_label(f"{record.outcome}:", "red", f"{record.code or ''} {record.reply or ''}"))
     raise typer.Exit(0 if report.complete else 1)
 
 
-def _real_send(job: pipeline.Job, settings: Settings, yes: bool) -> None:
+def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: bool) -> None:
     with _reported(), pipeline.open_ledger(job, settings) as ledger:
         plan = pipeline.plan(job, ledger.state())
         table = Table(title=f"{job.bulletin.id}: to send now")
@@ -177,21 +197,30 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool) -> None:
             out.print(f"{plan.done} recipient(s) already done in an earlier run: skipped.")
         if plan.in_doubt:
             out.print(
-                f"[yellow]{plan.in_doubt} recipient(s) in doubt[/] (a run stopped while their "
+                f"{plan.in_doubt} recipient(s) in doubt (a run stopped while their "
                 "message was in flight): they are sent again and may get it twice."
             )
         if plan.pending_total == 0:
             out.print("Nothing to send.")
+            leftover = Report()
+            pipeline.suppress_dead_mailboxes(job, plan.state, leftover, allow_many=allow_many)
+            _print_suppressions(leftover)
             raise typer.Exit(_exit_code(job, settings))
         if not yes:
             _confirm(f"Send {plan.pending_total} messages?")
-        report = _send_with_progress(job, settings, ledger, plan)
+        try:
+            report = _send_with_progress(job, settings, ledger, plan, allow_many)
+        except DeliveryError as exc:
+            if isinstance(exc.report, Report):
+                exc.report.stopped = None  # the error below says why
+                _print_report(job, exc.report)
+            raise
     _print_report(job, report)
-    raise typer.Exit(_exit_code(job, settings))
+    raise typer.Exit(_exit_code(job, settings, report))
 
 
 def _send_with_progress(
-    job: pipeline.Job, settings: Settings, ledger: Ledger, plan: pipeline.Plan
+    job: pipeline.Job, settings: Settings, ledger: Ledger, plan: pipeline.Plan, allow_many: bool
 ) -> Report:
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -218,8 +247,8 @@ def _send_with_progress(
                 deferred=tally["deferred"],
             )
 
-        return _guarded(
-            lambda: pipeline.deliver(job, settings, ledger, plan.state, progress=progress)
+        return pipeline.deliver(
+            job, settings, ledger, plan.state, progress=progress, allow_many=allow_many
         )
 
 
@@ -237,7 +266,7 @@ def _print_report(job: pipeline.Job, report: Report) -> None:
     for name, tally in report.per_segment.items():
         table.add_row(name, str(tally.sent), str(tally.failed), str(tally.deferred))
     t = report.total
-    table.add_row("[bold]all (each address once)[/]", str(t.sent), str(t.failed), str(t.deferred))
+    table.add_row(_bold("all (each address once)"), str(t.sent), str(t.failed), str(t.deferred))
     out.print(table)
     _print_failures(report.failures[:20])
     if len(report.failures) > 20:
@@ -247,19 +276,38 @@ def _print_report(job: pipeline.Job, report: Report) -> None:
             f"Resent {len(report.in_doubt)} in-doubt recipient(s) (they may get it twice): "
             + ", ".join(report.in_doubt[:10])
         )
+    _print_suppressions(report)
+    if report.stopped:
+        out.print(_label("Stopped:", "yellow", report.stopped))
+
+
+def _print_suppressions(report: Report) -> None:
     if report.suppressed:
         out.print(
             f"Added to suppressions (no such mailbox): {', '.join(report.suppressed[:10])}"
             + (" …" if len(report.suppressed) > 10 else "")
         )
-    if report.stopped:
-        out.print(f"[yellow]Stopped:[/] {report.stopped}")
+    if report.suppression_withheld:
+        count = len(report.suppression_withheld)
+        err.print(
+            f"warning: {count} addresses were refused as dead mailboxes: more than "
+            "one run suppresses on its own (5% of the list, at least 20). None was suppressed: "
+            "a relay that refuses everyone is likelier than that many dead mailboxes. Check "
+            "`mailer status`; if they really are gone, run the same send command again with "
+            "--allow-mass-suppression (it sends nothing more).",
+            soft_wrap=True,
+        )
 
 
-def _exit_code(job: pipeline.Job, settings: Settings) -> int:
-    """0 only when every current recipient of the issue is sent."""
-    total = pipeline.status(job, settings).total
-    return 0 if total["sent"] == sum(total.values()) else 1
+def _exit_code(job: pipeline.Job, settings: Settings, report: Report | None = None) -> int:
+    """1 when this run met a failure or a deferral, or the issue is unfinished.
+
+    In-doubt recipients resent and now sent are reported, not an error.
+    """
+    met = report is not None and bool(
+        report.total.failed or report.total.deferred or report.stopped
+    )
+    return 1 if met or not pipeline.status(job, settings).complete else 0
 
 
 @app.command()
@@ -271,7 +319,7 @@ def status(
     """Per segment: how many sent, failed, deferred and pending."""
     settings = _settings()
     job = _guarded(lambda: pipeline.prepare(bulletin, settings, recipients_dir=recipients))
-    result = pipeline.status(job, settings)
+    result = _guarded(lambda: pipeline.status(job, settings))
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
         return
@@ -281,13 +329,13 @@ def status(
     for name, counts in result.segments.items():
         table.add_row(name, *(str(counts[k]) for k in ("sent", "failed", "deferred", "pending")))
     table.add_row(
-        "[bold]all (each address once)[/]",
+        _bold("all (each address once)"),
         *(str(result.total[k]) for k in ("sent", "failed", "deferred", "pending")),
     )
     out.print(table)
     if result.in_doubt:
         out.print(f"{result.in_doubt} pending recipient(s) are in doubt (a run stopped mid-send).")
-    _print_failures(result.failures)
+    _print_failures(result.failures, result.suppressed_since)
 
 
 @app.command()
@@ -402,11 +450,15 @@ def unsubscribe(
             reason = "unsubscribe request by mail" if reason == "unsubscribed" else reason
         if not wanted:
             raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
-        result = unsubscribing.suppress(directory, wanted, reason)
+        result = suppressions.suppress(directory, wanted, reason)
     for address in result.added:
         out.print(f"suppressed: {address}")
     for address in result.already:
         out.print(f"already suppressed: {address}")
+    for address, why in result.refused:
+        err.print(f"not suppressed: {address!r}: {why}.")
+    if result.refused and from_mbox is None:
+        raise typer.Exit(2)  # a person typed it: say so with the exit code too
 
 
 @app.command()
@@ -437,7 +489,7 @@ def bounces(
     if report.duplicates:
         out.print(f"{report.duplicates} bounce(s) were already recorded.")
     for line in report.unattributed:
-        err.print(f"[yellow]not attributed:[/] {line}", soft_wrap=True)
+        err.print(_label("not attributed:", "yellow", line), soft_wrap=True)
     for address in report.suppressed.added:
         out.print(f"suppressed: {address}")
 
@@ -490,7 +542,7 @@ def check(
     )
     report = _guarded(lambda: checks.check(job, settings))
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err.print(_label("warning:", "yellow", warning), soft_wrap=True)
     total = sum(report.variants.values())
     out.print(
         f"{job.bulletin.id}: OK. {len(job.bulletin.items)} items, {total} recipients, "
@@ -514,18 +566,21 @@ def _confirm(question: str) -> None:
         raise typer.Exit(0)
 
 
-def _print_failures(records: list[Record]) -> None:
+def _print_failures(records: list[Record], suppressed: frozenset[str] = frozenset()) -> None:
     for record in records:
+        note = " (suppressed since)" if record.recipient in suppressed else ""
         out.print(
-            f"  {record.outcome}: {record.recipient}: {record.code or ''} {record.reply or ''}"
+            f"  {record.outcome}: {record.recipient}{note}: {record.code or ''} "
+            f"{record.reply or ''}",
+            soft_wrap=True,
         )
 
 
 def _print_skipped(job: pipeline.Job) -> None:
     for problem in job.recipients.skipped:
-        err.print(f"[yellow]skipped:[/] {problem.describe()}", soft_wrap=True)
+        err.print(_label("skipped:", "yellow", problem.describe()), soft_wrap=True)
     for problem in job.recipients.warnings:
-        err.print(f"[yellow]warning:[/] {problem.describe()}", soft_wrap=True)
+        err.print(_label("warning:", "yellow", problem.describe()), soft_wrap=True)
 
 
 def main() -> None:

@@ -6,11 +6,16 @@ sending), under one global rate limit. Replies are classed the way a mail
 engineer would:
 
 - 2xx to DATA: **sent**;
-- 5xx to RCPT or DATA: **failed** for that recipient (permanent);
+- 5xx to RCPT or DATA about the mailbox: **failed** for that recipient;
 - 4xx, a timeout or a dropped connection: transient; retried in this run with
   exponential backoff and jitter, then left **deferred** for the next run;
 - authentication or TLS failure, a sender the relay refuses, or a relay that
   refuses every connection: the run stops at once (:class:`DeliveryError`).
+
+What a reply means is decided in one table (``replies.py``). A refusal about
+the relay, the sender or the message (policy, quota, size; or the same refusal
+for ``RELAY_STREAK`` recipients in a row) stops the run with advice: those
+recipients are recorded ``held`` (pending), never failed or suppressed.
 
 Every attempt is in the ledger *before* its DATA and every outcome after it;
 the next message on a connection starts only once the previous outcome is
@@ -31,8 +36,14 @@ import aiosmtplib
 
 from mailer.compose import OutgoingMessage
 from mailer.errors import DeliveryError
-from mailer.ledger import Ledger, Record
+from mailer.ledger import Ledger, Outcome, Record
+from mailer.replies import ADVICE, Cause, Reading, Verdict, enhanced_code, read_reply
 from mailer.settings import Settings
+
+# The same unexplained 5xx (no enhanced code naming the mailbox) for this many
+# recipients in a row, with no success between, is the relay refusing us, not
+# that many dead mailboxes (a misconfigured relay answers "550 relay not permitted").
+RELAY_STREAK = 5
 
 
 @dataclass(frozen=True)
@@ -97,12 +108,15 @@ class Report:
     stopped: str | None = None  # why the run stopped early, if it did
     failures: list[Record] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)  # dead mailboxes added to suppressions
+    # Dead mailboxes not suppressed because there were more than one run may
+    # suppress (pipeline.suppression_cap); --allow-mass-suppression takes them.
+    suppression_withheld: list[str] = field(default_factory=list)
 
-    def count(self, message: OutgoingMessage, outcome: str) -> None:
+    def count(self, message: OutgoingMessage, outcome: str, step: int = 1) -> None:
         for segment in message.recipient.segments:
             tally = self.per_segment.setdefault(segment, Tally())
-            setattr(tally, outcome, getattr(tally, outcome) + 1)
-        setattr(self.total, outcome, getattr(self.total, outcome) + 1)
+            setattr(tally, outcome, getattr(tally, outcome) + step)
+        setattr(self.total, outcome, getattr(self.total, outcome) + step)
 
     @property
     def complete(self) -> bool:
@@ -153,6 +167,10 @@ class Sender:
         self._stop: str | None = None
         self._stopping = asyncio.Event()  # set with _stop, for the run to wait on
         self._consecutive_transient = 0
+        # Recent unexplained 5xx failures with one reply (see RELAY_STREAK).
+        self._streak: list[tuple[OutgoingMessage, int]] = []
+        self._streak_reply: tuple[int | None, tuple[int, int, int] | None] | None = None
+        self._relay_reply: tuple[int | None, tuple[int, int, int] | None] | None = None
         self._connect_failures = 0
         self._ever_connected = False
         # One verifying context for the run: building it loads the CA store (ms),
@@ -224,7 +242,7 @@ class Sender:
                 watcher.cancel()
             for handle, item in waiting.values():  # retries not yet due stay deferred
                 handle.cancel()
-                self.report.count(item.message, "deferred")
+                self.report.count(item.message, Outcome.DEFERRED)
             for _ in pool:
                 queue.put_nowait(_SENTINEL)
             results = await asyncio.gather(*pool, return_exceptions=True)
@@ -232,14 +250,19 @@ class Sender:
                 await self.ledger.aclose()
         if producer.done() and not producer.cancelled() and producer.exception() is not None:
             raise producer.exception()  # type: ignore[misc]  # e.g. a list changed mid-send
+        self.report.stopped = self._stop
         for result in results:
             if isinstance(result, _Fatal):
-                raise DeliveryError(
-                    str(result), configuration=result.configuration, code=result.code
-                ) from None
+                # Exit code 2 promises "nothing was sent": only when that is so.
+                error = DeliveryError(
+                    str(result),
+                    configuration=result.configuration and self.report.total.sent == 0,
+                    code=result.code,
+                )
+                error.report = self.report
+                raise error from None
             if isinstance(result, BaseException):
                 raise result
-        self.report.stopped = self._stop
         return self.report
 
     # -- one connection -------------------------------------------------------------
@@ -271,8 +294,8 @@ class Sender:
                 settle()
                 if not _alive(connection):
                     connection = None
-        except _Fatal as exc:
-            self.request_stop(str(exc))
+        except BaseException as exc:  # _Fatal, a lost ledger, a bug: the others stop too
+            self.request_stop(str(exc) or type(exc).__name__)
             raise
         finally:
             if connection is not None:
@@ -352,23 +375,24 @@ class Sender:
         message = item.message
         if self.rate is not None:
             await self.rate.wait()
-        self._record(message, "attempt", item.attempt, unsettled=unsettled)
+        self._record(message, Outcome.ATTEMPT, item.attempt, unsettled=unsettled)
         code: int | None
+        reading: Reading | None = None
         try:
             await _envelope(connection, message.envelope_from, message.to)
             wire = await _wire(message)
             await self._settle(unsettled)
+            _fits(connection, wire)
             reply = await _data(connection, wire, self.settings.smtp_timeout)
             code, text = reply.code, reply.message
+        except _TooLarge as exc:
+            code, text = None, str(exc)
+            reading = Reading(Verdict.RELAY, cause=Cause.SIZE)
+            await _reset(connection)
         except aiosmtplib.SMTPSenderRefused as exc:
-            if exc.code >= 500:
-                self._record(message, "deferred", item.attempt, exc.code, exc.message, unsettled)
-                raise _Fatal(
-                    f"the relay refuses the sender {message.envelope_from} ({exc.code} "
-                    f"{exc.message}); check MAILER_FROM.",
-                    code=exc.code,
-                ) from None
             code, text = exc.code, exc.message
+            if exc.code >= 500:  # a refused MAIL FROM is about us, whatever its code says
+                reading = Reading(Verdict.RELAY, cause=Cause.SENDER)
         except aiosmtplib.SMTPResponseException as exc:
             code, text = exc.code, exc.message
             if connection.is_connected:
@@ -376,18 +400,81 @@ class Sender:
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             connection.close()
             code, text = None, _describe(exc)
-        if code is not None and 200 <= code < 300:
-            outcome = "sent"
-        elif code is not None and code >= 500:
-            outcome = "failed"
+        reading = reading or read_reply(code, text)
+        if reading.verdict is Verdict.RELAY:
+            self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
+            raise self._relay_stop(message, reading.cause or Cause.RELAY, code, text)
+        if reading.verdict is Verdict.SENT:
+            outcome = Outcome.SENT
+            self._streak.clear()
+        elif reading.verdict is Verdict.FAILED:
+            outcome = Outcome.FAILED
+            if not reading.mailbox_gone and self._relay_reply == (code, enhanced_code(text)):
+                # In flight when a streak stopped the run: the relay's refusal too.
+                self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
+                return str(Outcome.HELD)
         else:
             self._transient()
-            outcome = "deferred"
+            outcome = Outcome.DEFERRED
             if item.attempt < item.last and self._stop is None:
-                self._record(message, "deferred", item.attempt, code, text, unsettled)
+                self._record(message, outcome, item.attempt, code, text, unsettled)
                 return "retry"
         self._finish(message, outcome, item.attempt, code, text, unsettled)
+        if outcome is Outcome.FAILED and not reading.mailbox_gone:
+            self._unexplained(message, item.attempt, code, text, unsettled)
         return outcome
+
+    def _unexplained(
+        self,
+        message: OutgoingMessage,
+        attempt: int,
+        code: int | None,
+        text: str,
+        unsettled: list[asyncio.Future[None]],
+    ) -> None:
+        """Count a 5xx that does not name the mailbox; a streak of one reply is the relay.
+
+        The streak's recipients were recorded failed; they are recorded ``held``
+        (pending) after it, so nobody stays failed for the relay's refusal.
+        """
+        key = (code, enhanced_code(text))
+        if key != self._streak_reply:
+            self._streak.clear()
+            self._streak_reply = key
+        self._streak.append((message, attempt))
+        if len(self._streak) < RELAY_STREAK:
+            return
+        streak, self._streak = self._streak, []
+        self._relay_reply = key
+        held = {m.recipient.email for m, _ in streak}
+        for earlier, earlier_attempt in streak:
+            self._record(earlier, Outcome.HELD, earlier_attempt, code, text, unsettled)
+            self.report.count(earlier, Outcome.FAILED, -1)
+        self.report.failures = [r for r in self.report.failures if r.recipient not in held]
+        raise self._relay_stop(message, Cause.RELAY, code, text, streak=len(streak))
+
+    def _relay_stop(
+        self,
+        message: OutgoingMessage,
+        cause: Cause,
+        code: int | None,
+        text: str,
+        *,
+        streak: int = 0,
+    ) -> _Fatal:
+        """The run-stopping error for a refusal about the relay, the sender or the message."""
+        reply = f"{code or ''} {text}".strip()
+        seen = (
+            f"the same refusal for {streak} recipients in a row ('{reply}')"
+            if streak
+            else f"'{reply}' for {message.recipient.email}"
+        )
+        return _Fatal(
+            f"the relay refused our mail: {seen}. This is about the relay, the sender or the "
+            f"message, not the mailboxes: nobody was marked failed or suppressed for it, and "
+            f"they stay pending. To fix: {ADVICE[cause]}",
+            code=code,
+        )
 
     async def _settle(self, unsettled: list[asyncio.Future[None]]) -> None:
         """Wait until every record this connection handed to the ledger is durable."""
@@ -404,11 +491,11 @@ class Sender:
         text: str,
         unsettled: list[asyncio.Future[None]],
     ) -> None:
-        if outcome != "deferred":
+        if outcome != Outcome.DEFERRED:
             self._consecutive_transient = 0
         record = self._record(message, outcome, attempt, code, text, unsettled)
         self.report.count(message, outcome)
-        if outcome != "sent":
+        if outcome != Outcome.SENT:
             self.report.failures.append(record)
         self.progress(outcome, message)
 
@@ -454,6 +541,20 @@ async def _wire(message: OutgoingMessage) -> bytes:
     work, signer = pending
     signature = await asyncio.to_thread(signer.sign, work.payload)
     return message.wire(work.finish(signature))
+
+
+class _TooLarge(Exception):
+    """The message is larger than the relay's advertised SIZE (RFC 1870)."""
+
+
+def _fits(connection: aiosmtplib.SMTP, wire: bytes) -> None:
+    """Refuse before DATA what the relay said it will refuse (it would 552 everyone)."""
+    advertised = connection.esmtp_extensions.get("size", "")
+    limit = int(advertised) if advertised.strip().isdigit() else 0
+    if limit and len(wire) > limit:
+        raise _TooLarge(
+            f"the message is {len(wire):,} bytes; the relay accepts at most {limit:,} (SIZE)"
+        )
 
 
 async def _envelope(connection: aiosmtplib.SMTP, sender: str, recipient: str) -> None:

@@ -107,8 +107,9 @@ def _decide_one(
     if now < bulletin.send_at:
         decision.action, decision.detail = "not due", f"due at {bulletin.send_at.isoformat()}"
         return decision
-    total = pipeline.status(job, settings).total
-    if total["pending"] == 0 and total["deferred"] == 0:
+    progress = pipeline.status(job, settings)
+    total = progress.total
+    if progress.complete:
         decision.action, decision.detail = (
             "complete",
             f"{total['sent']} sent, {total['failed']} failed",
@@ -231,8 +232,11 @@ def exit_code(decisions: list[Decision], settings: Settings) -> int:
     if any(d.action in ("stale", "blocked", "skipped") for d in decisions):
         return 1
     for decision in decisions:
-        if decision.action == "sent" and decision.job is not None:
-            total = pipeline.status(decision.job, settings).total
-            if total["sent"] != sum(total.values()):
-                return 1
+        report = decision.report
+        if decision.action != "sent" or report is None or decision.job is None:
+            continue
+        if report.total.failed or report.total.deferred or report.stopped:
+            return 1  # this run met a failure; the status says which
+        if not pipeline.status(decision.job, settings).complete:
+            return 1
     return 0

@@ -68,8 +68,9 @@ class ConfigError(InputError):
 class DeliveryError(MailerError):
     """Sending failed in a way that stops the run (authentication, TLS, refused relay).
 
-    ``configuration`` marks failures a setting must fix (password, TLS, sender):
-    exit code 2; a relay that refuses connections is exit code 1.
+    ``configuration`` marks failures a setting must fix (password, TLS, sender,
+    the relay's policy) before anything was sent: exit code 2; otherwise (some
+    messages went out, or the relay refuses connections) exit code 1.
     """
 
     def __init__(
@@ -77,4 +78,5 @@ class DeliveryError(MailerError):
     ) -> None:
         self.exit_code = 2 if configuration else 1
         self.code = code  # the SMTP reply code behind it, when there is one
+        self.report: object | None = None  # the run's delivery.Report, for the summary
         super().__init__(message)

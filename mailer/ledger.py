@@ -6,6 +6,9 @@
   *before* its DATA, so a crash leaves a trace);
 - ``sent`` (the server answered 2xx to DATA), ``failed`` (5xx: permanent) or
   ``deferred`` (4xx, timeout or dropped connection after every retry);
+- ``held``: the run stopped for a relay problem (the relay, the sender or the
+  message, not the mailbox; see ``replies.py``): the recipient is pending again;
+- ``bounce``: a bounce report read later (information, not a send state);
 - ``claim`` and ``release`` (no recipient): a scheduled run's hold on the issue.
 
 A recipient is *done* when its last record is ``sent`` or ``failed``; *in
@@ -20,7 +23,9 @@ are durable, so a crash can only lose outcomes of messages in flight (at most
 one a connection), and each of those has its attempt on disk.
 
 A torn last line (a crash in the middle of a write) is dropped on open: it was
-never acknowledged as durable. A lock file keeps one run per issue at a time.
+never acknowledged as durable; a damaged line elsewhere stops the run with its
+place. A lock file keeps one run per issue at a time, and a ledger deleted or
+replaced during a run stops it at once.
 """
 
 from __future__ import annotations
@@ -33,22 +38,46 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
 from mailer.errors import MailerError
 
-DONE = ("sent", "failed")
-OUTCOMES = ("sent", "failed", "deferred")
-# Issue-level records of the scheduled workflow: a run claims an issue before it
-# sends, and releases it when its sending ends (whatever happened).
-CLAIM, RELEASE = "claim", "release"
-# A bounce report received later (see bounces.py): information, not a send state.
-BOUNCE = "bounce"
+
+class Outcome(StrEnum):
+    """The closed set of ledger records (a StrEnum: the JSON holds the plain word)."""
+
+    ATTEMPT = "attempt"  # about to go: durable before DATA
+    SENT = "sent"  # 2xx to DATA
+    FAILED = "failed"  # 5xx about this recipient
+    DEFERRED = "deferred"  # 4xx, timeout or drop after every retry this run
+    # The run stopped for a relay problem (the relay, the sender or the message,
+    # not the mailbox): this recipient was not refused for itself and is pending.
+    HELD = "held"
+    # Issue-level records of the scheduled workflow: a run claims an issue before
+    # it sends, and releases it when its sending ends (whatever happened).
+    CLAIM = "claim"
+    RELEASE = "release"
+    # A bounce report received later (see bounces.py): information, not a send state.
+    BOUNCE = "bounce"
+
+
+DONE = (Outcome.SENT, Outcome.FAILED)
+OUTCOMES = (Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED)
+CLAIM, RELEASE, BOUNCE = Outcome.CLAIM, Outcome.RELEASE, Outcome.BOUNCE
 
 
 class LedgerLocked(MailerError):
     """Another run holds this issue's ledger."""
+
+
+class LedgerDamaged(MailerError):
+    """A line in the middle of a ledger is not a record."""
+
+
+class LedgerGone(MailerError):
+    """The ledger file was deleted or replaced while a run was writing to it."""
 
 
 @dataclass(frozen=True)
@@ -105,15 +134,31 @@ def ledger_path(directory: Path, issue: str) -> Path:
 
 
 def read_records(path: Path) -> Iterator[Record]:
-    """Every complete record; a torn last line is skipped."""
+    """Every complete record; a torn last line is skipped, a damaged one is an error."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
             if not line.endswith("\n"):
                 return  # torn by a crash: never acknowledged
             if line.strip():
-                yield Record.from_json(line)
+                yield _parse(line, path, number)
+
+
+def _parse(line: str, path: Path, number: int) -> Record:
+    """One record; a damaged line (a bad edit, a merge conflict) names its place.
+
+    It is never skipped: it may be the ``sent`` that keeps someone from a second copy.
+    """
+    try:
+        return Record.from_json(line)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        excerpt = line.strip()[:60]
+        raise LedgerDamaged(
+            f"{path}, line {number}: not a ledger record ({excerpt!r}). A line was edited "
+            "or a git merge left conflict markers; restore the file from git (git log -- "
+            f"{path}) or remove the damaged line by hand, then run again."
+        ) from None
 
 
 @dataclass
@@ -129,11 +174,15 @@ class State:
     last: dict[str, tuple[str, int]] = field(default_factory=dict)
     unfinished: dict[str, Record] = field(default_factory=dict)
     claim: Record | None = None  # the last claim not followed by its release
+    # With ``with_segments``: the segments each address was last sent for (status).
+    segments: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> State:
+    def load(cls, path: Path, *, with_segments: bool = False) -> State:
         state = cls()
-        outcomes = {name: name for name in ("attempt", *OUTCOMES)}  # one string each
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per combination
+        # One string object per outcome, shared by every entry (memory on long lists).
+        outcomes = {str(o): str(o) for o in (Outcome.ATTEMPT, Outcome.HELD, *OUTCOMES)}
         for record in read_records(path):
             if record.outcome == CLAIM:
                 state.claim = record
@@ -144,6 +193,8 @@ class State:
                 key = record.recipient.lower()
                 outcome = outcomes.get(record.outcome, record.outcome)
                 state.last[key] = (outcome, record.attempt)
+                if with_segments and record.segments:
+                    state.segments[key] = shared.setdefault(record.segments, record.segments)
                 if outcome in ("failed", "deferred"):
                     state.unfinished[key] = record
                 else:
@@ -214,9 +265,30 @@ class Ledger:
     def state(self) -> State:
         return State.load(self.path)
 
+    def _still_ours(self) -> None:
+        """Refuse to write once the file we hold is no longer the ledger on disk.
+
+        A ledger deleted or replaced mid-run (a ``git checkout``, a sync tool, a
+        tidy colleague) would take every later record into a file nobody reads,
+        and the next run would mail everyone again. One ``stat`` per group commit.
+        """
+        assert self._handle is not None
+        held = os.fstat(self._handle.fileno())
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        if current is None or (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+            raise LedgerGone(
+                f"the ledger {self.path} was deleted or replaced during the run; the run "
+                "stopped at once. Restore it (git checkout, or the copy you replaced it "
+                "with), then run the same command again: the ledger decides who is sent."
+            )
+
     def write_now(self, records: Iterable[Record]) -> None:
         """Append and fsync at once (for the few records written outside the send loop)."""
         assert self._handle is not None
+        self._still_ours()
         self._handle.write("".join(r.to_json() + "\n" for r in records))
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -242,10 +314,11 @@ class Ledger:
             if not batch:
                 continue
             try:
+                self._still_ours()
                 handle.write("".join(line for lines, _ in batch for line in lines))
                 handle.flush()
                 await asyncio.to_thread(os.fsync, handle.fileno())
-            except OSError as exc:
+            except (OSError, LedgerGone) as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -14,18 +14,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
-
-from mailer.bounces import is_mailbox_gone
+from mailer import suppressions
 from mailer.bulletin import Bulletin, load_bulletin
 from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
-from mailer.errors import ContentError, RecipientError
-from mailer.ledger import OUTCOMES, Ledger, Record, State, ledger_path
+from mailer.errors import ContentError, DeliveryError, RecipientError
+from mailer.ledger import OUTCOMES, Ledger, Outcome, Record, State, ledger_path
 from mailer.preview import PreviewResult, write_preview
 from mailer.recipients import RecipientList, available_segments, load_recipients
+from mailer.replies import read_reply
 from mailer.settings import Settings
-from mailer.unsubscribe import suppress
 
 
 @dataclass
@@ -125,8 +123,12 @@ def deliver(
     policy: RetryPolicy | None = None,
     progress: Progress | None = None,
     run_id: str | None = None,
+    allow_many: bool = False,
 ) -> Report:
-    """Send to every recipient not done; record each outcome; resume-safe."""
+    """Send to every recipient not done; record each outcome; resume-safe.
+
+    ``allow_many`` lifts the cap on how many dead mailboxes one run suppresses.
+    """
     in_doubt: list[str] = []
 
     def pending() -> Iterator[OutgoingMessage]:
@@ -142,26 +144,62 @@ def deliver(
             yield job.composer.compose(recipient)
 
     sender = Sender(settings, ledger, policy=policy, progress=progress, run_id=run_id)
-    report = _run_async(sender, pending(), state.attempts)
+    try:
+        report = _run_async(sender, pending(), state.attempts)
+    except DeliveryError as exc:
+        if isinstance(exc.report, Report):
+            exc.report.in_doubt = in_doubt
+            suppress_dead_mailboxes(job, state, exc.report, allow_many=allow_many)
+        raise
     report.in_doubt = in_doubt
-    gone = [
-        r.recipient
-        for r in report.failures
-        if r.outcome == "failed" and is_mailbox_gone(r.code, r.reply)
-    ]
-    if gone:  # the relay says these mailboxes do not exist: never mail them again
-        report.suppressed = list(
-            suppress(job.recipients.directory, gone, "rejected: no such mailbox").added
-        )
+    suppress_dead_mailboxes(job, state, report, allow_many=allow_many)
     return report
+
+
+SUPPRESSION_CAP_SHARE = 0.05
+SUPPRESSION_CAP_MIN = 20
+
+
+def suppression_cap(list_size: int) -> int:
+    """How many addresses one run may suppress on its own: 5% of the list, at least 20.
+
+    More "no such mailbox" replies than that are likelier a relay that answers
+    5.1.1 for everyone than a list that rotted overnight.
+    """
+    return max(SUPPRESSION_CAP_MIN, int(list_size * SUPPRESSION_CAP_SHARE))
+
+
+def suppress_dead_mailboxes(
+    job: Job, state: State, report: Report, *, allow_many: bool = False
+) -> None:
+    """Suppress every recipient the ledger shows refused as a dead mailbox, not yet suppressed.
+
+    Read from the ledger (earlier runs included), so a crash between a refusal and
+    its suppression, or a run held back by the cap, is made good by the next run.
+    """
+    refused = {
+        r.recipient.lower(): r.recipient
+        for r in (*state.unfinished.values(), *report.failures)
+        if r.outcome == Outcome.FAILED and read_reply(r.code, r.reply).mailbox_gone
+    }
+    if not refused:
+        return
+    suppressed = suppressions.load(job.recipients.directory)
+    fresh = [address for key, address in refused.items() if key not in suppressed]
+    if len(fresh) > suppression_cap(len(job.recipients)) and not allow_many:
+        report.suppression_withheld = fresh
+        return
+    report.suppressed = list(
+        suppressions.suppress(job.recipients.directory, fresh, "rejected: no such mailbox").added
+    )
 
 
 def validate_test_address(address: str) -> str:
     """The ``--test-to`` address, validated like a recipient's."""
     try:
-        return validate_email(address, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise RecipientError(f"--test-to: {exc}", field="--test-to") from None
+        return suppressions.normalize_address(address)
+    except ValueError as exc:
+        raise RecipientError(f"--test-to: {exc}.", field="--test-to") from None
 
 
 def send_test_messages(job: Job, settings: Settings, address: str) -> Report:
@@ -211,32 +249,66 @@ def _run_async(
 
 @dataclass
 class Status:
-    """Per segment and in all: sent, failed, deferred, pending (from the ledger)."""
+    """Per segment and in all: sent, failed, deferred, pending. The ledger is the truth.
+
+    Every address the issue's ledger knows counts under its last outcome, whether
+    or not it is still in a CSV or has been suppressed since (per the segments it
+    was sent for); every current recipient not done counts as pending (in doubt
+    ones too: they are sent again). An address no longer on the list whose send
+    never ended (deferred or in doubt) counts as deferred: it will not be retried.
+    """
 
     segments: dict[str, dict[str, int]]
     total: dict[str, int]
     failures: list[Record]
     in_doubt: int
+    suppressed_since: frozenset[str] = frozenset()  # failed addresses suppressed later
+    # Current recipients still to send (pending or deferred): what "complete" means.
+    unfinished: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """No current recipient is pending or deferred (failures are final, not unfinished).
+
+        The one rule behind ``send``'s exit code and ``dispatch``'s "complete".
+        """
+        return self.unfinished == 0
 
     def as_json(self) -> dict[str, object]:
         return {"segments": self.segments, "total": self.total}
 
 
+_COLUMNS = ("sent", "failed", "deferred", "pending")
+
+
 def status(job: Job, settings: Settings) -> Status:
-    """Where the issue's send stands, for each current recipient."""
-    state = State.load(ledger_path(settings.ledger_dir, job.bulletin.id))
-    empty = {"sent": 0, "failed": 0, "deferred": 0, "pending": 0}
-    segments = {s: dict(empty) for s in job.recipients.segments}
-    total = dict(empty)
-    failures: list[Record] = []
-    in_doubt = 0
+    """Where the issue's send stands, from its ledger and the current recipients."""
+    path = ledger_path(settings.ledger_dir, job.bulletin.id)
+    state = State.load(path, with_segments=True)
+    segments = {s: dict.fromkeys(_COLUMNS, 0) for s in job.recipients.segments}
+    total = dict.fromkeys(_COLUMNS, 0)
+    in_doubt = unfinished = 0
+
+    def count(column: str, where: tuple[str, ...]) -> None:
+        total[column] += 1
+        for segment in where:
+            segments.setdefault(segment, dict.fromkeys(_COLUMNS, 0))[column] += 1
+
+    current: set[str] = set()
     for recipient in job.recipients:
-        last = state.outcome(recipient.email)
-        outcome = last if last in OUTCOMES else "pending"
-        in_doubt += last == "attempt"
-        if outcome in ("failed", "deferred"):
-            failures.append(state.unfinished[recipient.email.lower()])
-        total[outcome] += 1
-        for segment in recipient.segments:
-            segments[segment][outcome] += 1
-    return Status(segments, total, failures, in_doubt)
+        key = recipient.email.lower()
+        current.add(key)
+        last = state.outcome(key)
+        column = last if last in OUTCOMES else "pending"
+        in_doubt += last == Outcome.ATTEMPT
+        unfinished += column in ("pending", "deferred")
+        count(column, recipient.segments)
+    for key, (last, _) in state.last.items():
+        if key in current or last == Outcome.HELD:
+            continue  # counted above; or held and since removed: nothing happened to it
+        column = last if last in OUTCOMES else Outcome.DEFERRED
+        count(column, state.segments.get(key, ()))
+    failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
+    suppressed = suppressions.load(job.recipients.directory)
+    since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
+    return Status(segments, total, failures, in_doubt, since, unfinished)

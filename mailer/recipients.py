@@ -7,8 +7,10 @@
 Loading is two passes so that memory stays flat for very large lists: the first
 pass validates every row (nothing is sent if one is bad) and remembers, per
 address, only which segments it is in; the second pass, run lazily while
-messages are composed, re-reads the files and yields one :class:`Recipient` per
-address, at its first row in segment order.
+messages are composed, parses the rows again and yields one :class:`Recipient`
+per address, at its first row in segment order. Both passes parse the same text,
+read once (``spreadsheet.py``): the lists a send mails are exactly the lists it
+validated, whatever happens to the files meanwhile.
 
 Addresses are compared without regard to case (``Liaison@Example.org`` and
 ``liaison@example.org`` are one reader, as they are at every real mailbox
@@ -17,19 +19,21 @@ provider); the first row's spelling is the one mailed.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from email_validator import EmailNotValidError, validate_email
-
+from mailer import suppressions
 from mailer.bulletin import DEFAULT_LANGUAGE, LANGUAGES
 from mailer.errors import RecipientError
+from mailer.spreadsheet import Sheet, read_sheet
+from mailer.suppressions import SUPPRESSIONS, normalize_address
 
-SUPPRESSIONS = "suppressions.csv"
 _KNOWN_COLUMNS = ("email", "name", "organization", "country", "language")
+# A field longer than this is an export gone wrong (a whole row in one cell), and a
+# display name this long would make header lines beyond RFC 5322's 998 characters.
+MAX_FIELD = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,74 +92,29 @@ def available_segments(directory: Path) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in directory.glob("*.csv") if p.name != SUPPRESSIONS))
 
 
-def _clean(value: str | None) -> str:
-    return (value or "").strip()
-
-
 def _has_control(value: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in value)
 
 
-def _normalize(address: str) -> str:
-    """Validated, normalized address; raises ValueError with a reason staff understand."""
-    if not address:
-        raise ValueError("the address is empty")
-    try:
-        return validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc).rstrip(".")) from None
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
-    """Rows of a CSV with the line each starts on (header is line 1)."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "email" not in [_clean(f) for f in reader.fieldnames]:
-                raise RecipientError("the header row has no 'email' column.", file=path, line=1)
-            reader.fieldnames = [_clean(f).lower() for f in reader.fieldnames]
-            line = reader.line_num + 1
-            for row in reader:
-                yield line, row
-                line = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise RecipientError(f"not UTF-8 text ({exc.reason}).", file=path) from None
-    except csv.Error as exc:
-        raise RecipientError(f"not a readable CSV file ({exc}).", file=path) from None
-
-
-def load_suppressions(directory: Path) -> frozenset[str]:
-    """Normalized addresses never to mail; the file is optional."""
-    path = directory / SUPPRESSIONS
-    if not path.exists():
-        return frozenset()
-    suppressed = set()
-    for line, row in _rows(path):
-        try:
-            suppressed.add(_normalize(_clean(row.get("email"))).lower())
-        except ValueError as exc:
-            raise RecipientError(f"{exc}.", file=path, line=line, field="email") from None
-    return frozenset(suppressed)
-
-
-def _check_row(row: dict[str, str | None], path: Path, line: int) -> tuple[str, str, str]:
+def _check_row(row: dict[str, str], path: Path, line: int) -> tuple[str, str, str]:
     """Validate one row; returns (address, name, language) or raises a located error."""
-    for column, raw in row.items():
-        if column is None or raw is None:
-            raise RecipientError(
-                "the row has a different number of columns than the header.",
-                file=path,
-                line=line,
-            )
-        if _has_control(_clean(raw)):
+    for column, value in row.items():
+        if _has_control(value):
             raise RecipientError(
                 "contains a line break or control character.", file=path, line=line, field=column
             )
+        if len(value) > MAX_FIELD:
+            raise RecipientError(
+                f"is {len(value)} characters long; at most {MAX_FIELD} are accepted.",
+                file=path,
+                line=line,
+                field=column,
+            )
     try:
-        address = _normalize(_clean(row.get("email")))
+        address = normalize_address(row.get("email", ""))
     except ValueError as exc:
         raise RecipientError(f"{exc}.", file=path, line=line, field="email") from None
-    language = _clean(row.get("language")).lower() or DEFAULT_LANGUAGE
+    language = row.get("language", "").lower() or DEFAULT_LANGUAGE
     if language not in LANGUAGES:
         raise RecipientError(
             f"unknown language '{language}'; use one of {', '.join(LANGUAGES)}.",
@@ -163,7 +122,7 @@ def _check_row(row: dict[str, str | None], path: Path, line: int) -> tuple[str, 
             line=line,
             field="language",
         )
-    return address, _clean(row.get("name")), language
+    return address, row.get("name", ""), language
 
 
 @dataclass
@@ -182,7 +141,7 @@ class RecipientList:
     warnings: list[Problem] = field(default_factory=list)
     _masks: dict[str, int] = field(default_factory=dict, repr=False)
     _first_rows: dict[str, list[str | None]] = field(default_factory=dict, repr=False)
-    _stamps: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _sheets: dict[str, Sheet] = field(default_factory=dict, repr=False)
 
     def path(self, segment: str) -> Path:
         return self.directory / f"{segment}.csv"
@@ -196,24 +155,18 @@ class RecipientList:
     def __iter__(self) -> Iterator[Recipient]:
         """Yield each address once, at its first row, knowing all its segments."""
         for segment in self.segments:
-            path = self.path(segment)
-            stat = path.stat()
-            if (stat.st_size, stat.st_mtime_ns) != self._stamps[segment]:
-                raise RecipientError(
-                    "the file changed while the bulletin was being sent; run again.", file=path
-                )
             firsts = self._first_rows[segment]
-            for index, (_, row) in enumerate(_rows(path)):
+            for index, (_, row) in enumerate(self._sheets[segment].rows()):
                 address = firsts[index]
                 if address is None:
                     continue
-                extra = {k: _clean(v) for k, v in row.items() if k not in _KNOWN_COLUMNS and k}
+                extra = {k: v for k, v in row.items() if k not in _KNOWN_COLUMNS}
                 yield Recipient(
                     email=address,
-                    name=_clean(row.get("name")),
-                    organization=_clean(row.get("organization")),
-                    country=_clean(row.get("country")),
-                    language=_clean(row.get("language")).lower() or DEFAULT_LANGUAGE,
+                    name=row.get("name", ""),
+                    organization=row.get("organization", ""),
+                    country=row.get("country", ""),
+                    language=row.get("language", "").lower() or DEFAULT_LANGUAGE,
                     segments=self.segments_of(self._masks[address.lower()] & _MASK),
                     fields=MappingProxyType(extra),
                 )
@@ -259,18 +212,17 @@ def load_recipients(
             )
     if len(wanted) > 32:
         raise RecipientError("more than 32 segments in one send.", file=directory)
-    suppressed = load_suppressions(directory)
+    suppressed = suppressions.load(directory)
     result = RecipientList(directory=directory, segments=wanted)
     suppressed_seen: set[str] = set()
     problems: list[Problem] = []
     for bit, segment in enumerate(wanted):
         path = result.path(segment)
-        stat = path.stat()
-        result._stamps[segment] = (stat.st_size, stat.st_mtime_ns)
+        sheet = result._sheets[segment] = read_sheet(path)
         column: list[str | None] = []
         result._first_rows[segment] = column
         in_segment: set[str] = set()
-        for line, row in _rows(path):
+        for line, row in sheet.rows():
             column.append(None)
             try:
                 address, name, language = _check_row(row, path, line)

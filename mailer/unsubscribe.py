@@ -5,27 +5,21 @@ reader: their address and an HMAC-SHA256 of it under ``MAILER_UNSUBSCRIBE_SECRET
 so nobody can unsubscribe someone else by editing a URL. The web endpoint that
 receives the RFC 8058 one-click POST calls ``mailer unsubscribe --token TOKEN``
 (or this module). Requests mailed to the mailto target are read from an mbox by
-``mailer unsubscribe --from-mbox``. Every path ends in ``recipients/suppressions.csv``,
-appended without duplicates, so a suppressed address is never mailed again.
+``mailer unsubscribe --from-mbox``. Every path ends in
+``recipients/suppressions.csv`` (``suppressions.py``), appended without
+duplicates, so a suppressed address is never mailed again.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import hmac
 import mailbox
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
-
 from mailer.errors import InputError
-from mailer.recipients import SUPPRESSIONS, load_suppressions
 
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: far beyond guessing
 
@@ -63,50 +57,6 @@ def verify_token(secret: bytes, token: str) -> str:
     return address
 
 
-@dataclass(frozen=True)
-class Added:
-    """What a suppression update did."""
-
-    added: tuple[str, ...]
-    already: tuple[str, ...]
-
-
-def _normalized(address: str) -> str:
-    try:
-        return validate_email(address, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise InputError(f"'{address}' is not an address: {exc}", field="ADDRESS") from None
-
-
-def suppress(directory: Path, addresses: Iterable[str], reason: str) -> Added:
-    """Append ``addresses`` to suppressions.csv unless already there (case-insensitive)."""
-    path = directory / SUPPRESSIONS
-    known = set(load_suppressions(directory))
-    added, already = [], []
-    today = datetime.now(UTC).date().isoformat()
-    new_file = not path.exists()
-    rows = []
-    for address in addresses:
-        normalized = _normalized(address)
-        if normalized.lower() in known:
-            already.append(normalized)
-            continue
-        known.add(normalized.lower())
-        added.append(normalized)
-        rows.append([normalized, reason.replace("\n", " "), today])
-    if rows:
-        directory.mkdir(parents=True, exist_ok=True)
-        needs_newline = not new_file and not path.read_bytes().endswith(b"\n")
-        with path.open("a", newline="", encoding="utf-8") as handle:
-            if needs_newline:
-                handle.write("\n")
-            writer = csv.writer(handle, lineterminator="\n")
-            if new_file:
-                writer.writerow(["email", "reason", "date"])
-            writer.writerows(rows)
-    return Added(tuple(added), tuple(already))
-
-
 def requests_in_mbox(path: Path) -> list[str]:
     """Senders of the unsubscribe requests in an mbox (mail sent to the mailto target).
 
@@ -117,12 +67,21 @@ def requests_in_mbox(path: Path) -> list[str]:
         raise InputError("no such mbox file.", file=path)
     senders = []
     for message in mailbox.mbox(str(path)):
-        subject = str(message.get("Subject", "")).lower()
-        payload = message.get_payload(decode=True) if not message.is_multipart() else b""
-        body = payload if isinstance(payload, bytes) else b""
-        first_line = body.decode("utf-8", "replace").strip().lower()[:100]
-        if "unsubscribe" in subject or first_line.startswith("unsubscribe"):
-            address = parseaddr(str(message.get("From", "")))[1]
-            if address:
-                senders.append(address)
+        try:
+            address = _requester(message)
+        except Exception:  # a mangled message is skipped, never the whole batch
+            continue
+        if address:
+            senders.append(address)
     return senders
+
+
+def _requester(message: mailbox.mboxMessage) -> str | None:
+    """The sender, when ``message`` is an unsubscribe request."""
+    subject = str(message.get("Subject", "")).lower()
+    payload = message.get_payload(decode=True) if not message.is_multipart() else b""
+    body = payload if isinstance(payload, bytes) else b""
+    first_line = body.decode("utf-8", "replace").strip().lower()[:100]
+    if "unsubscribe" in subject or first_line.startswith("unsubscribe"):
+        return parseaddr(str(message.get("From", "")))[1] or None
+    return None

@@ -46,6 +46,7 @@ class Behaviour:
     """What the server does, per recipient address (lower case)."""
 
     reject_rcpt: dict[str, str] = field(default_factory=dict)  # address -> "550 ..." reply
+    reject_every_rcpt: str | None = None  # this reply to every RCPT (a misconfigured relay)
     defer_times: dict[str, int] = field(default_factory=dict)  # address -> 451s before a 250
     drop_times: dict[str, int] = field(default_factory=dict)  # address -> drops before a 250
     stall: dict[str, float] = field(default_factory=dict)  # address -> seconds before replying
@@ -62,7 +63,7 @@ class Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
-        reply = self.behaviour.reject_rcpt.get(address.lower())
+        reply = self.behaviour.reject_rcpt.get(address.lower()) or self.behaviour.reject_every_rcpt
         if reply:
             return reply
         envelope.rcpt_tos.append(address)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mailer import pipeline
 from mailer.cli import app
 from mailer.delivery import Report, RetryPolicy
-from mailer.errors import DeliveryError, RecipientError
+from mailer.errors import DeliveryError
 from mailer.ledger import Ledger, read_records
 from mailer.settings import Settings
 
@@ -369,18 +369,30 @@ def test_many_temporary_failures_in_a_row_pause_the_run(tmp_path: Path) -> None:
         assert set(outcomes.values()) == {"deferred"}
 
 
-def test_a_list_edited_during_the_send_stops_it_with_a_clear_error(
-    server: Server, tmp_path: Path
-) -> None:
-    settings = settings_for(server.port, tmp_path)
-    job = pipeline.prepare(SAMPLE, settings, dry_run=False)
-    with (settings.recipients_dir / "civil-society.csv").open("a", encoding="utf-8") as handle:
-        handle.write("late@example.org,Late Addition,,,en\n")
-    with pytest.raises(RecipientError) as raised, pipeline.open_ledger(job, settings) as ledger:
-        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
-    assert "changed while the bulletin was being sent" in str(raised.value)
-    assert "civil-society.csv" in str(raised.value)
-    assert "late@example.org" not in {r.rcpt for r in server.received}
+def test_a_list_rewritten_during_the_send_never_mixes_rows(tmp_path: Path) -> None:
+    """A spreadsheet saved mid-send (one row inserted at the top) changes nothing sent."""
+    recipients = write_list(tmp_path / "recipients", 60)
+    with Server(Behaviour(delay=0.01)) as server:
+        settings = settings_for(server.port, tmp_path, recipients_dir=recipients)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        states = recipients / "states.csv"
+        original = states.read_text(encoding="utf-8")
+
+        def rewrite_once(outcome: str, message: object) -> None:
+            if states.read_text(encoding="utf-8") == original:
+                header, _, rows = original.partition("\n")
+                states.write_text(f"{header}\nintruder@example.org,Intruder,en\n{rows}")
+
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(
+                job, settings, ledger, ledger.state(), policy=FAST, progress=rewrite_once
+            )
+    assert report.total.sent == 60
+    names = {r.rcpt: r.message()["To"] for r in server.received}
+    assert "intruder@example.org" not in names
+    for address, to in names.items():
+        number = address.removeprefix("reader").partition("@")[0]
+        assert to == f"Reader {number} <{address}>", (address, to)
 
 
 def test_real_send_asks_before_sending_and_needs_yes_without_a_terminal(

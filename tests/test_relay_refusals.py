@@ -1,0 +1,155 @@
+"""Refusals about the relay, the sender or the message never fail or suppress readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.cli import app
+from mailer.errors import DeliveryError
+from mailer.ledger import State, ledger_path
+from mailer.replies import Cause, Verdict, read_reply
+
+from .conftest import SAMPLE
+from .smtp_server import Behaviour, Server
+from .test_delivery import FAST, cli_env, settings_for, write_list
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "verdict", "gone", "cause"),
+    [
+        (250, "2.0.0 Queued", Verdict.SENT, False, None),
+        (451, "4.3.0 Try again later", Verdict.TRANSIENT, False, None),
+        (None, "timed out", Verdict.TRANSIENT, False, None),
+        (550, "5.1.1 No such user", Verdict.FAILED, True, None),
+        (550, "5.1.10 Recipient address has null MX", Verdict.FAILED, True, None),
+        (550, "5.2.1 Mailbox disabled", Verdict.FAILED, True, None),
+        (553, "5.1.3 Bad recipient address syntax", Verdict.FAILED, True, None),
+        (550, "5.1.6 Mailbox has moved", Verdict.FAILED, True, None),
+        (550, "No such user here", Verdict.FAILED, False, None),  # bare: never suppresses
+        (550, "5.1.2 Bad destination system", Verdict.FAILED, False, None),
+        (550, "relay not permitted", Verdict.RELAY, False, Cause.RELAY),
+        (550, "5.1.7 Invalid sender", Verdict.RELAY, False, Cause.SENDER),
+        (550, "5.1.8 Access denied, bad outbound sender", Verdict.RELAY, False, Cause.SENDER),
+        (550, "5.1.90 You've reached your daily limit", Verdict.RELAY, False, Cause.QUOTA),
+        (552, "5.2.2 Mailbox quota exceeded", Verdict.RELAY, False, Cause.QUOTA),
+        (554, "5.2.0 STOREDRV.Submission.Exception:QuotaExceeded", Verdict.RELAY, False, None),
+        (552, "5.3.4 Message too big for system", Verdict.RELAY, False, Cause.SIZE),
+        (550, "5.7.1 Message rejected as spam", Verdict.RELAY, False, Cause.POLICY),
+        (535, "5.7.30 Basic authentication is not supported", Verdict.RELAY, False, None),
+    ],
+)
+def test_each_reply_is_classed_as_a_mail_engineer_would(
+    code: int | None, text: str, verdict: Verdict, gone: bool, cause: Cause | None
+) -> None:
+    reading = read_reply(code, text)
+    assert (reading.verdict, reading.mailbox_gone) == (verdict, gone)
+    if cause is not None:
+        assert reading.cause is cause
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 relay not permitted",
+        "550 Rejected",  # bare and unexplained: the same for many in a row is the relay
+        "550 5.7.1 Client does not have permissions to send as this sender",
+        "550 5.1.8 Access denied, bad outbound sender",
+        "554 5.2.0 STOREDRV.Submission.Exception:QuotaExceededException",
+        "550 5.1.90 Your message can't be sent because you've reached your daily limit",
+    ],
+)
+def test_a_relay_refusing_everyone_stops_and_nobody_is_failed_or_suppressed(
+    tmp_path: Path, reply: str
+) -> None:
+    recipients = write_list(tmp_path / "recipients", 30)
+    with Server(Behaviour(reject_every_rcpt=reply)) as relay:
+        settings = settings_for(relay.port, tmp_path, recipients_dir=recipients)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with (
+            pytest.raises(DeliveryError) as raised,
+            pipeline.open_ledger(job, settings) as ledger,
+        ):
+            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert "To fix:" in str(raised.value) and "stay pending" in str(raised.value)
+    assert raised.value.exit_code == 2  # nothing was sent
+    assert not (recipients / "suppressions.csv").exists()
+    state = State.load(ledger_path(settings.ledger_dir, "2017-03"))
+    assert not any(state.is_done(f"reader{i}@example.org") for i in range(30))
+    # Once the relay is fixed, the same command mails everyone.
+    with Server() as fixed:
+        settings = settings_for(fixed.port, tmp_path, recipients_dir=recipients)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert report.total.sent == 30 and len(fixed.received) == 30
+    result = CliRunner().invoke(
+        app,
+        ["status", str(SAMPLE), "--recipients", str(recipients), "--json"],
+        env={"MAILER_LEDGER_DIR": str(settings.ledger_dir)},
+    )
+    assert '"failed": 0' in result.output and '"sent": 30' in result.output
+
+
+def test_one_bare_550_fails_that_reader_but_never_suppresses(tmp_path: Path) -> None:
+    behaviour = Behaviour(reject_rcpt={"reader4@example.org": "550 Rejected"})
+    recipients = write_list(tmp_path / "recipients", 12)
+    with Server(behaviour) as server:
+        settings = settings_for(server.port, tmp_path, recipients_dir=recipients)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert (report.total.sent, report.total.failed) == (11, 1)
+    assert report.suppressed == [] and not (recipients / "suppressions.csv").exists()
+
+
+def test_more_dead_mailboxes_than_the_cap_are_held_until_allowed(tmp_path: Path) -> None:
+    dead = {f"reader{i}@example.org": "550 5.1.1 User unknown" for i in range(25)}
+    recipients = write_list(tmp_path / "recipients", 60)
+    with Server(Behaviour(reject_rcpt=dead)) as server:
+        env = cli_env(server.port, tmp_path / "ledger")
+        args = ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"]
+        first = CliRunner().invoke(app, args, env=env)
+        assert first.exit_code == 1, first.output
+        assert "25 addresses were refused as dead mailboxes" in first.output
+        assert not (recipients / "suppressions.csv").exists()
+        allowed = CliRunner().invoke(app, [*args, "--allow-mass-suppression"], env=env)
+    assert "Nothing to send." in allowed.output
+    rows = (recipients / "suppressions.csv").read_text().splitlines()
+    assert len(rows) == 26 and all("no such mailbox" in row for row in rows[1:])
+
+
+def test_a_message_larger_than_the_relays_size_stays_pending(tmp_path: Path) -> None:
+    with Server(data_size_limit=4000) as relay:  # advertises SIZE 4000
+        settings = settings_for(relay.port, tmp_path)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with (
+            pytest.raises(DeliveryError) as raised,
+            pipeline.open_ledger(job, settings) as ledger,
+        ):
+            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        assert relay.received == []
+    assert "at most 4,000 (SIZE)" in str(raised.value)
+    assert "images smaller" in str(raised.value)
+    state = State.load(ledger_path(settings.ledger_dir, "2017-03"))
+    assert all(outcome == "held" for outcome, _ in state.last.values())
+
+
+def test_a_relays_reply_is_printed_as_it_is_even_with_markup_characters(
+    tmp_path: Path,
+) -> None:
+    reply = "550 5.1.1 [/] no [bold]such[/bold] user"
+    recipients = write_list(tmp_path / "recipients", 6)
+    with Server(Behaviour(reject_rcpt={"reader2@example.org": reply})) as server:
+        env = cli_env(server.port, tmp_path / "ledger")
+        sent = CliRunner().invoke(
+            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
+        )
+    assert sent.exit_code == 1, sent.output
+    status = CliRunner().invoke(
+        app, ["status", str(SAMPLE), "--recipients", str(recipients)], env=env
+    )
+    assert "5.1.1 [/] no [bold]such[/bold] user" in status.output
