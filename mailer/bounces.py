@@ -1,16 +1,26 @@
 """Bounces: who could not be reached, recorded in the ledger and fed to suppressions.
 
-Each message goes out with its own envelope sender (VERP) when
-``MAILER_BOUNCE_ADDRESS`` is set: ``bounces+<issue>.<tag>@domain``, where the tag
-is a short hash of the recipient's address. A bounce comes back *to* that
-address, so it names the issue and the recipient even when the report itself is
-unreadable or names a forwarded address. Reports are read with flufl.bounce (RFC
-3464 and the common non-standard formats); the issue also comes from the original
-Message-ID quoted in the report when there is no VERP address.
+A bounce counts only for the recipient the issue's ledger shows behind the
+message it names, found either way (``verp.py``):
 
-Permanent failures are suppressed at once. A temporary failure is suppressed once
-the address bounced temporarily in each of the last ``MAILER_BOUNCE_SOFT_LIMIT``
-issues it was sent. Refusals at send time are classed in ``replies.py``.
+- the VERP address it came back to, ``bounces+<issue>.<tag>@domain``, whose tag
+  is keyed with a secret; or
+- our Message-ID quoted in the report, which the ledger records per recipient
+  (also keyed).
+
+So a forged report cannot suppress an address the issue never mailed, nor one
+whose tag or Message-ID the forger cannot compute; and a report naming an issue
+with no ledger creates none. The addresses the report lists are used only to
+tell how final the failure is (flufl.bounce reads RFC 3464 and the common
+non-standard formats), never to choose whom to suppress.
+
+Permanent failures are suppressed; a temporary failure is suppressed once the
+address bounced temporarily in each of the last ``MAILER_BOUNCE_SOFT_LIMIT``
+issues it was sent. A message that cannot be read (an unknown charset, broken
+MIME) or names an unusable address is skipped and reported; the rest of the
+batch is read. Suppression follows every attributed bounce, recorded before or
+not, so a run interrupted between the ledger and the suppression list is made
+good by the next. Refusals at send time are classed in ``replies.py``.
 """
 
 from __future__ import annotations
@@ -27,32 +37,13 @@ from pathlib import Path
 from flufl.bounce import all_failures
 
 from mailer.errors import InputError
-from mailer.ledger import BOUNCE, Ledger, Record, read_records
-from mailer.suppressions import Added, suppress
+from mailer.ledger import BOUNCE, Ledger, Outcome, Record, ledger_path, read_records
+from mailer.suppressions import Added, normalize_address, suppress
+from mailer.verp import parse_verp, tag
 
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._-]*)\.[0-9a-f]{24}@[^>\s]+>")
 _ADDRESS_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Cc")
-
-
-def tag(address: str) -> str:
-    """A recipient's short, stable tag for VERP addresses."""
-    return hashlib.sha256(address.lower().encode("utf-8")).hexdigest()[:12]
-
-
-def verp_address(bounce_address: str, issue: str, recipient: str) -> str:
-    """``bounces+2017-03.1a2b3c4d5e6f@isu.example.org`` for ``recipient`` in ``issue``."""
-    local, _, domain = bounce_address.rpartition("@")
-    return f"{local}+{issue}.{tag(recipient)}@{domain}"
-
-
-def parse_verp(address: str, bounce_address: str) -> tuple[str, str] | None:
-    """(issue, tag) when ``address`` is one of our VERP addresses."""
-    local, _, domain = address.rpartition("@")
-    base_local, _, base_domain = bounce_address.rpartition("@")
-    if domain.lower() != base_domain.lower() or not local.startswith(base_local + "+"):
-        return None
-    issue, dot, recipient_tag = local[len(base_local) + 1 :].rpartition(".")
-    return (issue, recipient_tag.lower()) if dot and issue else None
+_MAILED = (Outcome.ATTEMPT, Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED)
 
 
 @dataclass
@@ -72,9 +63,10 @@ class BounceReport:
 
     read: int = 0
     bounces: list[Bounce] = field(default_factory=list)
-    unattributed: list[str] = field(default_factory=list)
+    unattributed: list[str] = field(default_factory=list)  # read, but not ours (or forged)
+    skipped: list[str] = field(default_factory=list)  # could not be read at all
     duplicates: int = 0
-    suppressed: Added = field(default_factory=lambda: Added((), ()))
+    suppressed: Added = field(default_factory=Added)
 
 
 def _messages(source: Path) -> Iterator[Message]:
@@ -88,61 +80,85 @@ def _messages(source: Path) -> Iterator[Message]:
         raise InputError("no such mbox file or Maildir folder.", file=source)
 
 
-class _Recipients:
-    """Per issue, the recipients of its ledger by tag (read once, on demand)."""
+class _Ledgers:
+    """Per issue, who its ledger shows was mailed: by VERP tag and by Message-ID.
 
-    def __init__(self, ledger_dir: Path) -> None:
+    Read once per issue, on demand; an issue without a ledger knows nobody.
+    """
+
+    def __init__(self, ledger_dir: Path, key: bytes | None) -> None:
         self.ledger_dir = ledger_dir
-        self.by_issue: dict[str, dict[str, str]] = {}
+        self.key = key
+        self.by_issue: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
 
-    def find(self, issue: str, recipient_tag: str) -> str | None:
+    def _load(self, issue: str) -> tuple[dict[str, str], dict[str, str]]:
         if issue not in self.by_issue:
-            path = self.ledger_dir / f"{issue}.jsonl"
-            self.by_issue[issue] = {
-                tag(r.recipient): r.recipient for r in read_records(path) if r.recipient
-            }
-        return self.by_issue[issue].get(recipient_tag)
+            path = ledger_path(self.ledger_dir, issue)
+            tags: dict[str, str] = {}
+            ids: dict[str, str] = {}
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue) and path.is_file():
+                for record in read_records(path):
+                    if record.recipient and record.outcome in _MAILED:
+                        if self.key is not None:
+                            tags[tag(self.key, issue, record.recipient)] = record.recipient
+                        if record.message_id:
+                            ids[record.message_id.lower()] = record.recipient
+            self.by_issue[issue] = (tags, ids)
+        return self.by_issue[issue]
+
+    def by_tag(self, issue: str, recipient_tag: str) -> str | None:
+        return self._load(issue)[0].get(recipient_tag)
+
+    def by_message_id(self, issue: str, message_id: str) -> str | None:
+        return self._load(issue)[1].get(message_id.lower())
 
 
 def _attribute(
-    message: Message, bounce_address: str | None, known: _Recipients
+    message: Message, bounce_address: str | None, ledgers: _Ledgers
 ) -> list[Bounce] | str:
-    """The bounces a report tells of, or why it cannot be attributed."""
+    """The bounce a report tells of, or why it cannot be attributed."""
     temporary, permanent = all_failures(message)
     failed = {a.decode("utf-8", "replace").lower(): True for a in permanent}
     failed.update({a.decode("utf-8", "replace").lower(): False for a in temporary - permanent})
-    bounce_id = str(message.get("Message-ID", "")).strip() or (
+    bounce_id = str(message.get("Message-ID", "")).strip()[:200] or (
         "<sha256:" + hashlib.sha256(message.as_bytes()).hexdigest()[:24] + ">"
     )
-    issue = recipient = None
-    if bounce_address:
-        for _, address in getaddresses(
-            [str(v) for h in _ADDRESS_HEADERS for v in message.get_all(h, [])]
-        ):
-            parsed = parse_verp(address, bounce_address)
-            if parsed is not None:
-                issue, found = parsed[0], known.find(*parsed)
-                if found is not None:
-                    recipient = found
-                    break
-    if issue is None:
-        quoted = _MESSAGE_ID.search(message.as_string())
-        issue = quoted.group(1) if quoted else None
-    if issue is None:
-        return "no VERP address and no quoted Message-ID of ours"
-    if recipient is not None:
+    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(message, ledgers)
+    if found is None:
+        return "no VERP address or Message-ID of a message our ledgers show was sent"
+    issue, recipient, by_verp = found
+    if by_verp:
         # VERP names our recipient; the report (if readable) says how final it is.
-        permanent_failure = any(failed.values()) or not failed
-        detail = "permanent" if permanent_failure else "temporary"
-        return [Bounce(issue, recipient, permanent_failure, detail, bounce_id)]
-    if not failed:
+        is_permanent = any(failed.values()) or not failed
+    elif recipient.lower() in failed:
+        is_permanent = failed[recipient.lower()]
+    elif failed:
+        is_permanent = any(failed.values())  # forwarded: the report names the final address
+    else:
         return f"issue {issue}: no failed recipient found in the report"
-    return [
-        Bounce(
-            issue, address, is_permanent, "permanent" if is_permanent else "temporary", bounce_id
-        )
-        for address, is_permanent in failed.items()
-    ]
+    detail = "permanent" if is_permanent else "temporary"
+    return [Bounce(issue, recipient, is_permanent, detail, bounce_id)]
+
+
+def _by_verp(
+    message: Message, bounce_address: str | None, ledgers: _Ledgers
+) -> tuple[str, str, bool] | None:
+    if not bounce_address:
+        return None
+    values = [str(v) for h in _ADDRESS_HEADERS for v in message.get_all(h, [])]
+    for _, address in getaddresses(values):
+        parsed = parse_verp(address, bounce_address)
+        if parsed is not None and (recipient := ledgers.by_tag(*parsed)) is not None:
+            return parsed[0], recipient, True
+    return None
+
+
+def _by_message_id(message: Message, ledgers: _Ledgers) -> tuple[str, str, bool] | None:
+    for quoted in _MESSAGE_ID.finditer(message.as_string()):
+        recipient = ledgers.by_message_id(quoted.group(1), quoted.group(0))
+        if recipient is not None:
+            return quoted.group(1), recipient, False
+    return None
 
 
 def process(
@@ -152,20 +168,35 @@ def process(
     *,
     bounce_address: str | None,
     soft_limit: int,
+    key: bytes | None = None,
 ) -> BounceReport:
-    """Read bounce reports; record each once in its issue's ledger; suppress the dead."""
+    """Read bounce reports; record each once in its issue's ledger; suppress the dead.
+
+    ``key`` is the VERP key (``verp.id_key``); without it only Message-IDs attribute.
+    """
     report = BounceReport()
-    known = _Recipients(ledger_dir)
+    ledgers = _Ledgers(ledger_dir, key)
     for message in _messages(source):
         report.read += 1
-        found = _attribute(message, bounce_address, known)
-        if isinstance(found, str):
-            report.unattributed.append(f"{message.get('Message-ID', '(no Message-ID)')}: {found}")
+        label = _label(message, report.read)
+        try:
+            found = _attribute(message, bounce_address, ledgers)
+        except Exception as exc:  # a mangled report is skipped, never the batch
+            report.skipped.append(f"{label}: cannot be read ({type(exc).__name__}: {exc})"[:300])
             continue
-        report.bounces.extend(found)
+        if isinstance(found, str):
+            report.unattributed.append(f"{label}: {found}")
+            continue
+        for bounce in found:
+            try:
+                bounce.recipient = normalize_address(bounce.recipient)
+            except ValueError as exc:
+                report.skipped.append(f"{label}: unusable address {bounce.recipient!r} ({exc})")
+                continue
+            report.bounces.append(bounce)
     fresh = _record(report.bounces, ledger_dir)
     report.duplicates = len(report.bounces) - len(fresh)
-    to_suppress = [b.recipient for b in fresh if b.permanent]
+    to_suppress = [b.recipient for b in report.bounces if b.permanent]
     to_suppress += soft_failures(
         ledger_dir, {b.recipient for b in fresh if not b.permanent}, soft_limit
     )
@@ -173,13 +204,24 @@ def process(
     return report
 
 
+def _label(message: Message, number: int) -> str:
+    """How a report is named in messages: its Message-ID, else its place in the batch."""
+    try:
+        found = str(message.get("Message-ID", "") or "").strip()
+    except Exception:  # a header that cannot even be decoded
+        found = ""
+    return found[:120] or f"message {number}"
+
+
 def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
-    """Append each bounce to its issue's ledger unless it is already there."""
+    """Append each bounce to its issue's (existing) ledger unless it is already there."""
     fresh: list[Bounce] = []
     by_issue: dict[str, list[Bounce]] = {}
     for bounce in bounces:
         by_issue.setdefault(bounce.issue, []).append(bounce)
     for issue, items in by_issue.items():
+        if not ledger_path(ledger_dir, issue).is_file():
+            continue  # attribution needs the ledger; never create one here
         with Ledger(ledger_dir, issue) as ledger:
             seen = {
                 (r.recipient.lower(), r.run)

@@ -21,6 +21,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from mailer.errors import ContentError
+from mailer.message import RESERVED_TEXT
 
 LANGUAGES = ("en", "fr", "es")
 DEFAULT_LANGUAGE = "en"
@@ -128,16 +129,53 @@ class _Mapping:
         return ContentError(message, file=self.file, line=self.line(key), field=key)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases before anything is built.
+
+    A bulletin has no use for them, and ``&a [*b, *b, …]`` nested ten deep (an
+    "alias bomb") expands to billions of values: a pull request could take CI down.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _AliasRefused(event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(Exception):
+    def __init__(self, mark: Any) -> None:
+        self.mark = mark
+
+
+def _excerpt(value: object, limit: int = 60) -> str:
+    """A value as an error message may show it: never more than ``limit`` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
     """Parse YAML text that must be a mapping; ``first_line`` is its line in ``file``."""
+    loader = _NoAliasLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = _construct(loader, node, file, first_line)
+    except _AliasRefused as exc:
+        raise ContentError(
+            "YAML anchors and aliases (& and *) are not allowed in a bulletin; write the "
+            "value out.",
+            file=file,
+            line=first_line + exc.mark.line,
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = first_line + mark.line if mark is not None else first_line
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ContentError(f"YAML syntax error: {problem}.", file=file, line=line) from None
+        raise ContentError(
+            f"YAML syntax error: {_excerpt(problem, 200)}.", file=file, line=line
+        ) from None
+    finally:
+        loader.dispose()
     if data is None:
         data, node = {}, None
     if not isinstance(data, dict) or (node is not None and not isinstance(node, yaml.MappingNode)):
@@ -149,6 +187,41 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
         for key_node, _ in node.value:
             lines[str(key_node.value)] = first_line + key_node.start_mark.line
     return _Mapping({str(k): v for k, v in data.items()}, lines, file, first_line)
+
+
+def _construct(loader: yaml.SafeLoader, node: Any, file: Path, first_line: int) -> Any:
+    """Build the values; an impossible date (2017-02-30) becomes a located error."""
+    if node is None:
+        return None
+    try:
+        return loader.construct_document(node)
+    except ValueError as exc:
+        bad = _failing_node(loader, node)
+        line = first_line + bad.start_mark.line if bad is not None else first_line
+        value = f"'{_excerpt(bad.value)}' " if bad is not None else ""
+        raise ContentError(
+            f"{value}is not a valid value ({exc}); dates are YYYY-MM-DD and must exist.",
+            file=file,
+            line=line,
+        ) from None
+
+
+def _failing_node(loader: yaml.SafeLoader, node: Any) -> Any:
+    """The scalar whose construction fails (to name its line)."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            loader.construct_object(node)
+        except ValueError:
+            return node
+        return None
+    children = node.value if isinstance(node, yaml.SequenceNode) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    for child in children:
+        found = _failing_node(loader, child)
+        if found is not None:
+            return found
+    return None
 
 
 def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
@@ -169,12 +242,23 @@ def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
 
 
 def _read_text(path: Path) -> str:
+    """A content file's text; a byte-order mark (some Windows editors add one) is dropped."""
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ContentError(f"not UTF-8 text ({exc.reason}).", file=path) from None
+        raise ContentError(
+            f"not UTF-8 text ({exc.reason}); save it as UTF-8 in your editor.", file=path
+        ) from None
     except OSError as exc:
         raise ContentError(f"cannot be read ({exc.strerror}).", file=path) from None
+    if (found := RESERVED_TEXT.search(text)) is not None:
+        raise ContentError(
+            f"contains '{found.group(0)}', text mailer uses internally to place each reader's "
+            "name and links; reword it.",
+            file=path,
+            line=text.count("\n", 0, found.start()) + 1,
+        )
+    return text
 
 
 def _one_line(mapping: _Mapping, key: str, *, required: bool = False) -> str | None:
@@ -196,7 +280,9 @@ def _link(mapping: _Mapping, key: str) -> str | None:
     """A link must be absolute (https://, http:// or mailto:) to work in a mail client."""
     link = _one_line(mapping, key)
     if link is not None and not _ABSOLUTE_LINK.match(link):
-        raise mapping.error(key, f"'{link}' is not an absolute link; write it as https://….")
+        raise mapping.error(
+            key, f"'{_excerpt(link)}' is not an absolute link; write it as https://…."
+        )
     return link
 
 
@@ -208,7 +294,7 @@ def _a_date(mapping: _Mapping, key: str) -> date | None:
         return value.date()
     if isinstance(value, date):
         return value
-    raise mapping.error(key, f"'{value}' is not a date; write it as YYYY-MM-DD.")
+    raise mapping.error(key, f"'{_excerpt(value)}' is not a date; write it as YYYY-MM-DD.")
 
 
 def _a_timestamp(mapping: _Mapping, key: str) -> datetime | None:
@@ -219,7 +305,7 @@ def _a_timestamp(mapping: _Mapping, key: str) -> datetime | None:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise mapping.error(key, f"'{value}' is not a timestamp.") from None
+            raise mapping.error(key, f"'{_excerpt(value)}' is not a timestamp.") from None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise mapping.error(
             key, "must be a timestamp with its time zone, e.g. 2017-03-20T09:00:00+01:00."
@@ -239,7 +325,8 @@ def _segment_list(mapping: _Mapping, key: str, known: Iterable[str]) -> tuple[st
     for segment in value:
         if segment not in known_list:
             raise mapping.error(
-                key, f"unknown segment '{segment}'; known segments: {', '.join(known_list)}."
+                key,
+                f"unknown segment '{_excerpt(segment)}'; known segments: {', '.join(known_list)}.",
             )
     return tuple(dict.fromkeys(value))
 
@@ -261,7 +348,7 @@ def _check_body_links(body: str, file: Path, first_line: int) -> None:
                 offset = next((i for i in range(start, end) if href in source_lines[i]), start)
                 line = first_line + offset
                 raise ContentError(
-                    f"the link '{href}' is not absolute; write it as https://….",
+                    f"the link '{_excerpt(href)}' is not absolute; write it as https://….",
                     file=file,
                     line=line,
                     field="body",
@@ -293,7 +380,15 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
     if (image_name := _one_line(front, "image")) is not None:
         image = (folder / image_name).resolve()
         if not image.is_file() or not image.is_relative_to(folder.resolve()):
-            raise front.error("image", f"'{image_name}' is not a file in the bulletin folder.")
+            raise front.error(
+                "image", f"'{_excerpt(image_name)}' is not a file in the bulletin folder."
+            )
+        if _image_kind(image) is None:
+            raise front.error(
+                "image",
+                f"'{_excerpt(image_name)}' is not a PNG, JPEG, GIF or WebP image (by its "
+                "content, whatever its name says); mail clients would show a broken image.",
+            )
         if english.alt is None:
             raise ContentError(
                 "an image needs alt text (field 'alt') for readers who cannot see it.",
@@ -328,6 +423,23 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         deadline=_a_date(front, "deadline"),
         texts=MappingProxyType(texts),
     )
+
+
+_IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+}
+
+
+def _image_kind(path: Path) -> str | None:
+    """The image format by its first bytes (a renamed PDF or text file is none)."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return next((kind for sig, kind in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
 
 
 def _item_paths(folder: Path, order: list[Any] | None, mapping: _Mapping) -> list[Path]:
@@ -374,6 +486,15 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
     assert issue_id is not None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue_id):
         raise mapping.error("id", "use letters, digits, '-', '_' and '.' only (e.g. 2017-03).")
+    if issue_id != folder.resolve().name:
+        # A folder copied from the last issue keeps its id; that id's ledger says
+        # "sent", and the new issue would quietly go to nobody.
+        raise mapping.error(
+            "id",
+            f"the id '{_excerpt(issue_id)}' differs from the folder name "
+            f"'{folder.resolve().name}'. Was this folder copied from an earlier issue? Give "
+            "the new issue its own id, and name its folder after it.",
+        )
     localized = {}
     for name in _LOCALIZED:
         values = {DEFAULT_LANGUAGE: _one_line(mapping, name, required=True)}

@@ -37,6 +37,7 @@ from mailer.delivery import Report
 from mailer.errors import ConfigError, DeliveryError, InputError, MailerError
 from mailer.ledger import Ledger, Record
 from mailer.settings import Settings, load_settings
+from mailer.verp import id_key
 
 app = typer.Typer(
     add_completion=False,
@@ -478,6 +479,7 @@ def bounces(
             recipients or settings.recipients_dir,
             bounce_address=settings.bounce_address,
             soft_limit=settings.bounce_soft_limit,
+            key=id_key(settings),
         )
     )
     table = Table(title=f"{report.read} message(s) read")
@@ -490,6 +492,8 @@ def bounces(
         out.print(f"{report.duplicates} bounce(s) were already recorded.")
     for line in report.unattributed:
         err.print(_label("not attributed:", "yellow", line), soft_wrap=True)
+    for line in report.skipped:
+        err.print(_label("skipped:", "yellow", line), soft_wrap=True)
     for address in report.suppressed.added:
         out.print(f"suppressed: {address}")
 

@@ -32,7 +32,6 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
-from mailer.bounces import verp_address
 from mailer.bulletin import Bulletin, Item
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
@@ -54,6 +53,7 @@ from mailer.recipients import Recipient
 from mailer.settings import PLACEHOLDER_FROM, Settings
 from mailer.signing import PendingSignature, Signer
 from mailer.unsubscribe import make_token
+from mailer.verp import id_key, message_id, verp_address
 
 BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -92,6 +92,7 @@ class Identity:
     envelope_from: str = ""
     unsubscribe_secret: bytes = field(default=b"", repr=False)
     bounce_address: str | None = None
+    id_key: bytes | None = field(default=None, repr=False)  # keys VERP tags and Message-IDs
     signer: Signer | None = field(default=None, repr=False)
     placeholder: bool = False
     notes: tuple[str, ...] = ()
@@ -124,6 +125,13 @@ class Identity:
                     field="MAILER_UNSUBSCRIBE_SECRET",
                 )
             notes.append("MAILER_UNSUBSCRIBE_SECRET is not set: preview tokens use a dummy key.")
+        key = id_key(settings)
+        if settings.bounce_address and key is None and not dry_run:
+            raise ConfigError(
+                "MAILER_BOUNCE_ADDRESS needs a key for its per-reader addresses, so that "
+                "nobody can forge a bounce (any long random text).",
+                field="MAILER_BOUNCE_SECRET",
+            )
         return cls(
             from_header=encode_address(name, address),
             domain=domain,
@@ -137,6 +145,7 @@ class Identity:
                 secret.get_secret_value().encode() if secret else b"preview-only-not-a-secret"
             ),
             bounce_address=settings.bounce_address,
+            id_key=key,
             signer=Signer.from_settings(settings),
             placeholder=placeholder,
             notes=tuple(notes),
@@ -144,8 +153,8 @@ class Identity:
 
     def envelope_for(self, issue: str, address: str) -> str:
         """MAIL FROM for one message: a VERP address when bounces are collected."""
-        if self.bounce_address:
-            return verp_address(self.bounce_address, issue, address)
+        if self.bounce_address and self.id_key is not None:
+            return verp_address(self.bounce_address, self.id_key, issue, address)
         return self.envelope_from
 
 
@@ -267,7 +276,7 @@ class Variant:
             "country": recipient.country,
             "greeting": lang.greeting(recipient.name, self.catalog),
             "unsubscribe_url": link,
-            "message_id": message_id(issue, recipient.email, identity.domain),
+            "message_id": message_id(identity.id_key, issue, recipient.email, identity.domain),
             "to": encode_address(recipient.name, recipient.email),
             "list_unsubscribe": list_unsubscribe(identity, link),
         }
@@ -285,12 +294,6 @@ class Variant:
     def personal_text(self, values: dict[str, str]) -> str:
         """The plain text with this recipient's values in place."""
         return HOLE_PATTERN.sub(lambda m: values[self.hole_names[int(m.group(1))]], self.text)
-
-
-def message_id(issue: str, address: str, domain: str) -> str:
-    """Deterministic per issue and recipient, so a resend carries the same Message-ID."""
-    digest = hashlib.sha256(f"{issue}\0{address}".encode()).hexdigest()[:24]
-    return f"<{issue}.{digest}@{domain}>"
 
 
 def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> str:
@@ -391,7 +394,10 @@ class Composer:
         if deliver_to is not None:
             values["to"] = encode_address(recipient.name, deliver_to)
             values["message_id"] = message_id(
-                f"{self.bulletin.id}.test", f"{deliver_to}\0{recipient.email}", self.identity.domain
+                self.identity.id_key,
+                f"{self.bulletin.id}.test",
+                f"{deliver_to}\0{recipient.email}",
+                self.identity.domain,
             )
         return OutgoingMessage(
             recipient,

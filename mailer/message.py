@@ -40,6 +40,9 @@ SOFT_BREAK = b"=\n"
 # quoted-printable encoding unchanged.
 _HOLE = "MAILERSLOT{}Z"
 HOLE_PATTERN = re.compile(r"MAILERSLOT(\d+)Z")
+# Content may not contain the markers' stem at all (any case): it would be
+# taken for a personal value, or break the check that every marker survived.
+RESERVED_TEXT = re.compile(r"MAILERSLOT\w*", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WORD_BYTES = 39  # 39 UTF-8 bytes: a 64-character word, so "Reply-To: " + word fits 78
 

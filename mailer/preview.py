@@ -175,7 +175,11 @@ def _write_page(
                 f"Preheader: {esc(bulletin.preheader.get(summary.key.language))}<br>"
                 f"Items: {esc(' · '.join(titles))}<br>"
                 f"Shown as received by {esc(summary.sample.email)}</p>"
-                f'<div class="panes"><div class="pane"><iframe title="HTML of variant {index + 1}" '
+                # Sandboxed: no script in a bulletin runs in the page (same origin only
+                # so the page's reviewers and tests can look inside).
+                '<div class="panes"><div class="pane">'
+                '<iframe sandbox="allow-same-origin allow-popups" '
+                f'title="HTML of variant {index + 1}" '
                 f'srcdoc="{esc(body, quote=True)}"></iframe></div>'
                 f'<div class="pane"><pre>{esc(text)}</pre></div></div></section>'
             )

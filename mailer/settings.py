@@ -22,6 +22,7 @@ PLACEHOLDER_FROM = "Bulletin preview <bulletin@example.org>"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -65,6 +66,7 @@ class Settings(BaseSettings):
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None
     bounce_address: str | None = None
+    bounce_secret: SecretStr | None = None
     bounce_soft_limit: int = Field(3, ge=1, le=100)
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
@@ -80,10 +82,30 @@ class Settings(BaseSettings):
     @field_validator("from_", "reply_to")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+        if value is None or value.strip() == "":
             return None
-        if "\r" in value or "\n" in value or "@" not in parseaddr(value)[1]:
+        value = value.strip()
+        name, address = parseaddr(value)
+        whole = value == address or value.endswith(f"<{address}>")
+        if any(c in value for c in "\r\n\0") or not whole or "<" in name or ">" in name:
             raise ValueError("expected 'Name <address>' or a bare address")
+        from mailer.suppressions import normalize_address  # email-validator: only when set
+
+        try:
+            normalize_address(address)
+        except ValueError as exc:
+            raise ValueError(f"expected 'Name <address>' or a bare address ({exc})") from None
+        return value
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str | None) -> str | None:
+        """RFC 2919: a list label and a domain, dot-separated (``bulletin.isu.example.org``)."""
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip().removeprefix("<").removesuffix(">")
+        if len(value) > 255 or not _LIST_ID.fullmatch(value):
+            raise ValueError("expected a list label and a domain, e.g. bulletin.isu.example.org")
         return value
 
     @field_validator("unsubscribe_url", "archive_url")

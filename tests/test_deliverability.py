@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import mailbox
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailer import pipeline
-from mailer.bounces import parse_verp, process, tag, verp_address
+from mailer.bounces import process
 from mailer.cli import app
 from mailer.compose import OutgoingMessage
 from mailer.errors import InputError
@@ -23,6 +24,7 @@ from mailer.settings import Settings
 from mailer.signing import generate_key
 from mailer.suppressions import suppress
 from mailer.unsubscribe import make_token, requests_in_mbox, verify_token
+from mailer.verp import message_id, parse_verp, tag, verp_address
 
 from .conftest import (
     SAMPLE,
@@ -38,6 +40,20 @@ from .test_delivery import FAST, settings_for
 
 BOUNCES = Path(__file__).parent / "fixtures" / "bounces"
 BOUNCE_ADDRESS = "bounces@isu.example.org"
+BOUNCE_SECRET = "test-bounce-key"
+KEY = BOUNCE_SECRET.encode()
+_PLACEHOLDER = re.compile(r"\{\{(verp-tag|message-id):([^}]+)\}\}")
+
+
+def bounce_bytes(name: str, issue: str = "2017-03") -> bytes:
+    """A bounce fixture with the keyed VERP tags and Message-IDs a real send would carry."""
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(1) == "verp-tag":
+            return tag(KEY, issue, match.group(2))
+        return message_id(KEY, issue, match.group(2), "isu.example.org")
+
+    return _PLACEHOLDER.sub(fill, (BOUNCES / name).read_text(encoding="utf-8")).encode()
 
 
 # -- DKIM -----------------------------------------------------------------------------
@@ -189,16 +205,21 @@ def test_mailed_unsubscribe_requests_are_processed_once(
 
 
 def test_verp_addresses_name_issue_and_recipient() -> None:
-    address = verp_address(BOUNCE_ADDRESS, "2017-03", "Liaison@Example.org")
-    assert address == f"bounces+2017-03.{tag('liaison@example.org')}@isu.example.org"
+    address = verp_address(BOUNCE_ADDRESS, KEY, "2017-03", "Liaison@Example.org")
+    recipient_tag = tag(KEY, "2017-03", "liaison@example.org")
+    assert address == f"bounces+2017-03.{recipient_tag}@isu.example.org"
     assert len(address.split("@")[0]) <= 64
-    assert parse_verp(address, BOUNCE_ADDRESS) == ("2017-03", tag("liaison@example.org"))
+    assert parse_verp(address, BOUNCE_ADDRESS) == ("2017-03", recipient_tag)
+    # Keyed: without the secret, an address and an issue id do not give the tag.
+    assert tag(b"another key", "2017-03", "liaison@example.org") != recipient_tag
     assert parse_verp("bounces@isu.example.org", BOUNCE_ADDRESS) is None
     assert parse_verp(address.replace("isu.", "other."), BOUNCE_ADDRESS) is None
 
 
 def _sent_with_verp(server: Server, tmp_path: Path) -> Settings:
-    settings = settings_for(server.port, tmp_path, bounce_address=BOUNCE_ADDRESS)
+    settings = settings_for(
+        server.port, tmp_path, bounce_address=BOUNCE_ADDRESS, bounce_secret=BOUNCE_SECRET
+    )
     job = pipeline.prepare(SAMPLE, settings, dry_run=False)
     with pipeline.open_ledger(job, settings) as ledger:
         pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
@@ -208,7 +229,7 @@ def _sent_with_verp(server: Server, tmp_path: Path) -> Settings:
 def _mbox_of(names: list[str], path: Path) -> Path:
     box = mailbox.mbox(str(path))
     for name in names:
-        box.add((BOUNCES / name).read_bytes())
+        box.add(bounce_bytes(name))
     box.flush()
     return path
 
@@ -216,7 +237,7 @@ def _mbox_of(names: list[str], path: Path) -> Path:
 def test_each_message_has_its_own_verp_envelope_sender(server: Server, tmp_path: Path) -> None:
     _sent_with_verp(server, tmp_path)
     for received in server.received:
-        assert received.mail_from == verp_address(BOUNCE_ADDRESS, "2017-03", received.rcpt)
+        assert received.mail_from == verp_address(BOUNCE_ADDRESS, KEY, "2017-03", received.rcpt)
 
 
 def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_path: Path) -> None:
@@ -228,6 +249,7 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
         settings.recipients_dir,
         bounce_address=BOUNCE_ADDRESS,
         soft_limit=3,
+        key=KEY,
     )
     assert report.read == 7 and report.unattributed == []
     assert report.duplicates == 1  # 07 repeats 01
@@ -248,6 +270,7 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
         settings.recipients_dir,
         bounce_address=BOUNCE_ADDRESS,
         soft_limit=3,
+        key=KEY,
     )
     assert again.suppressed.added == () and again.duplicates == 7
     rows = _suppressed(settings.recipients_dir)
@@ -257,13 +280,88 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
     assert status.total == {"sent": 13, "failed": 0, "deferred": 0, "pending": 0}
 
 
-def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> None:
+def _forged(names: str, quoted_id: str) -> bytes:
+    """A delivery report listing ``names`` as failed, quoting ``quoted_id``."""
+    template = bounce_bytes("02-rfc3464-no-verp-quoted-id.eml").decode()
+    real_id = message_id(KEY, "2017-03", "delegation@example.net", "isu.example.org")
+    text = template.replace(real_id, quoted_id).replace(
+        "Final-Recipient: RFC822; delegation@example.net", f"Final-Recipient: RFC822; {names}"
+    )
+    return text.replace("<delegation@example.net>\n", f"<{names}>\n").encode()
+
+
+def test_forged_bounces_suppress_nobody_and_create_no_ledger(
+    server: Server, tmp_path: Path
+) -> None:
     settings = _sent_with_verp(server, tmp_path)
-    maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
-    maildir.add((BOUNCES / "04-qmail.eml").read_bytes())
+    old_style = hashlib.sha256(b"ambassador.moreau@example.org").hexdigest()[:12]
+    box = mailbox.mbox(str(tmp_path / "forged.mbox"))
+    # An unkeyed (computable) VERP tag of a real reader.
+    box.add(
+        bounce_bytes("05-verp-only.eml").replace(
+            tag(KEY, "2017-03", "survivors@example.com").encode(), old_style.encode()
+        )
+    )
+    # A made-up Message-ID of an issue that does not exist.
+    box.add(_forged("ambassador.moreau@example.org", "<2099-01.0123456789abcdef01234567@x.org>"))
+    # A computable (unkeyed) Message-ID of a real reader.
+    plain = message_id(None, "2017-03", "ambassador.moreau@example.org", "isu.example.org")
+    box.add(_forged("ambassador.moreau@example.org", plain))
+    # A genuine Message-ID (delegation's own), listing another address and an unusable one.
+    genuine = message_id(KEY, "2017-03", "delegation@example.net", "isu.example.org")
+    box.add(_forged("ambassador.moreau@example.org", genuine))
+    box.add(_forged("not an address", genuine).replace(b"v2S7A0@relay", b"v2S7A1@relay"))
+    box.flush()
+    report = process(
+        tmp_path / "forged.mbox",
+        settings.ledger_dir,
+        settings.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+        key=KEY,
+    )
+    assert report.read == 5 and len(report.unattributed) == 3
+    assert set(report.suppressed.added) == {"delegation@example.net"}
+    assert "ambassador.moreau@example.org" not in _suppressed(settings.recipients_dir)
+    assert sorted(p.name for p in settings.ledger_dir.glob("*.jsonl")) == ["2017-03.jsonl"]
+
+
+def test_real_world_bounces_from_many_servers_never_stop_the_batch(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    corpus = sorted((BOUNCES / "real-world").glob("*.txt"))
+    assert len(corpus) > 100
+    box = mailbox.mbox(str(tmp_path / "mixed.mbox"))
+    for path in corpus:
+        box.add(path.read_bytes())
+    box.add(bounce_bytes("01-postfix-rfc3464.eml"))  # ours, after all of them
+    box.flush()
     env = {
         "MAILER_LEDGER_DIR": str(settings.ledger_dir),
         "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
+    }
+    result = CliRunner().invoke(
+        app,
+        ["bounces", str(tmp_path / "mixed.mbox"), "--recipients", str(settings.recipients_dir)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{len(corpus) + 1} message(s) read" in result.output
+    assert "skipped:" in result.output  # qmail_08: an unknown charset
+    assert _suppressed(settings.recipients_dir)[-1:] == ["research@example.com"]
+    assert sorted(p.name for p in settings.ledger_dir.glob("*.jsonl")) == ["2017-03.jsonl"]
+
+
+def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
+    maildir.add(bounce_bytes("04-qmail.eml"))
+    env = {
+        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
+        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
     }
     result = CliRunner().invoke(
         app,
@@ -282,8 +380,8 @@ def test_temporary_bounces_in_three_issues_in_a_row_suppress(
     for issue in ("2017-06", "2017-09"):  # two more issues went to the same reader
         text = (ledger / "2017-03.jsonl").read_text(encoding="utf-8")
         (ledger / f"{issue}.jsonl").write_text(text.replace("2017-03", issue), encoding="utf-8")
-    template = (BOUNCES / "06-rfc3464-temporary.eml").read_text()
     for count, issue in enumerate(("2017-03", "2017-06", "2017-09"), start=1):
+        template = bounce_bytes("06-rfc3464-temporary.eml", issue).decode()
         bounce = template.replace("2017-03.", f"{issue}.").replace(
             "<20170328-delay-1@", f"<{issue}-delay@"
         )
@@ -293,7 +391,12 @@ def test_temporary_bounces_in_three_issues_in_a_row_suppress(
         box.add((tmp_path / "b.eml").read_bytes())
         box.flush()
         report = process(
-            source, ledger, settings.recipients_dir, bounce_address=BOUNCE_ADDRESS, soft_limit=3
+            source,
+            ledger,
+            settings.recipients_dir,
+            bounce_address=BOUNCE_ADDRESS,
+            soft_limit=3,
+            key=KEY,
         )
         suppressed = "seminar.desk@example.net" in report.suppressed.added
         assert suppressed == (count == 3), issue

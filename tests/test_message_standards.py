@@ -7,7 +7,15 @@ import re
 from mailer.compose import OutgoingMessage
 from mailer.unsubscribe import verify_token
 
-from .conftest import UNSUBSCRIBE_SECRET, by_address, compose_sample, html_of, parse, text_of
+from .conftest import (
+    SEND_SETTINGS,
+    UNSUBSCRIBE_SECRET,
+    by_address,
+    compose_sample,
+    html_of,
+    parse,
+    text_of,
+)
 
 REQUIRED = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Reply-To", "List-Id")
 
@@ -51,13 +59,10 @@ def test_lines_respect_rfc5322_limits_and_crlf(sample_messages: list[OutgoingMes
 def test_message_id_is_deterministic_per_issue_and_recipient_at_sender_domain(
     sample_messages: list[OutgoingMessage],
 ) -> None:
-    again = {
-        m.recipient.email: m.message_id
-        for m in compose_sample(
-            MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
-            unsubscribe_url="https://isu.example.org/unsubscribe",
-        )
-    }
+    again = {m.recipient.email: m.message_id for m in compose_sample(**SEND_SETTINGS)}
+    # Keyed with a secret: another key (another deployment, a forger) gives other ids.
+    other = compose_sample(**{**SEND_SETTINGS, "unsubscribe_secret": "another key"})
+    assert not {m.message_id for m in other} & set(again.values())
     ids = set()
     for message in sample_messages:
         parsed = parse(message.data)
