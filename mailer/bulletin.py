@@ -196,7 +196,7 @@ def _construct(loader: yaml.SafeLoader, node: Any, file: Path, first_line: int) 
     try:
         return loader.construct_document(node)
     except ValueError as exc:
-        bad = _failing_node(loader, node)
+        bad = _failing_node(node)
         line = first_line + bad.start_mark.line if bad is not None else first_line
         value = f"'{_excerpt(bad.value)}' " if bad is not None else ""
         raise ContentError(
@@ -206,11 +206,11 @@ def _construct(loader: yaml.SafeLoader, node: Any, file: Path, first_line: int) 
         ) from None
 
 
-def _failing_node(loader: yaml.SafeLoader, node: Any) -> Any:
-    """The scalar whose construction fails (to name its line)."""
+def _failing_node(node: Any) -> Any:
+    """The scalar whose construction fails (to name its line), each tried afresh."""
     if isinstance(node, yaml.ScalarNode):
         try:
-            loader.construct_object(node)
+            yaml.SafeLoader("").construct_object(node)
         except ValueError:
             return node
         return None
@@ -218,7 +218,7 @@ def _failing_node(loader: yaml.SafeLoader, node: Any) -> Any:
     if isinstance(node, yaml.MappingNode):
         children = [child for pair in node.value for child in pair]
     for child in children:
-        found = _failing_node(loader, child)
+        found = _failing_node(child)
         if found is not None:
             return found
     return None
