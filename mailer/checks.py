@@ -14,9 +14,11 @@ from mailer.compose import Variant, VariantKey
 from mailer.errors import ContentError
 from mailer.message import HOLE_PATTERN
 from mailer.pipeline import Job
+from mailer.recipients import Recipient
 from mailer.settings import Settings
 
 GMAIL_CLIP_BYTES = 102 * 1024
+RELAY_SIZE_WARNING = 10_000_000
 
 
 @dataclass
@@ -24,7 +26,8 @@ class CheckReport:
     """What ``mailer check`` found: the variants it rendered, and warnings."""
 
     variants: dict[VariantKey, int] = field(default_factory=dict)
-    sizes: dict[VariantKey, int] = field(default_factory=dict)
+    sizes: dict[VariantKey, int] = field(default_factory=dict)  # HTML part, bytes
+    message_sizes: dict[VariantKey, int] = field(default_factory=dict)  # whole message
     warnings: list[str] = field(default_factory=list)
 
 
@@ -66,10 +69,21 @@ def _deliverability(variant: Variant, key: VariantKey) -> list[str]:
 def check(job: Job, settings: Settings) -> CheckReport:
     """Render every variant the list needs and check what a real send would need."""
     report = CheckReport()
+    first: dict[VariantKey, Recipient] = {}
     for recipient in job.recipients:
         key = VariantKey(recipient.segments, recipient.language)
         report.variants[key] = report.variants.get(key, 0) + 1
+        first.setdefault(key, recipient)
     for key in report.variants:
+        # The whole message as its first reader gets it: what a relay's SIZE limit judges.
+        size = len(job.composer.compose(first[key]).data)
+        report.message_sizes[key] = size
+        if size > RELAY_SIZE_WARNING:
+            report.warnings.append(
+                f"{key.label()}: the message is {size / 1e6:.1f} MB; many relays refuse more "
+                "than 10 MB (Amazon SES) or 25 MB (Microsoft 365, Gmail). Make the images "
+                "smaller or host them under MAILER_ARCHIVE_URL."
+            )
         variant = job.composer.variant(key)
         size = len(variant.html.encode("utf-8"))
         report.sizes[key] = size

@@ -548,10 +548,22 @@ def check(
     for warning in report.warnings:
         err.print(_label("warning:", "yellow", warning), soft_wrap=True)
     total = sum(report.variants.values())
+    table = Table(title=f"{job.bulletin.id}: variants")
+    for column in ("variant (segments · language)", "recipients", "HTML", "whole message"):
+        table.add_column(column, justify="left" if column.startswith("variant") else "right")
+    for key, count in report.variants.items():
+        table.add_row(
+            key.label(),
+            str(count),
+            f"{report.sizes[key] / 1024:,.0f} KB",
+            f"{report.message_sizes[key] / 1024:,.0f} KB",
+        )
+    out.print(table)
     out.print(
         f"{job.bulletin.id}: OK. {len(job.bulletin.items)} items, {total} recipients, "
         f"{len(report.variants)} variants (largest HTML "
-        f"{max(report.sizes.values(), default=0) // 1024} KB)."
+        f"{max(report.sizes.values(), default=0) // 1024} KB, largest message "
+        f"{max(report.message_sizes.values(), default=0) // 1024} KB)."
     )
 
 

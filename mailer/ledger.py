@@ -79,6 +79,8 @@ class LedgerDamaged(MailerError):
 class LedgerGone(MailerError):
     """The ledger file was deleted or replaced while a run was writing to it."""
 
+    exit_code = 1  # the run may have sent some messages before it noticed
+
 
 @dataclass(frozen=True)
 class Record:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from mailer.errors import DeliveryError
 from mailer.ledger import State, ledger_path
 from mailer.replies import Cause, Verdict, read_reply
 
-from .conftest import SAMPLE
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .smtp_server import Behaviour, Server
 from .test_delivery import FAST, cli_env, settings_for, write_list
 
@@ -153,3 +156,17 @@ def test_a_relays_reply_is_printed_as_it_is_even_with_markup_characters(
         app, ["status", str(SAMPLE), "--recipients", str(recipients)], env=env
     )
     assert "5.1.1 [/] no [bold]such[/bold] user" in status.output
+
+
+def test_check_reports_each_variants_whole_message_size(tmp_path: Path) -> None:
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    image = bulletin / "images" / "7msp-banner.png"
+    image.write_bytes(image.read_bytes()[:64] + os.urandom(11_000_000))  # a camera's photo
+    result = CliRunner().invoke(
+        app, ["check", str(bulletin), "--recipients", str(SAMPLE_RECIPIENTS)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "whole message" in result.output
+    assert re.search(r"the message is 15\.\d MB", result.output)  # 11 MB in base64
+    assert "many relays refuse more than 10 MB" in result.output
