@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, edit
-from .smtp_server import Server
+from .smtp_server import Behaviour, Server
 from .test_delivery import cli_env
 
 DUE = "2017-03-28T09:15:00+02:00"
@@ -202,3 +202,83 @@ def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     assert code == 1  # the typo fails the check ...
     assert "### bulletins/2017-03" in summary and "2017-03: OK" in summary  # ... all previewed
     assert "field 'titel'" in summary
+
+
+def _fake_gh(tmp_path: Path, visibility: str) -> dict[str, str]:
+    """A `gh` on the PATH that answers the repository's visibility as GitHub would."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    gh = bin_dir / "gh"
+    gh.write_text(f'#!/bin/sh\n[ "$2" = "repos/isu/bulletin" ] && echo {visibility}\n')
+    gh.chmod(0o755)
+    env = script_env(GITHUB_REPOSITORY="isu/bulletin")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    return env
+
+
+@pytest.mark.parametrize(
+    ("visibility", "allowed"), [("private", True), ("internal", True), ("public", False)]
+)
+def test_the_workflows_run_only_in_a_private_repository(
+    tmp_path: Path, visibility: str, allowed: bool
+) -> None:
+    done = subprocess.run(
+        ["bash", str(ROOT / ".github" / "scripts" / "require-private.sh")],
+        env=_fake_gh(tmp_path, visibility),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode == 0) == allowed, done.stderr
+    if not allowed:
+        assert "personal data" in done.stderr and "private" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("now", "due"),
+    [
+        ("2017-03-28T06:59:00+00:00", False),  # send_at is 07:00 UTC
+        ("2017-03-28T07:00:00+00:00", True),
+        ("2017-03-30T12:00:00+00:00", True),  # within the 72 h window
+        ("2017-04-05T07:00:00+00:00", False),  # stale: a person sends it
+    ],
+)
+def test_the_fast_path_runs_only_when_a_bulletin_is_in_its_window(now: str, due: bool) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / ".github" / "scripts" / "anything-due.py"),
+            str(ROOT / "bulletins"),
+        ],
+        env={"NOW": now, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.stdout.strip() == f"due={'true' if due else 'false'}", done.stderr
+
+
+def test_suppressions_of_a_scheduled_send_reach_the_repository_beside_a_persons(
+    remote: Path, tmp_path: Path
+) -> None:
+    dead = "550 5.1.1 No such user"
+    with Server(Behaviour(reject_rcpt={"research@example.com": dead})) as server:
+        checkout = tmp_path / "run-500-1"
+        git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+        shutil.copy(ROOT / ".gitattributes", checkout / ".gitattributes")
+        git(checkout, "add", ".gitattributes")
+        git(checkout, "commit", "--quiet", "-m", "attributes")
+        git(checkout, "push", "--quiet", "origin", "main")
+        editor = tmp_path / "editor"
+        git(tmp_path, "clone", "--quiet", str(remote), str(editor))
+        with (editor / "recipients" / "suppressions.csv").open("a") as handle:
+            handle.write("asked.by.phone@example.org,unsubscribed by phone,2017-03-28\n")
+        git(editor, "commit", "--quiet", "-am", "a person adds a suppression")
+        git(editor, "push", "--quiet", "origin", "main")
+        done = dispatch_script(checkout, server, "500-1")
+    assert done.returncode == 1, done.stdout + done.stderr  # one reader failed
+    view = tmp_path / "after"
+    git(tmp_path, "clone", "--quiet", str(remote), str(view))
+    rows = (view / "recipients" / "suppressions.csv").read_text()
+    assert "asked.by.phone@example.org" in rows and "research@example.com" in rows
+    assert "<<<<<<<" not in rows

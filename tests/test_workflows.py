@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import ROOT, require_tool
 
@@ -85,3 +87,44 @@ def test_zizmor_flags_template_injection_and_unpinned_actions(tmp_path: Path) ->
     report = result.stdout + result.stderr
     assert result.returncode != 0
     assert "template-injection" in report and "unpinned-uses" in report
+
+
+# Settings a scheduled send deliberately does not take from the repository's
+# variables, each with the reason.
+NOT_WIRED = {
+    "MAILER_RECIPIENTS_DIR": "the repository's recipients/ folder",
+    "MAILER_LEDGER_DIR": "the repository's ledger/ folder, pushed back by push-ledger.sh",
+    "MAILER_PREVIEW_DIR": "the repository's previews/ folder, kept as an artifact",
+    "MAILER_TEMPLATES_DIR": "the repository's templates/ folder",
+}
+
+
+def _setting_names() -> set[str]:
+    from mailer.settings import Settings
+
+    return {
+        (field.alias or f"MAILER_{name}").upper() for name, field in Settings.model_fields.items()
+    }
+
+
+def test_the_scheduled_workflow_wires_every_setting_a_send_can_use() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "dispatch.yml").read_text())
+    job = workflow["jobs"]["dispatch"]
+    wired = set(job["env"])
+    for step in job["steps"]:  # settings a step derives (the DKIM key file)
+        wired |= set(re.findall(r"(MAILER_[A-Z_]+)=[^\n]*>> \"\$GITHUB_ENV\"", step.get("run", "")))
+    missing = _setting_names() - wired - set(NOT_WIRED)
+    assert not missing, f"settings the scheduled send does not pass: {sorted(missing)}"
+    for name in ("MAILER_SMTP_PASSWORD", "MAILER_UNSUBSCRIBE_SECRET", "MAILER_BOUNCE_SECRET"):
+        assert job["env"][name] == "${{ secrets." + name + " }}"  # never from variables
+    assert job["env"]["DKIM_PRIVATE_KEY"] == "${{ secrets.MAILER_DKIM_PRIVATE_KEY }}"
+    assert set(NOT_WIRED) <= _setting_names()  # no stale exemption
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_both_workflows_refuse_a_public_repository_first(workflow: Path) -> None:
+    steps = yaml.safe_load(workflow.read_text())["jobs"]
+    (job,) = steps.values()
+    runs = [step.get("run", "") for step in job["steps"]]
+    first_run = next(i for i, run in enumerate(runs) if run)
+    assert "require-private.sh" in runs[first_run]

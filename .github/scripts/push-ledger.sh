@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Commit ledger/ and push it to the branch this checkout tracks, rebasing when
-# the branch moved meanwhile (an editor merged something). Exit 0 when the
-# ledger is on the remote (or unchanged), 1 when it could not be pushed.
+# Commit ledger/ and recipients/suppressions.csv (a send suppresses dead
+# mailboxes) and push them to the branch this checkout tracks, rebasing when the
+# branch moved meanwhile (an editor merged something). Rows a person added to
+# suppressions.csv meanwhile are kept beside ours: .gitattributes merges that
+# file with git's union driver. Exit 0 when both are on the remote (or
+# unchanged), 1 when they could not be pushed.
 # Usage: push-ledger.sh "commit message"
 set -euo pipefail
 
@@ -15,12 +18,14 @@ export GIT_AUTHOR_EMAIL=${GIT_AUTHOR_EMAIL:-mailer-dispatch@users.noreply.github
 export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}
 export GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}
 
-git add -- ledger/
-if git diff --cached --quiet -- ledger/; then
+paths=(ledger/)
+if [ -e recipients/suppressions.csv ]; then paths+=(recipients/suppressions.csv); fi
+git add -- "${paths[@]}"
+if git diff --cached --quiet -- "${paths[@]}"; then
   echo "ledger unchanged: nothing to push"
   exit 0
 fi
-git commit --quiet -m "$message" -- ledger/
+git commit --quiet -m "$message" -- "${paths[@]}"
 
 for attempt in 1 2 3 4 5; do
   if git push --quiet "$remote" "HEAD:refs/heads/$branch"; then
