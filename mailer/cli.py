@@ -7,13 +7,15 @@ Exit codes: 0 all good; 1 some recipient failed, was deferred or is in doubt;
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,19 +31,55 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mailer import bounces as bounce_reader
-from mailer import checks, pipeline, signing, suppressions
-from mailer import dispatch as dispatcher
-from mailer import unsubscribe as unsubscribing
-from mailer.delivery import Report
 from mailer.errors import ConfigError, DeliveryError, InputError, MailerError
-from mailer.ledger import Ledger, Record
-from mailer.settings import Settings, load_settings
-from mailer.verp import id_key
+
+
+class _Stage:
+    """A pipeline module imported on first use: ``mailer --help`` (and every command)
+    loads only the stages it runs, not premailer, lxml, cryptography, aiosmtplib…"""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+
+if TYPE_CHECKING:
+    from mailer import bounces as bounce_reader
+    from mailer import checks, delivery, pipeline, signing, suppressions, verp
+    from mailer import dispatch as dispatcher
+    from mailer import issue as issues
+    from mailer import settings as settings_module
+    from mailer import status as standing
+    from mailer import unsubscribe as unsubscribing
+    from mailer.delivery import Report
+    from mailer.ledger import Ledger, Record
+    from mailer.settings import Settings
+else:
+    settings_module = _Stage("mailer.settings")
+    bounce_reader = _Stage("mailer.bounces")
+    checks = _Stage("mailer.checks")
+    delivery = _Stage("mailer.delivery")
+    pipeline = _Stage("mailer.pipeline")
+    signing = _Stage("mailer.signing")
+    suppressions = _Stage("mailer.suppressions")
+    verp = _Stage("mailer.verp")
+    dispatcher = _Stage("mailer.dispatch")
+    issues = _Stage("mailer.issue")
+    standing = _Stage("mailer.status")
+    unsubscribing = _Stage("mailer.unsubscribe")
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Plain click help: typer's rich help imports rich.markdown and markdown-it
+    # (about 50 ms), and rich tracebacks would print local variables (settings).
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
     help="Compose, preview and send a secretariat's email bulletin.",
 )
 # Markup off: replies, links, names and Message-IDs come from outside, and a
@@ -95,7 +133,7 @@ def _guarded(action: Callable[[], T]) -> T:
 
 
 def _settings() -> Settings:
-    return _guarded(load_settings)
+    return _guarded(settings_module.load_settings)
 
 
 @app.command()
@@ -203,7 +241,7 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: boo
             )
         if plan.pending_total == 0:
             out.print("Nothing to send.")
-            leftover = Report()
+            leftover = delivery.Report()
             pipeline.suppress_dead_mailboxes(job, plan.state, leftover, allow_many=allow_many)
             _print_suppressions(leftover)
             raise typer.Exit(_exit_code(job, settings))
@@ -212,7 +250,7 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: boo
         try:
             report = _send_with_progress(job, settings, ledger, plan, allow_many)
         except DeliveryError as exc:
-            if isinstance(exc.report, Report):
+            if isinstance(exc.report, delivery.Report):
                 exc.report.stopped = None  # the error below says why
                 _print_report(job, exc.report)
             raise
@@ -308,7 +346,7 @@ def _exit_code(job: pipeline.Job, settings: Settings, report: Report | None = No
     met = report is not None and bool(
         report.total.failed or report.total.deferred or report.stopped
     )
-    return 1 if met or not pipeline.status(job, settings).complete else 0
+    return 1 if met or not standing.status(job, settings).complete else 0
 
 
 @app.command()
@@ -319,8 +357,8 @@ def status(
 ) -> None:
     """Per segment: how many sent, failed, deferred and pending."""
     settings = _settings()
-    job = _guarded(lambda: pipeline.prepare(bulletin, settings, recipients_dir=recipients))
-    result = _guarded(lambda: pipeline.status(job, settings))
+    job = _guarded(lambda: issues.load_issue(bulletin, settings, recipients_dir=recipients))
+    result = _guarded(lambda: standing.status(job, settings))
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
         return
@@ -479,7 +517,7 @@ def bounces(
             recipients or settings.recipients_dir,
             bounce_address=settings.bounce_address,
             soft_limit=settings.bounce_soft_limit,
-            key=id_key(settings),
+            key=verp.id_key(settings),
         )
     )
     table = Table(title=f"{report.read} message(s) read")

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailer import pipeline
+from mailer import status as standing
 from mailer.compose import Identity
 from mailer.delivery import Report
 from mailer.errors import ConfigError, MailerError
@@ -107,7 +108,7 @@ def _decide_one(
     if now < bulletin.send_at:
         decision.action, decision.detail = "not due", f"due at {bulletin.send_at.isoformat()}"
         return decision
-    progress = pipeline.status(job, settings)
+    progress = standing.status(job, settings)
     total = progress.total
     if progress.complete:
         decision.action, decision.detail = (
@@ -237,6 +238,6 @@ def exit_code(decisions: list[Decision], settings: Settings) -> int:
             continue
         if report.total.failed or report.total.deferred or report.stopped:
             return 1  # this run met a failure; the status says which
-        if not pipeline.status(decision.job, settings).complete:
+        if not standing.status(decision.job, settings).complete:
             return 1
     return 0

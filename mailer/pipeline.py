@@ -15,24 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailer import suppressions
-from mailer.bulletin import Bulletin, load_bulletin
 from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
-from mailer.errors import ContentError, DeliveryError, RecipientError
-from mailer.ledger import OUTCOMES, Ledger, Outcome, Record, State, ledger_path
+from mailer.errors import DeliveryError, RecipientError
+from mailer.issue import Issue, load_issue
+from mailer.ledger import Ledger, Outcome, State
 from mailer.preview import PreviewResult, write_preview
-from mailer.recipients import RecipientList, available_segments, load_recipients
 from mailer.replies import read_reply
 from mailer.settings import Settings
 
 
 @dataclass
-class Job:
-    """A bulletin, its validated recipients and a composer ready to render."""
+class Job(Issue):
+    """An issue (bulletin and validated lists) with a composer ready to render."""
 
-    bulletin: Bulletin
-    recipients: RecipientList
-    composer: Composer
+    composer: Composer = field(kw_only=True)
     limit: int | None = None
 
     def messages(self) -> Iterator[OutgoingMessage]:
@@ -52,29 +49,16 @@ def prepare(
     limit: int | None = None,
 ) -> Job:
     """Load and validate everything a send or a preview needs; nothing is written."""
-    directory = recipients_dir or settings.recipients_dir
-    known = available_segments(directory)
-    bulletin = load_bulletin(folder, known)
-    chosen = _choose_segments(bulletin, known, segments)
-    recipients = load_recipients(directory, chosen, skip_invalid=skip_invalid)
+    issue = load_issue(
+        folder,
+        settings,
+        recipients_dir=recipients_dir,
+        segments=segments,
+        skip_invalid=skip_invalid,
+    )
     identity = Identity.from_settings(settings, dry_run=dry_run)
-    composer = Composer(bulletin, identity, templates=settings.templates_dir)
-    return Job(bulletin, recipients, composer, limit)
-
-
-def _choose_segments(
-    bulletin: Bulletin, known: Sequence[str], asked: Sequence[str]
-) -> tuple[str, ...]:
-    """Segments in bulletin order (else alphabetical), narrowed by ``--segment``."""
-    base = bulletin.segments or tuple(known)
-    for segment in asked:
-        if segment not in base:
-            raise ContentError(
-                f"--segment {segment}: not a segment of this bulletin ({', '.join(base)}).",
-                file=bulletin.path / "bulletin.yaml",
-                field="segments",
-            )
-    return tuple(s for s in base if s in asked) if asked else base
+    composer = Composer(issue.bulletin, identity, templates=settings.templates_dir)
+    return Job(issue.bulletin, issue.recipients, composer=composer, limit=limit)
 
 
 def preview(job: Job, out_dir: Path) -> PreviewResult:
@@ -96,15 +80,15 @@ class Plan:
 def plan(job: Job, state: State) -> Plan:
     """Count, per segment, who is still to be sent to (and who is already done)."""
     result = Plan(state)
-    for recipient in job.recipients:
-        if state.is_done(recipient.email):
+    for address, segments in job.recipients.memberships():
+        if state.is_done(address):
             result.done += 1
             continue
         if job.limit is not None and result.pending_total >= job.limit:
             continue
         result.pending_total += 1
-        result.in_doubt += state.in_doubt(recipient.email)
-        for segment in recipient.segments:
+        result.in_doubt += state.in_doubt(address)
+        for segment in segments:
             result.pending[segment] = result.pending.get(segment, 0) + 1
     return result
 
@@ -245,70 +229,3 @@ def _run_async(
                 loop.remove_signal_handler(signal.SIGINT)
 
     return asyncio.run(main())
-
-
-@dataclass
-class Status:
-    """Per segment and in all: sent, failed, deferred, pending. The ledger is the truth.
-
-    Every address the issue's ledger knows counts under its last outcome, whether
-    or not it is still in a CSV or has been suppressed since (per the segments it
-    was sent for); every current recipient not done counts as pending (in doubt
-    ones too: they are sent again). An address no longer on the list whose send
-    never ended (deferred or in doubt) counts as deferred: it will not be retried.
-    """
-
-    segments: dict[str, dict[str, int]]
-    total: dict[str, int]
-    failures: list[Record]
-    in_doubt: int
-    suppressed_since: frozenset[str] = frozenset()  # failed addresses suppressed later
-    # Current recipients still to send (pending or deferred): what "complete" means.
-    unfinished: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """No current recipient is pending or deferred (failures are final, not unfinished).
-
-        The one rule behind ``send``'s exit code and ``dispatch``'s "complete".
-        """
-        return self.unfinished == 0
-
-    def as_json(self) -> dict[str, object]:
-        return {"segments": self.segments, "total": self.total}
-
-
-_COLUMNS = ("sent", "failed", "deferred", "pending")
-
-
-def status(job: Job, settings: Settings) -> Status:
-    """Where the issue's send stands, from its ledger and the current recipients."""
-    path = ledger_path(settings.ledger_dir, job.bulletin.id)
-    state = State.load(path, with_segments=True)
-    segments = {s: dict.fromkeys(_COLUMNS, 0) for s in job.recipients.segments}
-    total = dict.fromkeys(_COLUMNS, 0)
-    in_doubt = unfinished = 0
-
-    def count(column: str, where: tuple[str, ...]) -> None:
-        total[column] += 1
-        for segment in where:
-            segments.setdefault(segment, dict.fromkeys(_COLUMNS, 0))[column] += 1
-
-    current: set[str] = set()
-    for recipient in job.recipients:
-        key = recipient.email.lower()
-        current.add(key)
-        last = state.outcome(key)
-        column = last if last in OUTCOMES else "pending"
-        in_doubt += last == Outcome.ATTEMPT
-        unfinished += column in ("pending", "deferred")
-        count(column, recipient.segments)
-    for key, (last, _) in state.last.items():
-        if key in current or last == Outcome.HELD:
-            continue  # counted above; or held and since removed: nothing happened to it
-        column = last if last in OUTCOMES else Outcome.DEFERRED
-        count(column, state.segments.get(key, ()))
-    failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
-    suppressed = suppressions.load(job.recipients.directory)
-    since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
-    return Status(segments, total, failures, in_doubt, since, unfinished)

@@ -19,6 +19,7 @@ provider); the first row's spelling is the one mailed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,11 @@ def available_segments(directory: Path) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in directory.glob("*.csv") if p.name != SUPPRESSIONS))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _has_control(value: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+    return _CONTROL.search(value) is not None
 
 
 def _check_row(row: dict[str, str], path: Path, line: int) -> tuple[str, str, str]:
@@ -151,6 +155,11 @@ class RecipientList:
 
     def __len__(self) -> int:
         return self.count
+
+    def memberships(self) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """Each address (lower case) with its segments, without re-reading any row."""
+        for key, packed in self._masks.items():
+            yield key, self.segments_of(packed & _MASK)
 
     def __iter__(self) -> Iterator[Recipient]:
         """Yield each address once, at its first row, knowing all its segments."""

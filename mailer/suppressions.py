@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,28 @@ from mailer.spreadsheet import read_sheet
 
 SUPPRESSIONS = "suppressions.csv"
 
+# The everyday address (dot-atom local part, LDH host names, a letters-only top
+# level domain) is normalized here, as email-validator would (the domain lower
+# case, nothing else changed): 100,000 rows load in a second instead of several.
+# Anything else, and every refusal, is email-validator's call.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN = re.compile(
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>(?:{_LABEL}\.)+(?P<tld>[A-Za-z]{{2,63}}))"
+)
+_SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
+def _plain_ok(match: re.Match[str]) -> bool:
+    """Whether the fast path may decide: lengths, reserved names and IDNA labels aside."""
+    domain = match["domain"].lower()
+    return (
+        len(match["local"]) <= 64
+        and len(match.string) <= 254
+        and match["tld"].lower() not in _SPECIAL_USE
+        and not any(label[2:4] == "--" for label in domain.split("."))
+    )
+
 
 def normalize_address(address: str) -> str:
     """The address as mailer stores and compares it; ValueError says why it is unusable.
@@ -36,6 +59,8 @@ def normalize_address(address: str) -> str:
     address = address.strip()
     if not address:
         raise ValueError("the address is empty")
+    if (plain := _PLAIN.fullmatch(address)) is not None and _plain_ok(plain):
+        return f"{plain['local']}@{plain['domain'].lower()}"
     try:
         return validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailer import pipeline
+from mailer import status as standing
 from mailer.bounces import process
 from mailer.cli import app
 from mailer.compose import OutgoingMessage
@@ -275,7 +276,7 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
     assert again.suppressed.added == () and again.duplicates == 7
     rows = _suppressed(settings.recipients_dir)
     assert sorted(rows) == sorted({*rows}) and permanent <= set(rows)
-    status = pipeline.status(pipeline.prepare(SAMPLE, settings), settings)
+    status = standing.status(pipeline.prepare(SAMPLE, settings), settings)
     # The ledger is the truth: suppressed since, they were still sent (a bounce undoes nothing).
     assert status.total == {"sent": 13, "failed": 0, "deferred": 0, "pending": 0}
 

@@ -12,6 +12,7 @@ import trustme
 from typer.testing import CliRunner
 
 from mailer import pipeline
+from mailer import status as standing
 from mailer.cli import app
 from mailer.delivery import Report, RetryPolicy
 from mailer.errors import DeliveryError
@@ -174,7 +175,7 @@ def test_server_stalling_past_the_timeout_leaves_recipient_deferred(tmp_path: Pa
         assert report.total.deferred == 1 and report.total.sent == 12
         assert not report.complete
         assert last_outcomes(settings)["research@example.com"] == "deferred"
-        status = pipeline.status(
+        status = standing.status(
             pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS), settings
         )
         assert status.total == {"sent": 12, "failed": 0, "deferred": 1, "pending": 0}

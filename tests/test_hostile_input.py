@@ -281,3 +281,46 @@ def test_one_unusable_request_in_an_mbox_does_not_keep_the_others_subscribed(
     assert result.exit_code == 0, result.output
     assert "suppressed: disarmament.desk@example.org" in result.output
     assert "not suppressed: 'not-an-address'" in result.output
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "A.B@Example.ORG",
+        "o'neil+news@sub.Example.co.uk",
+        "a..b@x.org",
+        ".a@x.org",
+        "a.@x.org",
+        "a@x",
+        "a@x.123",
+        "a@-x.org",
+        "a@x-.org",
+        "a@x.test",
+        "a@mail.localhost",
+        "a@xn--bcher-kva.example",
+        "a@ab--cd.example.org",
+        "x" * 65 + "@x.org",
+        "a@" + "b" * 64 + ".org",
+        "a@" + ("b" * 60 + ".") * 4 + "org",
+        "josé@example.org",
+        "a@exämple.org",
+        "a b@x.org",
+        '"quoted"@x.org',
+    ],
+)
+def test_address_normalization_agrees_with_email_validator(address: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    from mailer.suppressions import normalize_address
+
+    try:
+        expected: str | None = validate_email(
+            address, check_deliverability=False, allow_smtputf8=False
+        ).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        found: str | None = normalize_address(address)
+    except ValueError:
+        found = None
+    assert found == expected

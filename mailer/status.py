@@ -1,0 +1,79 @@
+"""Where an issue's send stands: the ledger is the truth.
+
+One rule decides "complete" for ``send``'s exit code and ``dispatch`` alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailer import suppressions
+from mailer.issue import Issue
+from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path
+from mailer.settings import Settings
+
+
+@dataclass
+class Status:
+    """Per segment and in all: sent, failed, deferred, pending. The ledger is the truth.
+
+    Every address the issue's ledger knows counts under its last outcome, whether
+    or not it is still in a CSV or has been suppressed since (per the segments it
+    was sent for); every current recipient not done counts as pending (in doubt
+    ones too: they are sent again). An address no longer on the list whose send
+    never ended (deferred or in doubt) counts as deferred: it will not be retried.
+    """
+
+    segments: dict[str, dict[str, int]]
+    total: dict[str, int]
+    failures: list[Record]
+    in_doubt: int
+    suppressed_since: frozenset[str] = frozenset()  # failed addresses suppressed later
+    # Current recipients still to send (pending or deferred): what "complete" means.
+    unfinished: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """No current recipient is pending or deferred (failures are final, not unfinished).
+
+        The one rule behind ``send``'s exit code and ``dispatch``'s "complete".
+        """
+        return self.unfinished == 0
+
+    def as_json(self) -> dict[str, object]:
+        return {"segments": self.segments, "total": self.total}
+
+
+_COLUMNS = ("sent", "failed", "deferred", "pending")
+
+
+def status(job: Issue, settings: Settings) -> Status:
+    """Where the issue's send stands, from its ledger and the current recipients."""
+    path = ledger_path(settings.ledger_dir, job.bulletin.id)
+    state = State.load(path, with_segments=True)
+    segments = {s: dict.fromkeys(_COLUMNS, 0) for s in job.recipients.segments}
+    total = dict.fromkeys(_COLUMNS, 0)
+    in_doubt = unfinished = 0
+
+    def count(column: str, where: tuple[str, ...]) -> None:
+        total[column] += 1
+        for segment in where:
+            segments.setdefault(segment, dict.fromkeys(_COLUMNS, 0))[column] += 1
+
+    current: set[str] = set()
+    for key, where in job.recipients.memberships():
+        current.add(key)
+        last = state.outcome(key)
+        column = last if last in OUTCOMES else "pending"
+        in_doubt += last == Outcome.ATTEMPT
+        unfinished += column in ("pending", "deferred")
+        count(column, where)
+    for key, (last, _) in state.last.items():
+        if key in current or last == Outcome.HELD:
+            continue  # counted above; or held and since removed: nothing happened to it
+        column = last if last in OUTCOMES else Outcome.DEFERRED
+        count(column, state.segments.get(key, ()))
+    failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
+    suppressed = suppressions.load(job.recipients.directory)
+    since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
+    return Status(segments, total, failures, in_doubt, since, unfinished)

@@ -1,0 +1,42 @@
+"""Commands import only the stages they use: `mailer --help` loads none of them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = (
+    "premailer",
+    "cssutils",
+    "lxml",
+    "aiosmtplib",
+    "cryptography",
+    "email_validator",
+    "flufl.bounce",
+    "dkim",
+    "markdown_it",
+    "babel",
+    "jinja2",
+)
+
+
+def _imported(*args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mailer", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_help_imports_no_pipeline_stage() -> None:
+    modules = _imported("--help")
+    assert "mailer.cli" in modules  # the measurement itself works
+    loaded = {m for m in modules for heavy in HEAVY if m == heavy or m.startswith(heavy + ".")}
+    assert not loaded, sorted(loaded)
