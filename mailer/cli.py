@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -31,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mailer.errors import ConfigError, DeliveryError, InputError, MailerError
+from mailer.errors import DeliveryError, InputError, MailerError
 
 
 class _Stage:
@@ -244,7 +243,7 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: boo
             leftover = delivery.Report()
             pipeline.suppress_dead_mailboxes(job, plan.state, leftover, allow_many=allow_many)
             _print_suppressions(leftover)
-            raise typer.Exit(_exit_code(job, settings))
+            raise typer.Exit(standing.exit_code(job, settings))
         if not yes:
             _confirm(f"Send {plan.pending_total} messages?")
         try:
@@ -255,7 +254,7 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: boo
                 _print_report(job, exc.report)
             raise
     _print_report(job, report)
-    raise typer.Exit(_exit_code(job, settings, report))
+    raise typer.Exit(standing.exit_code(job, settings, report))
 
 
 def _send_with_progress(
@@ -338,17 +337,6 @@ def _print_suppressions(report: Report) -> None:
         )
 
 
-def _exit_code(job: pipeline.Job, settings: Settings, report: Report | None = None) -> int:
-    """1 when this run met a failure or a deferral, or the issue is unfinished.
-
-    In-doubt recipients resent and now sent are reported, not an error.
-    """
-    met = report is not None and bool(
-        report.total.failed or report.total.deferred or report.stopped
-    )
-    return 1 if met or not standing.status(job, settings).complete else 0
-
-
 @app.command()
 def status(
     bulletin: BulletinArg,
@@ -423,8 +411,8 @@ def dispatch(
         _guarded(lambda: dispatcher.claim(decisions, settings, run_id))
     elif dry_run:
         _guarded(lambda: dispatcher.preview_due(decisions, settings.preview_dir))
-    elif any(d.action == "due" for d in decisions):
-        due = [d.issue for d in decisions if d.action == "due"]
+    elif any(d.action is dispatcher.Action.DUE for d in decisions):
+        due = [d.issue for d in decisions if d.action is dispatcher.Action.DUE]
         if not yes:
             _confirm(f"Send {', '.join(due)} now?")
         _guarded(lambda: dispatcher.send_due(decisions, settings, run=run_id))
@@ -440,8 +428,8 @@ def _print_decisions(
     for column in ("bulletin", "decision", "detail"):
         table.add_column(column, overflow="fold")
     for decision in decisions:
-        action = decision.action
-        if action == "due":
+        action = str(decision.action)
+        if decision.action is dispatcher.Action.DUE:
             action = "claimed" if claim else "would send" if dry_run else action
         table.add_row(decision.issue, action, decision.detail)
     if not decisions:
@@ -477,12 +465,7 @@ def unsubscribe(
     wanted = list(addresses or [])
     with _reported():
         if token is not None:
-            secret = settings.unsubscribe_secret
-            if secret is None:
-                raise ConfigError(
-                    "needed to check unsubscribe tokens.", field="MAILER_UNSUBSCRIBE_SECRET"
-                )
-            wanted.append(unsubscribing.verify_token(secret.get_secret_value().encode(), token))
+            wanted.append(unsubscribing.token_address(settings, token))
             reason = "one-click unsubscribe" if reason == "unsubscribed" else reason
         if from_mbox is not None:
             wanted.extend(unsubscribing.requests_in_mbox(from_mbox))
@@ -549,15 +532,7 @@ def dkim_keygen(
 ) -> None:
     """Write a DKIM key pair and print the DNS TXT record to publish."""
     settings = _settings()
-    signing_domain = domain or settings.dkim_domain
-    if signing_domain is None and settings.from_:
-        signing_domain = settings.from_.rpartition("@")[2].rstrip(">").strip()
-    if not signing_domain:
-        err.print("error: name the domain with --domain (or set MAILER_DKIM_DOMAIN).")
-        raise typer.Exit(2)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", selector):
-        err.print("error: a selector is letters, digits and '-', e.g. bulletin2026.")
-        raise typer.Exit(2)
+    signing_domain = _guarded(lambda: signing.keygen_domain(settings, domain))
     private, record = _guarded(lambda: signing.generate_key(out_dir, selector, signing_domain))
     out.print(f"Private key: {private} (keep it secret; never commit it)")
     out.print("Publish this DNS record:")

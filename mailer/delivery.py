@@ -119,6 +119,11 @@ class Report:
         setattr(self.total, outcome, getattr(self.total, outcome) + step)
 
     @property
+    def met_trouble(self) -> bool:
+        """Whether this run met a failure, a deferral or a stop (exit code 1)."""
+        return bool(self.total.failed or self.total.deferred or self.stopped)
+
+    @property
     def complete(self) -> bool:
         return self.stopped is None and self.total.failed == 0 and self.total.deferred == 0
 

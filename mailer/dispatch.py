@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from mailer import pipeline
@@ -37,13 +38,31 @@ from mailer.preview import PreviewResult
 from mailer.settings import Settings
 
 
+class Action(StrEnum):
+    """What dispatch does with a bulletin (printed as is in the run's table)."""
+
+    UNSCHEDULED = "unscheduled"
+    NOT_DUE = "not due"
+    COMPLETE = "complete"
+    STALE = "stale"
+    BLOCKED = "blocked"
+    DUE = "due"
+    INVALID = "invalid"
+    SENT = "sent"  # after send_due
+    SKIPPED = "skipped"  # due, but not claimed by this run
+
+
+# Decisions that need a person: the run exits 1.
+NEEDS_A_PERSON = (Action.STALE, Action.BLOCKED, Action.SKIPPED)
+
+
 @dataclass
 class Decision:
     """What dispatch does with one bulletin, and why."""
 
     folder: Path
     issue: str
-    action: str  # unscheduled | not due | complete | stale | blocked | due | invalid
+    action: Action
     detail: str = ""
     job: pipeline.Job | None = field(default=None, repr=False)
     report: Report | None = None
@@ -99,26 +118,29 @@ def _decide_one(
     try:
         job = pipeline.prepare(folder, settings, recipients_dir=recipients_dir, dry_run=True)
     except MailerError as exc:
-        return Decision(folder, folder.name, "invalid", exc.describe())
+        return Decision(folder, folder.name, Action.INVALID, exc.describe())
     bulletin = job.bulletin
-    decision = Decision(folder, bulletin.id, "due", job=job)
+    decision = Decision(folder, bulletin.id, Action.DUE, job=job)
     if bulletin.send_at is None:
-        decision.action, decision.detail = "unscheduled", "no send_at; send it with mailer send"
+        decision.action, decision.detail = (
+            Action.UNSCHEDULED,
+            "no send_at; send it with mailer send",
+        )
         return decision
     if now < bulletin.send_at:
-        decision.action, decision.detail = "not due", f"due at {bulletin.send_at.isoformat()}"
+        decision.action, decision.detail = Action.NOT_DUE, f"due at {bulletin.send_at.isoformat()}"
         return decision
     progress = standing.status(job, settings)
     total = progress.total
     if progress.complete:
         decision.action, decision.detail = (
-            "complete",
+            Action.COMPLETE,
             f"{total['sent']} sent, {total['failed']} failed",
         )
         return decision
     state = State.load(ledger_path(settings.ledger_dir, bulletin.id))
     if state.claim is not None and state.claim.run != run:
-        decision.action = "blocked"
+        decision.action = Action.BLOCKED
         decision.detail = (
             f"run {state.claim.run} claimed it at {state.claim.time} and its outcomes never came "
             "back to the repository, so it may have sent already. Restore "
@@ -128,7 +150,7 @@ def _decide_one(
         return decision
     overdue = now - bulletin.send_at
     if overdue > settings.dispatch_window:
-        decision.action = "stale"
+        decision.action = Action.STALE
         decision.detail = (
             f"send_at {bulletin.send_at.isoformat()} is {_hours(overdue)} ago, beyond "
             f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
@@ -154,11 +176,11 @@ def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decis
     Settings a real send needs are checked first, so a misconfigured run claims
     nothing (and blocks nothing).
     """
-    if any(d.action == "due" for d in decisions):
+    if any(d.action is Action.DUE for d in decisions):
         Identity.from_settings(settings, dry_run=False)
     claimed = []
     for decision in decisions:
-        if decision.action != "due":
+        if decision.action is not Action.DUE:
             continue
         with Ledger(settings.ledger_dir, decision.issue) as ledger:
             ledger.write_now([_issue_record(CLAIM, run)])
@@ -182,12 +204,12 @@ def send_due(
 ) -> None:
     """Send every due bulletin (only those this run claimed, when ``run`` is given)."""
     for decision in decisions:
-        if decision.action != "due" or decision.job is None:
+        if decision.action is not Action.DUE or decision.job is None:
             continue
         with Ledger(settings.ledger_dir, decision.issue) as ledger:
             state = ledger.state()
             if run is not None and (state.claim is None or state.claim.run != run):
-                decision.action = "skipped"
+                decision.action = Action.SKIPPED
                 decision.detail = f"not claimed by run {run}; run mailer dispatch --claim first"
                 continue
             try:
@@ -203,7 +225,7 @@ def send_due(
                 # release tells the next run they came back (only a crash leaves none).
                 if run is not None:
                     ledger.write_now([_issue_record(RELEASE, run)])
-        decision.action = "sent"
+        decision.action = Action.SENT
         decision.detail = _summary(decision.report)
 
 
@@ -222,22 +244,19 @@ def _summary(report: Report | None) -> str:
 def preview_due(decisions: list[Decision], out_dir: Path) -> None:
     """For ``--dry-run``: the mbox and preview page of every bulletin that would go out."""
     for decision in decisions:
-        if decision.action == "due" and decision.job is not None:
+        if decision.action is Action.DUE and decision.job is not None:
             decision.preview = pipeline.preview(decision.job, out_dir)
 
 
 def exit_code(decisions: list[Decision], settings: Settings) -> int:
     """As ``send``: 2 for bad input, 1 when anything needs a person or is unfinished."""
-    if any(d.action == "invalid" for d in decisions):
+    if any(d.action is Action.INVALID for d in decisions):
         return 2
-    if any(d.action in ("stale", "blocked", "skipped") for d in decisions):
+    if any(d.action in NEEDS_A_PERSON for d in decisions):
         return 1
     for decision in decisions:
-        report = decision.report
-        if decision.action != "sent" or report is None or decision.job is None:
-            continue
-        if report.total.failed or report.total.deferred or report.stopped:
-            return 1  # this run met a failure; the status says which
-        if not standing.status(decision.job, settings).complete:
-            return 1
+        if decision.action is Action.SENT and decision.job is not None:
+            code = standing.exit_code(decision.job, settings, decision.report)
+            if code:
+                return code
     return 0

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import time
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from mailer.errors import ConfigError
+from mailer.errors import ConfigError, InputError
 from mailer.message import relaxed_lines
 from mailer.settings import Settings
 
@@ -179,21 +181,48 @@ def _canonical_line(name: bytes, value: bytes) -> bytes:
     return name.lower() + b":" + _WSP_RUN.sub(b" ", unfolded).strip()
 
 
+_SELECTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+
+
+def keygen_domain(settings: Settings, domain: str | None) -> str:
+    """The domain to sign for: ``--domain``, else MAILER_DKIM_DOMAIN, else From's domain."""
+    chosen = domain or settings.dkim_domain
+    if chosen is None and settings.from_:
+        chosen = parseaddr(settings.from_)[1].rpartition("@")[2]
+    if not chosen:
+        raise ConfigError(
+            "name the domain with --domain (or set MAILER_DKIM_DOMAIN).", field="--domain"
+        )
+    return chosen.lower()
+
+
 def generate_key(directory: Path, selector: str, domain: str) -> tuple[Path, str]:
-    """Write a 2048-bit key pair; return the private key's path and the DNS TXT record."""
+    """Write a 2048-bit key pair; return the private key's path and the DNS TXT record.
+
+    The private key file is created 0600: it is never readable by others, not
+    even for the moment between writing and a chmod.
+    """
+    if not _SELECTOR.fullmatch(selector):
+        raise InputError(
+            "a selector is letters, digits and '-', e.g. bulletin2026.", field="SELECTOR"
+        )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     directory.mkdir(parents=True, exist_ok=True)
     private = directory / f"{selector}.private.pem"
-    if private.exists():
-        raise ConfigError("a key for this selector already exists; choose another.", file=private)
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    try:
+        handle = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            "a key for this selector already exists; choose another.", file=private
+        ) from None
+    with os.fdopen(handle, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
-    )
-    private.chmod(0o600)
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

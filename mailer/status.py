@@ -6,11 +6,15 @@ One rule decides "complete" for ``send``'s exit code and ``dispatch`` alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailer import suppressions
 from mailer.issue import Issue
 from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path
 from mailer.settings import Settings
+
+if TYPE_CHECKING:  # delivery imports aiosmtplib; status stays light
+    from mailer.delivery import Report
 
 
 @dataclass
@@ -77,3 +81,15 @@ def status(job: Issue, settings: Settings) -> Status:
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
     return Status(segments, total, failures, in_doubt, since, unfinished)
+
+
+def exit_code(issue: Issue, settings: Settings, report: Report | None = None) -> int:
+    """The exit code of a run that sent ``issue`` (``report``) or found nothing to send.
+
+    1 when the run met a failure, a deferral or a stop (reported once, by the run
+    that met it), or when the issue is not complete; else 0. In-doubt recipients
+    resent and now sent are reported, not an error.
+    """
+    if report is not None and report.met_trouble:
+        return 1
+    return 0 if status(issue, settings).complete else 1

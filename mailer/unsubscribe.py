@@ -19,7 +19,8 @@ import mailbox
 from email.utils import parseaddr
 from pathlib import Path
 
-from mailer.errors import InputError
+from mailer.errors import ConfigError, InputError
+from mailer.settings import Settings
 
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: far beyond guessing
 
@@ -40,6 +41,14 @@ def _mac(secret: bytes, address: str) -> bytes:
 def make_token(secret: bytes, address: str) -> str:
     """``<address, base64url>.<MAC, base64url>``: opaque in a URL, checkable offline."""
     return f"{_b64(address.encode('utf-8'))}.{_b64(_mac(secret, address))}"
+
+
+def token_address(settings: Settings, token: str) -> str:
+    """The address a genuine token names, checked with the configured secret."""
+    secret = settings.unsubscribe_secret
+    if secret is None:
+        raise ConfigError("needed to check unsubscribe tokens.", field="MAILER_UNSUBSCRIBE_SECRET")
+    return verify_token(secret.get_secret_value().encode(), token)
 
 
 def verify_token(secret: bytes, token: str) -> str:
