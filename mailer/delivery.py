@@ -1,6 +1,6 @@
 """Deliver: the SMTP sink of the message stream.
 
-A pool of ``MAILER_MAX_CONNECTIONS`` persistent aiosmtplib connections takes
+A pool of ``MAILER_MAX_CONNECTIONS`` persistent SMTP connections (``smtp.py``) takes
 messages from a small bounded queue (so composing never runs far ahead of
 sending), under one global rate limit. Replies are classed the way a mail
 engineer would:
@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosmtplib
-
+from mailer import smtp
 from mailer.compose import OutgoingMessage
 from mailer.errors import DeliveryError
 from mailer.ledger import Ledger, Outcome, Record
 from mailer.replies import ADVICE, Cause, Reading, Verdict, enhanced_code, read_reply
 from mailer.settings import Settings
+from mailer.smtp import Connection, ConnectionFactory
 
 # The same unexplained 5xx (no enhanced code naming the mailbox) for this many
 # recipients in a row, with no success between, is the relay refusing us, not
@@ -161,7 +161,9 @@ class Sender:
         policy: RetryPolicy | None = None,
         progress: Progress | None = None,
         run_id: str | None = None,
+        connect: ConnectionFactory | None = None,
     ) -> None:
+        """``connect`` makes a connection (default: aiosmtplib to the settings' relay)."""
         self.settings = settings
         self.ledger = ledger
         self.policy = policy or RetryPolicy()
@@ -180,7 +182,8 @@ class Sender:
         self._ever_connected = False
         # One verifying context for the run: building it loads the CA store (ms),
         # which a reconnect after every drop should not pay again.
-        self._tls = ssl.create_default_context() if settings.smtp_security != "none" else None
+        tls = ssl.create_default_context() if settings.smtp_security != "none" else None
+        self.connect: ConnectionFactory = connect or (lambda: smtp.AioSmtpConnection(settings, tls))
 
     def request_stop(self, reason: str) -> None:
         """Stop taking new messages; messages in flight finish (Ctrl-C, a pause)."""
@@ -278,7 +281,7 @@ class Sender:
         settle: Callable[[], None],
         retry_later: Callable[[_Item], None],
     ) -> None:
-        connection: aiosmtplib.SMTP | None = None
+        connection: Connection | None = None
         unsettled: list[asyncio.Future[None]] = []  # ledger records not yet durable
         try:
             while True:
@@ -294,45 +297,35 @@ class Sender:
                 outcome = await self._send_one(connection, item, unsettled)
                 if outcome == "retry":
                     retry_later(_Item(item.message, item.attempt + 1, item.last))
-                    connection = None if not _alive(connection) else connection
+                    connection = connection if connection.is_open else None
                     continue
                 settle()
-                if not _alive(connection):
+                if not connection.is_open:
                     connection = None
         except BaseException as exc:  # _Fatal, a lost ledger, a bug: the others stop too
             self.request_stop(str(exc) or type(exc).__name__)
             raise
         finally:
             if connection is not None:
-                await _quit(connection)
+                await connection.quit()
             if unsettled:
                 await asyncio.gather(*unsettled, return_exceptions=True)
 
     async def _connected(
-        self, connection: aiosmtplib.SMTP | None, queue: asyncio.Queue[_Item | None], item: _Item
-    ) -> aiosmtplib.SMTP | None:
+        self, connection: Connection | None, queue: asyncio.Queue[_Item | None], item: _Item
+    ) -> Connection | None:
         """A live connection, or None after putting ``item`` back for another try."""
-        if connection is not None and connection.is_connected:
+        if connection is not None and connection.is_open:
             return connection
         if connection is not None:
             connection.close()  # after a drop: close before reconnecting
-        fresh = self._new_connection()
+        fresh = self.connect()
         try:
-            await fresh.connect()
-        except aiosmtplib.SMTPAuthenticationError as exc:
+            await fresh.open()
+        except smtp.SmtpProblem as problem:
             fresh.close()
-            raise _Fatal(
-                f"the relay refused the login ({exc.code} {exc.message}); "
-                "check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent.",
-                code=exc.code,
-            ) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            fresh.close()
-            if _is_tls_failure(exc):
-                raise _Fatal(
-                    f"TLS with {self.settings.smtp_host}:{self.settings.smtp_port} failed "
-                    f"({_describe(exc)}); nothing more was sent."
-                ) from None
+            if smtp.classify(problem).verdict is Verdict.FATAL:
+                raise self._fatal(problem) from None
             self._connect_failures += 1
             if (
                 not self._ever_connected
@@ -340,9 +333,9 @@ class Sender:
             ):
                 raise _Fatal(
                     f"the relay {self.settings.smtp_host}:{self.settings.smtp_port} refused "
-                    f"every connection ({_describe(exc)}); nothing was sent.",
+                    f"every connection ({smtp.describe(problem)}); nothing was sent.",
                     configuration=False,
-                    code=getattr(exc, "code", None),
+                    code=getattr(problem, "code", None),
                 ) from None
             self._transient()
             await asyncio.sleep(self.policy.delay(min(self._connect_failures, 3)) / 4)
@@ -352,23 +345,19 @@ class Sender:
         self._connect_failures = 0
         return fresh
 
-    def _new_connection(self) -> aiosmtplib.SMTP:
-        s = self.settings
-        password = s.smtp_password.get_secret_value() if s.smtp_password else None
-        return aiosmtplib.SMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            timeout=s.smtp_timeout,
-            use_tls=s.smtp_security == "tls",
-            start_tls=s.smtp_security == "starttls",
-            validate_certs=s.smtp_security != "none",
-            tls_context=self._tls,
-            username=s.smtp_username,
-            password=password,
-        )
+    def _fatal(self, problem: smtp.SmtpProblem) -> _Fatal:
+        """The run-stopping error for a refused login or a TLS failure."""
+        where = f"{self.settings.smtp_host}:{self.settings.smtp_port}"
+        if isinstance(problem, smtp.AuthFailed):
+            return _Fatal(
+                f"the relay refused the login ({problem.code} {problem.text}); check "
+                "MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent.",
+                code=problem.code,
+            )
+        return _Fatal(f"TLS with {where} failed ({smtp.describe(problem)}); nothing more was sent.")
 
     async def _send_one(
-        self, connection: aiosmtplib.SMTP, item: _Item, unsettled: list[asyncio.Future[None]]
+        self, connection: Connection, item: _Item, unsettled: list[asyncio.Future[None]]
     ) -> str:
         """One try of one message; returns its outcome or ``retry``.
 
@@ -384,27 +373,22 @@ class Sender:
         code: int | None
         reading: Reading | None = None
         try:
-            await _envelope(connection, message.envelope_from, message.to)
+            await connection.envelope(message.envelope_from, message.to)
             wire = await _wire(message)
             await self._settle(unsettled)
-            _fits(connection, wire)
-            reply = await _data(connection, wire, self.settings.smtp_timeout)
-            code, text = reply.code, reply.message
-        except _TooLarge as exc:
-            code, text = None, str(exc)
-            reading = Reading(Verdict.RELAY, cause=Cause.SIZE)
-            await _reset(connection)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            code, text = exc.code, exc.message
-            if exc.code >= 500:  # a refused MAIL FROM is about us, whatever its code says
-                reading = Reading(Verdict.RELAY, cause=Cause.SENDER)
-        except aiosmtplib.SMTPResponseException as exc:
-            code, text = exc.code, exc.message
-            if connection.is_connected:
-                await _reset(connection)
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            connection.close()
-            code, text = None, _describe(exc)
+            smtp.check_size(connection, wire)
+            code, text = await connection.data(wire)
+        except smtp.SmtpProblem as problem:
+            code = problem.code if isinstance(problem, smtp.Refused) else None
+            text = problem.text if isinstance(problem, smtp.Refused) else smtp.describe(problem)
+            reading = smtp.classify(problem)
+            if isinstance(problem, smtp.Lost):
+                connection.close()
+            elif connection.is_open:
+                await connection.reset()
+            if reading.verdict is Verdict.FATAL:
+                self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
+                raise self._fatal(problem) from None
         reading = reading or read_reply(code, text)
         if reading.verdict is Verdict.RELAY:
             self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
@@ -546,104 +530,3 @@ async def _wire(message: OutgoingMessage) -> bytes:
     work, signer = pending
     signature = await asyncio.to_thread(signer.sign, work.payload)
     return message.wire(work.finish(signature))
-
-
-class _TooLarge(Exception):
-    """The message is larger than the relay's advertised SIZE (RFC 1870)."""
-
-
-def _fits(connection: aiosmtplib.SMTP, wire: bytes) -> None:
-    """Refuse before DATA what the relay said it will refuse (it would 552 everyone)."""
-    advertised = connection.esmtp_extensions.get("size", "")
-    limit = int(advertised) if advertised.strip().isdigit() else 0
-    if limit and len(wire) > limit:
-        raise _TooLarge(
-            f"the message is {len(wire):,} bytes; the relay accepts at most {limit:,} (SIZE)"
-        )
-
-
-async def _envelope(connection: aiosmtplib.SMTP, sender: str, recipient: str) -> None:
-    """MAIL FROM and RCPT TO for addresses validated at load time (ASCII, no CR/LF).
-
-    aiosmtplib's ``mail()`` and ``rcpt()`` re-parse each address with
-    ``email.utils`` (~60 µs a message); the replies are checked the same way.
-    """
-    if connection.is_ehlo_or_helo_needed:
-        await connection.ehlo()
-    reply = await connection.execute_command(b"MAIL FROM:<" + sender.encode("ascii") + b">")
-    if reply.code != 250:
-        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
-    reply = await connection.execute_command(b"RCPT TO:<" + recipient.encode("ascii") + b">")
-    if reply.code not in (250, 251):
-        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
-
-
-async def _data(
-    connection: aiosmtplib.SMTP, wire: bytes, timeout: float
-) -> aiosmtplib.SMTPResponse:
-    """DATA with bytes already in wire form (CRLF, dot-stuffed, ended by ``.``).
-
-    aiosmtplib's own ``data()`` re-normalizes line ends and dot-stuffs every
-    message with two regular expressions (~0.3 ms for 25 KB), a third of the
-    sender's time; our message templates are in wire form already. This uses the
-    same protocol steps as aiosmtplib 5's ``execute_data_command``.
-    """
-    protocol = connection.protocol
-    if protocol is None or protocol._command_lock is None:
-        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    start = await protocol.execute_command(b"DATA", timeout=timeout)
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
-    async with protocol._command_lock:
-        protocol._response_pending = True
-        protocol.write(wire)
-        reply = await protocol.read_response(timeout=timeout)
-    if reply.code != 250:
-        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-    return reply
-
-
-def _alive(connection: aiosmtplib.SMTP) -> bool:
-    return bool(connection.is_connected)
-
-
-async def _reset(connection: aiosmtplib.SMTP) -> None:
-    try:
-        await connection.rset()
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
-        connection.close()
-
-
-async def _quit(connection: aiosmtplib.SMTP) -> None:
-    try:
-        if connection.is_connected:
-            await asyncio.wait_for(connection.quit(), timeout=5)
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
-        pass
-    finally:
-        connection.close()
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: BaseException | None = exc
-    while seen is not None:
-        yield seen
-        seen = seen.__cause__ or seen.__context__
-
-
-def _is_tls_failure(exc: BaseException) -> bool:
-    """A certificate or handshake problem, or a relay without the STARTTLS we require."""
-    for link in _chain(exc):
-        if isinstance(link, ssl.SSLError | ssl.CertificateError):
-            return True
-        if isinstance(link, aiosmtplib.SMTPException) and "STARTTLS" in str(link).upper():
-            return True
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for the ledger and messages (never includes credentials)."""
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return f"{exc.code} {exc.message}"
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:300] + "…"

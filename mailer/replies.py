@@ -35,6 +35,7 @@ class Verdict(StrEnum):
     FAILED = "failed"  # this recipient, permanently
     TRANSIENT = "transient"  # try again later
     RELAY = "relay"  # about the relay, sender or message: stop, keep pending
+    FATAL = "fatal"  # login or TLS refused: stop, a setting must change
 
 
 class Cause(StrEnum):

@@ -1,0 +1,215 @@
+"""The sending core behind its small interface: rules proven against a fake connection
+in milliseconds, and the aiosmtplib connection proven against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mailer import pipeline, smtp
+from mailer.compose import OutgoingMessage
+from mailer.delivery import Report, RetryPolicy, Sender
+from mailer.errors import DeliveryError
+from mailer.replies import Cause, Verdict
+
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings
+from .smtp_server import Server
+from .test_delivery import settings_for
+
+QUICK = RetryPolicy(attempts=3, base=0.001, factor=2, jitter=0.0)
+
+
+@dataclass
+class Script:
+    """What the fake relay does: per recipient, one action per try ("ok" once they run out)."""
+
+    per_recipient: dict[str, list[object]] = field(default_factory=dict)
+    on_open: list[object] = field(default_factory=list)
+    size_limit: int = 0
+    opened: int = 0
+    delivered: list[str] = field(default_factory=list)
+
+
+class FakeConnection:
+    """A :class:`smtp.Connection` that follows a :class:`Script`; no network."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.open_now = False
+        self.recipient = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_now
+
+    @property
+    def size_limit(self) -> int:
+        return self.script.size_limit
+
+    async def open(self) -> None:
+        self.script.opened += 1
+        if self.script.on_open:
+            action = self.script.on_open.pop(0)
+            if isinstance(action, smtp.SmtpProblem):
+                raise action
+        self.open_now = True
+
+    async def envelope(self, sender: str, recipient: str) -> None:
+        self.recipient = recipient
+        actions = self.script.per_recipient.get(recipient, [])
+        action = actions.pop(0) if actions else "ok"
+        if isinstance(action, smtp.Lost):
+            self.open_now = False
+        if isinstance(action, smtp.SmtpProblem):
+            raise action
+
+    async def data(self, wire: bytes) -> tuple[int, str]:
+        self.script.delivered.append(self.recipient)
+        return 250, "2.0.0 Ok"
+
+    async def reset(self) -> None:
+        pass
+
+    async def quit(self) -> None:
+        self.open_now = False
+
+    def close(self) -> None:
+        self.open_now = False
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[OutgoingMessage]:
+    job = pipeline.prepare(SAMPLE, make_settings(), recipients_dir=SAMPLE_RECIPIENTS)
+    return list(job.messages())
+
+
+def _run(script: Script, messages: list[OutgoingMessage], policy: RetryPolicy = QUICK) -> Report:
+    settings = make_settings(max_connections=2, smtp_security="none")
+    sender = Sender(settings, None, policy=policy, connect=lambda: FakeConnection(script))
+
+    def stream() -> Iterator[OutgoingMessage]:
+        yield from messages
+
+    return asyncio.run(sender.run(stream(), lambda _: 0))
+
+
+def test_a_temporary_refusal_is_retried_until_sent(messages: list[OutgoingMessage]) -> None:
+    first = messages[0].recipient.email
+    later = smtp.Refused(451, "4.3.0 Try again later", "rcpt")
+    script = Script({first: [later, later]})
+    report = _run(script, messages)
+    assert report.total.sent == len(messages) and script.delivered.count(first) == 1
+
+
+def test_temporary_refusals_beyond_the_last_try_are_deferred(
+    messages: list[OutgoingMessage],
+) -> None:
+    first = messages[0].recipient.email
+    script = Script({first: [smtp.Refused(451, "4.3.0 later", "rcpt")] * 5})
+    report = _run(script, messages)
+    assert report.total.deferred == 1 and first not in script.delivered
+    assert report.total.sent == len(messages) - 1
+
+
+def test_a_dropped_connection_reconnects_and_sends(messages: list[OutgoingMessage]) -> None:
+    first = messages[0].recipient.email
+    script = Script({first: [smtp.Lost("connection reset")]})
+    report = _run(script, messages)
+    assert report.total.sent == len(messages) and script.opened >= 2
+
+
+def test_many_temporary_failures_in_a_row_pause_the_run(messages: list[OutgoingMessage]) -> None:
+    busy = smtp.Refused(421, "4.7.0 Try later", "rcpt")
+    script = Script({m.recipient.email: [busy] * 9 for m in messages})
+    policy = RetryPolicy(attempts=3, base=0.001, jitter=0.0, max_consecutive_transient=6)
+    report = _run(script, messages, policy)
+    assert report.stopped is not None and "paused" in report.stopped
+    assert report.total.sent == 0
+
+
+def test_a_refused_login_stops_everything_with_exit_code_2(
+    messages: list[OutgoingMessage],
+) -> None:
+    script = Script(on_open=[smtp.AuthFailed(535, "5.7.8 Authentication failed", "auth")] * 4)
+    with pytest.raises(DeliveryError) as raised:
+        _run(script, messages)
+    assert raised.value.exit_code == 2 and "MAILER_SMTP_PASSWORD" in str(raised.value)
+    assert script.delivered == []
+
+
+def test_the_same_unexplained_refusal_in_a_row_is_the_relay(
+    messages: list[OutgoingMessage],
+) -> None:
+    refused = smtp.Refused(550, "Rejected", "rcpt")
+    script = Script({m.recipient.email: [refused] for m in messages})
+    with pytest.raises(DeliveryError) as raised:
+        _run(script, messages)
+    report = raised.value.report
+    assert isinstance(report, Report) and report.total.failed == 0
+    assert "same refusal for 5 recipients in a row" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("problem", "verdict", "cause"),
+    [
+        (smtp.AuthFailed(535, "5.7.8 bad credentials", "auth"), Verdict.FATAL, None),
+        (smtp.TlsFailed("certificate verify failed"), Verdict.FATAL, None),
+        (smtp.Lost("timed out"), Verdict.TRANSIENT, None),
+        (smtp.TooLarge("too big"), Verdict.RELAY, Cause.SIZE),
+        (smtp.Refused(421, "4.3.2 shutting down", "greeting"), Verdict.TRANSIENT, None),
+        (smtp.Refused(550, "5.1.1 unknown", "mail"), Verdict.RELAY, Cause.SENDER),
+        (smtp.Refused(451, "4.1.8 try later", "mail"), Verdict.TRANSIENT, None),
+        (smtp.Refused(550, "5.1.1 unknown", "rcpt"), Verdict.FAILED, None),
+        (smtp.Refused(552, "5.3.4 too big", "data"), Verdict.RELAY, Cause.SIZE),
+        (smtp.Refused(554, "5.7.1 spam", "data"), Verdict.RELAY, Cause.POLICY),
+    ],
+)
+def test_one_table_classes_every_problem(
+    problem: smtp.SmtpProblem, verdict: Verdict, cause: Cause | None
+) -> None:
+    reading = smtp.classify(problem)
+    assert reading.verdict is verdict and reading.cause == cause
+
+
+# -- the real connection -----------------------------------------------------------------------
+
+
+def test_the_fast_data_path_still_fits_this_aiosmtplib(server: Server, tmp_path: Path) -> None:
+    """Fails loudly when a new aiosmtplib drops the internals the fast path uses
+    (then the public path is used: correct, about a tenth slower)."""
+
+    async def probe() -> bool:
+        connection = smtp.AioSmtpConnection(settings_for(server.port, tmp_path), None)
+        await connection.open()
+        try:
+            return smtp.fast_data_supported(connection._smtp)
+        finally:
+            await connection.quit()
+
+    assert asyncio.run(probe()), "aiosmtplib changed: update smtp._fast_data or drop it"
+
+
+def test_the_public_data_path_delivers_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received = []
+    for fast in (True, False):
+        monkeypatch.setattr(smtp, "FAST_DATA", fast)
+        with Server() as server:
+            settings = settings_for(server.port, tmp_path / str(fast))
+            job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+            with pipeline.open_ledger(job, settings) as ledger:
+                pipeline.deliver(job, settings, ledger, ledger.state())
+            received.append(sorted((r.rcpt, r.data) for r in server.received))
+    assert len(received[0]) == 13 and received[0] == received[1]
+
+
+@pytest.mark.parametrize("body", [b"a\r\n.b\r\n", b".start\r\n..two\r\nend\r\n", b"plain\r\n"])
+def test_unstuff_undoes_dot_stuffing(body: bytes) -> None:
+    lines = body.split(b"\r\n")
+    stuffed = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    assert smtp.unstuff(stuffed + b".\r\n") == body
