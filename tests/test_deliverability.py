@@ -355,6 +355,33 @@ def test_real_world_bounces_from_many_servers_never_stop_the_batch(
     assert sorted(p.name for p in settings.ledger_dir.glob("*.jsonl")) == ["2017-03.jsonl"]
 
 
+def test_a_bounce_recorded_before_a_crash_is_still_suppressed(
+    server: Server, tmp_path: Path
+) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "one.mbox")
+    process(
+        source,
+        settings.ledger_dir,
+        settings.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+        key=KEY,
+    )
+    # As if the first run had died between the ledger and the suppression list.
+    path = settings.recipients_dir / "suppressions.csv"
+    path.write_text("".join(line for line in path.open() if "research@" not in line))
+    again = process(
+        source,
+        settings.ledger_dir,
+        settings.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+        key=KEY,
+    )
+    assert again.duplicates == 1 and again.suppressed.added == ("research@example.com",)
+
+
 def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> None:
     settings = _sent_with_verp(server, tmp_path)
     maildir = mailbox.Maildir(str(tmp_path / "Maildir"))

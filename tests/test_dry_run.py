@@ -45,6 +45,8 @@ def test_preview_page_shows_every_variant_and_every_recipient(
     messages = mbox_messages(mbox)
     assert text.count('<section id="variant-') == 9
     assert text.count("<iframe ") == 9 and text.count("<pre>") == 9
+    # A bulletin's HTML runs no script inside the preview page.
+    assert text.count('<iframe sandbox="allow-same-origin allow-popups" ') == 9
     for message in messages:
         address = message["To"].addresses[0].addr_spec
         assert f"<td>{html.escape(address)}</td>" in text

@@ -170,3 +170,16 @@ def test_check_reports_each_variants_whole_message_size(tmp_path: Path) -> None:
     assert "whole message" in result.output
     assert re.search(r"the message is 15\.\d MB", result.output)  # 11 MB in base64
     assert "many relays refuse more than 10 MB" in result.output
+
+
+def test_a_relay_stop_after_some_messages_went_out_exits_1_not_2(tmp_path: Path) -> None:
+    recipients = write_list(tmp_path / "recipients", 12)
+    policy = {"reader9@example.org": "554 5.7.1 Message refused by policy"}
+    with Server(Behaviour(reject_rcpt=policy)) as server:
+        env = cli_env(server.port, tmp_path / "ledger")
+        result = CliRunner().invoke(
+            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
+        )
+    assert 0 < len(server.received) < 12
+    assert result.exit_code == 1, result.output  # 2 promises that nothing was sent
+    assert "To fix:" in result.output
