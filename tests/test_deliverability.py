@@ -13,11 +13,11 @@ from pathlib import Path
 
 import dkim
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mailer import pipeline
 from mailer import status as standing
-from mailer.bounces import process
+from mailer.bounces import BounceReport, process
 from mailer.cli import app
 from mailer.compose import OutgoingMessage
 from mailer.errors import InputError
@@ -227,6 +227,24 @@ def _sent_with_verp(server: Server, tmp_path: Path) -> Settings:
     return settings
 
 
+def _process(source: Path, ledger_dir: Path, recipients_dir: Path) -> BounceReport:
+    """``mailer bounces``' work, with the test deployment's bounce settings."""
+    return process(
+        source, ledger_dir, recipients_dir, bounce_address=BOUNCE_ADDRESS, soft_limit=3, key=KEY
+    )
+
+
+def _bounces_cli(source: Path, settings: Settings) -> Result:
+    """``mailer bounces SOURCE`` as staff run it."""
+    env = {
+        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
+        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
+    }
+    args = ["bounces", str(source), "--recipients", str(settings.recipients_dir)]
+    return CliRunner().invoke(app, args, env=env)
+
+
 def _mbox_of(names: list[str], path: Path) -> Path:
     box = mailbox.mbox(str(path))
     for name in names:
@@ -244,14 +262,7 @@ def test_each_message_has_its_own_verp_envelope_sender(server: Server, tmp_path:
 def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_path: Path) -> None:
     settings = _sent_with_verp(server, tmp_path)
     source = _mbox_of(sorted(p.name for p in BOUNCES.glob("*.eml")), tmp_path / "bounces.mbox")
-    report = process(
-        source,
-        settings.ledger_dir,
-        settings.recipients_dir,
-        bounce_address=BOUNCE_ADDRESS,
-        soft_limit=3,
-        key=KEY,
-    )
+    report = _process(source, settings.ledger_dir, settings.recipients_dir)
     assert report.read == 7 and report.unattributed == []
     assert report.duplicates == 1  # 07 repeats 01
     permanent = {
@@ -265,14 +276,7 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
     assert "seminar.desk@example.net" not in _suppressed(settings.recipients_dir)  # temporary
     ledger = (settings.ledger_dir / "2017-03.jsonl").read_text(encoding="utf-8")
     assert ledger.count('"outcome": "bounce"') == 6
-    again = process(
-        source,
-        settings.ledger_dir,
-        settings.recipients_dir,
-        bounce_address=BOUNCE_ADDRESS,
-        soft_limit=3,
-        key=KEY,
-    )
+    again = _process(source, settings.ledger_dir, settings.recipients_dir)
     assert again.suppressed.added == () and again.duplicates == 7
     rows = _suppressed(settings.recipients_dir)
     assert sorted(rows) == sorted({*rows}) and permanent <= set(rows)
@@ -313,14 +317,7 @@ def test_forged_bounces_suppress_nobody_and_create_no_ledger(
     box.add(_forged("ambassador.moreau@example.org", genuine))
     box.add(_forged("not an address", genuine).replace(b"v2S7A0@relay", b"v2S7A1@relay"))
     box.flush()
-    report = process(
-        tmp_path / "forged.mbox",
-        settings.ledger_dir,
-        settings.recipients_dir,
-        bounce_address=BOUNCE_ADDRESS,
-        soft_limit=3,
-        key=KEY,
-    )
+    report = _process(tmp_path / "forged.mbox", settings.ledger_dir, settings.recipients_dir)
     assert report.read == 5 and len(report.unattributed) == 3
     assert set(report.suppressed.added) == {"delegation@example.net"}
     assert "ambassador.moreau@example.org" not in _suppressed(settings.recipients_dir)
@@ -338,16 +335,7 @@ def test_real_world_bounces_from_many_servers_never_stop_the_batch(
         box.add(path.read_bytes())
     box.add(bounce_bytes("01-postfix-rfc3464.eml"))  # ours, after all of them
     box.flush()
-    env = {
-        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
-        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
-        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
-    }
-    result = CliRunner().invoke(
-        app,
-        ["bounces", str(tmp_path / "mixed.mbox"), "--recipients", str(settings.recipients_dir)],
-        env=env,
-    )
+    result = _bounces_cli(tmp_path / "mixed.mbox", settings)
     assert result.exit_code == 0, result.output
     assert f"{len(corpus) + 1} message(s) read" in result.output
     assert "skipped:" in result.output  # qmail_08: an unknown charset
@@ -360,25 +348,11 @@ def test_a_bounce_recorded_before_a_crash_is_still_suppressed(
 ) -> None:
     settings = _sent_with_verp(server, tmp_path)
     source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "one.mbox")
-    process(
-        source,
-        settings.ledger_dir,
-        settings.recipients_dir,
-        bounce_address=BOUNCE_ADDRESS,
-        soft_limit=3,
-        key=KEY,
-    )
+    _process(source, settings.ledger_dir, settings.recipients_dir)
     # As if the first run had died between the ledger and the suppression list.
     path = settings.recipients_dir / "suppressions.csv"
     path.write_text("".join(line for line in path.open() if "research@" not in line))
-    again = process(
-        source,
-        settings.ledger_dir,
-        settings.recipients_dir,
-        bounce_address=BOUNCE_ADDRESS,
-        soft_limit=3,
-        key=KEY,
-    )
+    again = _process(source, settings.ledger_dir, settings.recipients_dir)
     assert again.duplicates == 1 and again.suppressed.added == ("research@example.com",)
 
 
@@ -386,16 +360,7 @@ def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> N
     settings = _sent_with_verp(server, tmp_path)
     maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
     maildir.add(bounce_bytes("04-qmail.eml"))
-    env = {
-        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
-        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
-        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
-    }
-    result = CliRunner().invoke(
-        app,
-        ["bounces", str(tmp_path / "Maildir"), "--recipients", str(settings.recipients_dir)],
-        env=env,
-    )
+    result = _bounces_cli(tmp_path / "Maildir", settings)
     assert result.exit_code == 0, result.output
     assert "suppressed: focal.point@example.com" in result.output
 
@@ -418,14 +383,7 @@ def test_temporary_bounces_in_three_issues_in_a_row_suppress(
         box = mailbox.mbox(str(source))
         box.add((tmp_path / "b.eml").read_bytes())
         box.flush()
-        report = process(
-            source,
-            ledger,
-            settings.recipients_dir,
-            bounce_address=BOUNCE_ADDRESS,
-            soft_limit=3,
-            key=KEY,
-        )
+        report = _process(source, ledger, settings.recipients_dir)
         suppressed = "seminar.desk@example.net" in report.suppressed.added
         assert suppressed == (count == 3), issue
 

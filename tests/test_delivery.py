@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mailer import pipeline
 from mailer import status as standing
@@ -64,6 +64,12 @@ def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
     }
     values.update(extra)
     return make_settings(**values)
+
+
+def send_cli(recipients: Path, env: dict[str, str], *extra: str) -> Result:
+    """``mailer send`` of the sample bulletin to ``recipients``, as CI runs it (--yes)."""
+    args = ["send", str(SAMPLE), "--recipients", str(recipients), "--yes", *extra]
+    return CliRunner().invoke(app, args, env=env)
 
 
 def cli_env(port: int, ledger_dir: Path, **extra: str) -> dict[str, str]:

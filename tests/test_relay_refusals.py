@@ -18,7 +18,7 @@ from mailer.replies import Cause, Verdict, read_reply
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .smtp_server import Behaviour, Server
-from .test_delivery import FAST, cli_env, settings_for, write_list
+from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
 
 
 @pytest.mark.parametrize(
@@ -114,12 +114,11 @@ def test_more_dead_mailboxes_than_the_cap_are_held_until_allowed(tmp_path: Path)
     recipients = write_list(tmp_path / "recipients", 60)
     with Server(Behaviour(reject_rcpt=dead)) as server:
         env = cli_env(server.port, tmp_path / "ledger")
-        args = ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"]
-        first = CliRunner().invoke(app, args, env=env)
+        first = send_cli(recipients, env)
         assert first.exit_code == 1, first.output
         assert "25 addresses were refused as dead mailboxes" in first.output
         assert not (recipients / "suppressions.csv").exists()
-        allowed = CliRunner().invoke(app, [*args, "--allow-mass-suppression"], env=env)
+        allowed = send_cli(recipients, env, "--allow-mass-suppression")
     assert "Nothing to send." in allowed.output
     rows = (recipients / "suppressions.csv").read_text().splitlines()
     assert len(rows) == 26 and all("no such mailbox" in row for row in rows[1:])
@@ -148,9 +147,7 @@ def test_a_relays_reply_is_printed_as_it_is_even_with_markup_characters(
     recipients = write_list(tmp_path / "recipients", 6)
     with Server(Behaviour(reject_rcpt={"reader2@example.org": reply})) as server:
         env = cli_env(server.port, tmp_path / "ledger")
-        sent = CliRunner().invoke(
-            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
-        )
+        sent = send_cli(recipients, env)
     assert sent.exit_code == 1, sent.output
     status = CliRunner().invoke(
         app, ["status", str(SAMPLE), "--recipients", str(recipients)], env=env
@@ -177,9 +174,7 @@ def test_a_relay_stop_after_some_messages_went_out_exits_1_not_2(tmp_path: Path)
     policy = {"reader9@example.org": "554 5.7.1 Message refused by policy"}
     with Server(Behaviour(reject_rcpt=policy)) as server:
         env = cli_env(server.port, tmp_path / "ledger")
-        result = CliRunner().invoke(
-            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
-        )
+        result = send_cli(recipients, env)
     assert 0 < len(server.received) < 12
     assert result.exit_code == 1, result.output  # 2 promises that nothing was sent
     assert "To fix:" in result.output

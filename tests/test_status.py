@@ -12,7 +12,7 @@ from mailer.ledger import read_records
 
 from .conftest import SAMPLE
 from .smtp_server import Behaviour, Server
-from .test_delivery import cli_env, write_list
+from .test_delivery import cli_env, send_cli, write_list
 
 
 def _status(recipients: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
@@ -29,9 +29,7 @@ def test_status_keeps_failures_and_removed_readers_the_ledger_knows(tmp_path: Pa
     dead = {"reader4@example.org": "550 5.1.1 No such user"}
     with Server(Behaviour(reject_rcpt=dead)) as server:
         env = cli_env(server.port, tmp_path / "ledger")
-        sent = CliRunner().invoke(
-            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
-        )
+        sent = send_cli(recipients, env)
     assert sent.exit_code == 1, sent.output  # this run met a permanent failure
     assert "reader4@example.org" in (recipients / "suppressions.csv").read_text()
     # Someone also removes a reader who was sent to from the CSV.
@@ -58,9 +56,7 @@ def test_status_keeps_failures_and_removed_readers_the_ledger_knows(tmp_path: Pa
         table.output
     )
     # The failure is final: the issue is complete, a rerun sends nothing and exits 0.
-    again = CliRunner().invoke(
-        app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
-    )
+    again = send_cli(recipients, env)
     assert "Nothing to send." in again.output and again.exit_code == 0, again.output
 
 
@@ -68,9 +64,7 @@ def test_status_counts_a_new_reader_as_pending(tmp_path: Path) -> None:
     recipients = write_list(tmp_path / "recipients", 6)
     with Server() as server:
         env = cli_env(server.port, tmp_path / "ledger")
-        CliRunner().invoke(
-            app, ["send", str(SAMPLE), "--recipients", str(recipients), "--yes"], env=env
-        )
+        send_cli(recipients, env)
     with (recipients / "civil-society.csv").open("a") as handle:
         handle.write("newcomer@example.org,Newcomer,en\n")
     assert _status(recipients, env) == {"sent": 6, "failed": 0, "deferred": 0, "pending": 1}
