@@ -463,12 +463,13 @@ def unsubscribe(
     settings = _settings()
     directory = recipients or settings.recipients_dir
     wanted = list(addresses or [])
+    unreadable: list[str] = []
     with _reported():
         if token is not None:
             wanted.append(unsubscribing.token_address(settings, token))
             reason = "one-click unsubscribe" if reason == "unsubscribed" else reason
         if from_mbox is not None:
-            wanted.extend(unsubscribing.requests_in_mbox(from_mbox))
+            wanted.extend(unsubscribing.requests_in_mbox(from_mbox, unreadable))
             reason = "unsubscribe request by mail" if reason == "unsubscribed" else reason
         if not wanted:
             raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
@@ -479,6 +480,8 @@ def unsubscribe(
         out.print(f"already suppressed: {address}")
     for address, why in result.refused:
         err.print(f"not suppressed: {address!r}: {why}.")
+    for line in unreadable:
+        err.print(_label("skipped:", "yellow", line))
     if result.refused and from_mbox is None:
         raise typer.Exit(2)  # a person typed it: say so with the exit code too
 

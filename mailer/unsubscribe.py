@@ -66,19 +66,22 @@ def verify_token(secret: bytes, token: str) -> str:
     return address
 
 
-def requests_in_mbox(path: Path) -> list[str]:
+def requests_in_mbox(path: Path, unreadable: list[str] | None = None) -> list[str]:
     """Senders of the unsubscribe requests in an mbox (mail sent to the mailto target).
 
     A request is any message whose subject or first text line says "unsubscribe"
     (what mail clients send for a List-Unsubscribe mailto); others are ignored.
+    A message that cannot be read is skipped and described in ``unreadable``.
     """
     if not path.is_file():
         raise InputError("no such mbox file.", file=path)
     senders = []
-    for message in mailbox.mbox(str(path)):
+    for number, message in enumerate(mailbox.mbox(str(path)), start=1):
         try:
             address = _requester(message)
-        except Exception:  # a mangled message is skipped, never the whole batch
+        except Exception as exc:  # a mangled message is skipped, never the whole batch
+            if unreadable is not None:
+                unreadable.append(f"message {number}: cannot be read ({type(exc).__name__})")
             continue
         if address:
             senders.append(address)

@@ -273,7 +273,10 @@ def test_one_unusable_request_in_an_mbox_does_not_keep_the_others_subscribed(
         "From x Tue Mar 28 09:00:00 2017\nFrom: =?bogus?q?broken?= <not-an-address>\n"
         "Subject: unsubscribe\n\nunsubscribe\n\n"
         "From y Tue Mar 28 09:00:00 2017\nFrom: Lars <disarmament.desk@example.org>\n"
-        "Subject: unsubscribe\n\nunsubscribe\n"
+        "Subject: unsubscribe\n\nunsubscribe\n\n"
+        "From z Tue Mar 28 09:00:00 2017\nFrom: x@example.org\nSubject: unsubscribe\n"
+        "MIME-Version: 1.0\nContent-Type: text/plain; charset=ansi_x3.110-1983\n"
+        "Content-Transfer-Encoding: base64\n\n%%%not base64\n"
     )
     result = CliRunner().invoke(
         app, ["unsubscribe", "--from-mbox", str(box), "--recipients", str(recipients)]
@@ -281,6 +284,7 @@ def test_one_unusable_request_in_an_mbox_does_not_keep_the_others_subscribed(
     assert result.exit_code == 0, result.output
     assert "suppressed: disarmament.desk@example.org" in result.output
     assert "not suppressed: 'not-an-address'" in result.output
+    assert "suppressed: x@example.org" in result.output  # a broken body; the subject says it
 
 
 @pytest.mark.parametrize(
