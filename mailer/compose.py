@@ -125,6 +125,8 @@ class Identity:
                     field="MAILER_UNSUBSCRIBE_SECRET",
                 )
             notes.append("MAILER_UNSUBSCRIBE_SECRET is not set: preview tokens use a dummy key.")
+        if not dry_run:
+            settings.check_sign_in()
         key = id_key(settings)
         if settings.bounce_address and key is None and not dry_run:
             raise ConfigError(

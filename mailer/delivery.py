@@ -36,6 +36,7 @@ from mailer import smtp
 from mailer.compose import OutgoingMessage
 from mailer.errors import DeliveryError
 from mailer.ledger import Ledger, Outcome, Record
+from mailer.oauth import TokenSource
 from mailer.replies import ADVICE, Cause, Reading, Verdict, enhanced_code, read_reply
 from mailer.settings import Settings
 from mailer.smtp import Connection, ConnectionFactory
@@ -183,7 +184,11 @@ class Sender:
         # One verifying context for the run: building it loads the CA store (ms),
         # which a reconnect after every drop should not pay again.
         tls = ssl.create_default_context() if settings.smtp_security != "none" else None
-        self.connect: ConnectionFactory = connect or (lambda: smtp.AioSmtpConnection(settings, tls))
+        # One token source for every connection: a token is fetched once, not per session.
+        self.tokens = TokenSource(settings) if settings.sign_in == "xoauth2" else None
+        self.connect: ConnectionFactory = connect or (
+            lambda: smtp.AioSmtpConnection(settings, tls, self.tokens)
+        )
 
     def request_stop(self, reason: str) -> None:
         """Stop taking new messages; messages in flight finish (Ctrl-C, a pause)."""
@@ -291,6 +296,10 @@ class Sender:
                 if self._stop is not None:
                     settle()  # left pending: no record, the next run sends it
                     continue
+                if self.rate is not None:
+                    # Before the connection check: a session whose sign-in is about to
+                    # expire is renewed after the wait, not used after it.
+                    await self.rate.wait()
                 connection = await self._connected(connection, queue, item)
                 if connection is None:
                     continue
@@ -348,10 +357,18 @@ class Sender:
     def _fatal(self, problem: smtp.SmtpProblem) -> _Fatal:
         """The run-stopping error for a refused login or a TLS failure."""
         where = f"{self.settings.smtp_host}:{self.settings.smtp_port}"
+        if isinstance(problem, smtp.TokenRefused):
+            return _Fatal(f"{problem} Nothing more was sent.")
         if isinstance(problem, smtp.AuthFailed):
+            advice = (
+                "the relay no longer accepts password sign-in (Basic authentication): set "
+                "MAILER_SMTP_AUTH=xoauth2 and the MAILER_OAUTH_* settings (README, 'Microsoft 365')"
+                if _basic_auth_retired(problem.text)
+                else "check MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD"
+            )
             return _Fatal(
-                f"the relay refused the login ({problem.code} {problem.text}); check "
-                "MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD. Nothing more was sent.",
+                f"the relay refused the login ({problem.code} {problem.text}); {advice}. "
+                "Nothing more was sent.",
                 code=problem.code,
             )
         return _Fatal(f"TLS with {where} failed ({smtp.describe(problem)}); nothing more was sent.")
@@ -367,8 +384,6 @@ class Sender:
         and that one has its attempt on disk: it is reported in doubt.
         """
         message = item.message
-        if self.rate is not None:
-            await self.rate.wait()
         self._record(message, Outcome.ATTEMPT, item.attempt, unsettled=unsettled)
         code: int | None
         reading: Reading | None = None
@@ -519,6 +534,12 @@ class Sender:
         if self.ledger is not None and unsettled is not None:
             unsettled.append(self.ledger.append(record))
         return record
+
+
+def _basic_auth_retired(text: str) -> bool:
+    """Exchange Online's refusal of password sign-in (5.7.30, 5.7.139, "basic authentication")."""
+    lowered = text.lower()
+    return "5.7.30" in text or "5.7.139" in text or "basic authentication" in lowered
 
 
 async def _wire(message: OutgoingMessage) -> bytes:

@@ -46,6 +46,7 @@ class Cause(StrEnum):
     SIZE = "size"
     POLICY = "policy"
     RELAY = "relay"
+    SIGN_IN = "sign-in"  # password sign-in retired (Exchange Online's 5.7.30)
 
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -120,6 +121,8 @@ ADVICE = {
     "them under MAILER_ARCHIVE_URL (mailer check shows each variant's size).",
     Cause.POLICY: "the relay's policy refuses our messages: check the relay account, its "
     "permissions and the sender's SPF/DKIM with the relay's administrator.",
+    Cause.SIGN_IN: "the relay no longer accepts password sign-in (Basic authentication): set "
+    "MAILER_SMTP_AUTH=xoauth2 and the MAILER_OAUTH_* settings (README, 'Microsoft 365').",
     Cause.RELAY: "the relay will not relay for us: check MAILER_SMTP_HOST, the login "
     "(MAILER_SMTP_USERNAME) and that the relay allows this sender.",
 }

@@ -22,6 +22,7 @@ PLACEHOLDER_FROM = "Bulletin preview <bulletin@example.org>"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_LOOPBACK_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost)(:\d+)?(/|$)")
 _LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
 
 
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = Field(30.0, gt=0)
+    # How to sign in: a password, an OAuth2 token (SASL XOAUTH2), or not at all.
+    # Unset: "password" when MAILER_SMTP_USERNAME is set, else "none".
+    smtp_auth: Literal["password", "xoauth2", "none"] | None = None
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
     from_: str | None = Field(None, alias="MAILER_FROM")
     reply_to: str | None = None
     max_connections: int = Field(4, ge=1, le=100)
@@ -108,14 +116,49 @@ class Settings(BaseSettings):
             raise ValueError("expected a list label and a domain, e.g. bulletin.isu.example.org")
         return value
 
-    @field_validator("unsubscribe_url", "archive_url")
+    @field_validator("unsubscribe_url", "archive_url", "oauth_token_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith("https://") or any(c.isspace() for c in value):
-            raise ValueError("expected an absolute https:// URL")
+        if any(c.isspace() for c in value) or not (
+            value.startswith("https://") or _LOOPBACK_HTTP.match(value)
+        ):
+            raise ValueError(
+                "expected an absolute https:// URL (http:// only for 127.0.0.1 and localhost)"
+            )
         return value.rstrip("/") if value.endswith("/") and value.count("/") > 3 else value
+
+    @property
+    def sign_in(self) -> str:
+        """The effective sign-in method: password, xoauth2 or none."""
+        if self.smtp_auth is not None:
+            return self.smtp_auth
+        return "password" if self.smtp_username else "none"
+
+    def check_sign_in(self) -> None:
+        """Refuse, naming the variable, a sign-in a real send could not complete."""
+        needed: tuple[tuple[str, object], ...] = ()
+        if self.sign_in == "xoauth2":
+            needed = (
+                ("MAILER_SMTP_USERNAME", self.smtp_username),
+                ("MAILER_OAUTH_TOKEN_URL", self.oauth_token_url),
+                ("MAILER_OAUTH_CLIENT_ID", self.oauth_client_id),
+                ("MAILER_OAUTH_CLIENT_SECRET", self.oauth_client_secret),
+                ("MAILER_OAUTH_SCOPE", self.oauth_scope),
+            )
+        elif self.sign_in == "password":
+            needed = (
+                ("MAILER_SMTP_USERNAME", self.smtp_username),
+                ("MAILER_SMTP_PASSWORD", self.smtp_password),
+            )
+        for name, value in needed:
+            if not value:
+                raise ConfigError(
+                    f"signing in with MAILER_SMTP_AUTH={self.sign_in} needs this setting.",
+                    field=name,
+                    file=".env / environment",
+                )
 
     @field_validator("unsubscribe_mailto", "bounce_address")
     @classmethod

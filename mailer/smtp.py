@@ -19,6 +19,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from mailer.oauth import Token, TokenSource, TokenUnavailable, xoauth2
 from mailer.replies import Cause, Reading, Verdict, read_reply
 from mailer.settings import Settings
 
@@ -82,7 +83,7 @@ ConnectionFactory = Callable[[], Connection]
 
 def classify(problem: SmtpProblem) -> Reading:
     """The one table: what each problem means for the recipient and the run."""
-    if isinstance(problem, AuthFailed | TlsFailed):
+    if isinstance(problem, AuthFailed | TlsFailed | TokenRefused):
         return Reading(Verdict.FATAL)
     if isinstance(problem, TooLarge):
         return Reading(Verdict.RELAY, cause=Cause.SIZE)
@@ -146,13 +147,28 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
-class AioSmtpConnection:
-    """:class:`Connection` over aiosmtplib, with its connection settings from Settings."""
+class TokenRefused(SmtpProblem):
+    """No OAuth2 token, or the relay refused a fresh one: a setting must change."""
 
-    def __init__(self, settings: Settings, tls: ssl.SSLContext | None) -> None:
+
+class AioSmtpConnection:
+    """:class:`Connection` over aiosmtplib, with its connection settings from Settings.
+
+    With ``tokens`` (MAILER_SMTP_AUTH=xoauth2) it signs in with SASL XOAUTH2; a
+    connection whose token has expired reports itself closed, so the sender opens
+    a new one with a fresh token instead of finding out mid-message.
+    """
+
+    def __init__(
+        self, settings: Settings, tls: ssl.SSLContext | None, tokens: TokenSource | None = None
+    ) -> None:
         s = settings
-        password = s.smtp_password.get_secret_value() if s.smtp_password else None
+        by_password = s.sign_in == "password"
+        password = s.smtp_password.get_secret_value() if s.smtp_password and by_password else None
         self.timeout = s.smtp_timeout
+        self.mailbox = s.smtp_username or ""
+        self.tokens = tokens
+        self._token: Token | None = None
         self._smtp = aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
@@ -161,12 +177,15 @@ class AioSmtpConnection:
             start_tls=s.smtp_security == "starttls",
             validate_certs=s.smtp_security != "none",
             tls_context=tls,
-            username=s.smtp_username,
+            username=s.smtp_username if by_password else None,
             password=password,
         )
 
     @property
     def is_open(self) -> bool:
+        token, tokens = self._token, self.tokens
+        if token is not None and tokens is not None and tokens.clock() >= token.renew_at:
+            return False  # signed in with a token about to expire: open a new session
         return bool(self._smtp.is_connected)
 
     @property
@@ -177,6 +196,42 @@ class AioSmtpConnection:
     async def open(self) -> None:
         with _mapped("greeting"):
             await self._smtp.connect()
+        if self.tokens is not None:
+            await self._sign_in_by_token()
+
+    async def _sign_in_by_token(self) -> None:
+        """AUTH XOAUTH2; a refused token is renewed once, then the run stops.
+
+        A refusing server may first answer 334 with a base64 JSON error and wait
+        for an empty line before its 535 (Google and Microsoft do); aiosmtplib has
+        no XOAUTH2, so the exchange is written here.
+        """
+        assert self.tokens is not None
+        reply: aiosmtplib.SMTPResponse | None = None
+        for _ in range(2):
+            try:
+                token = await self.tokens.token()
+            except TokenUnavailable as exc:
+                raise TokenRefused(f"no OAuth2 token: {exc}") from None
+            with _mapped("auth"):
+                if self._smtp.is_ehlo_or_helo_needed:
+                    await self._smtp.ehlo()
+                reply = await self._smtp.execute_command(
+                    b"AUTH", b"XOAUTH2", xoauth2(self.mailbox, token)
+                )
+                if reply.code == 334:  # the error, in base64 JSON: answer with an empty line
+                    reply = await self._smtp.execute_command(b"")
+            if reply.code == 235:
+                self._token = token
+                return
+            self.tokens.refused(token)
+        assert reply is not None
+        raise TokenRefused(
+            f"the relay refused a fresh OAuth2 token for {self.mailbox} ({reply.code} "
+            f"{reply.message}); check that MAILER_SMTP_USERNAME is the sending mailbox, that the "
+            "application may send as it (Add-MailboxPermission … FullAccess) and that SMTP AUTH "
+            "is enabled for it (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)."
+        )
 
     async def envelope(self, sender: str, recipient: str) -> None:
         """MAIL FROM and RCPT TO for addresses validated at load time (ASCII, no CR/LF).

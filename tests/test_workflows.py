@@ -115,7 +115,13 @@ def test_the_scheduled_workflow_wires_every_setting_a_send_can_use() -> None:
         wired |= set(re.findall(r"(MAILER_[A-Z_]+)=[^\n]*>> \"\$GITHUB_ENV\"", step.get("run", "")))
     missing = _setting_names() - wired - set(NOT_WIRED)
     assert not missing, f"settings the scheduled send does not pass: {sorted(missing)}"
-    for name in ("MAILER_SMTP_PASSWORD", "MAILER_UNSUBSCRIBE_SECRET", "MAILER_BOUNCE_SECRET"):
+    secrets = (
+        "MAILER_SMTP_PASSWORD",
+        "MAILER_UNSUBSCRIBE_SECRET",
+        "MAILER_BOUNCE_SECRET",
+        "MAILER_OAUTH_CLIENT_SECRET",
+    )
+    for name in secrets:
         assert job["env"][name] == "${{ secrets." + name + " }}"  # never from variables
     assert job["env"]["DKIM_PRIVATE_KEY"] == "${{ secrets.MAILER_DKIM_PRIVATE_KEY }}"
     assert set(NOT_WIRED) <= _setting_names()  # no stale exemption

@@ -1,0 +1,135 @@
+"""Signing in to the relay with OAuth2 (SASL XOAUTH2), against a real token endpoint and a
+real relay on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.cli import app
+from mailer.errors import DeliveryError
+from mailer.ledger import read_records
+from mailer.settings import Settings
+
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .oauth_server import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    EXPIRED_SECRET,
+    MAILBOX,
+    OAuthServer,
+    TokenEndpoint,
+)
+from .smtp_server import Server
+from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
+
+
+def oauth_settings(endpoint: TokenEndpoint, port: int, tmp_path: Path, **extra: object) -> Settings:
+    """Settings that sign in with XOAUTH2 through ``endpoint`` (``extra`` overrides)."""
+    values: dict[str, object] = {
+        "smtp_auth": "xoauth2",
+        "smtp_username": MAILBOX,
+        "oauth_token_url": endpoint.url,
+        "oauth_client_id": CLIENT_ID,
+        "oauth_client_secret": CLIENT_SECRET,
+        "oauth_scope": "https://outlook.office365.com/.default",
+    }
+    return settings_for(port, tmp_path, **{**values, **extra})
+
+
+def test_a_send_longer_than_a_tokens_life_delivers_everyone(tmp_path: Path) -> None:
+    with TokenEndpoint(lifetime=2) as endpoint, OAuthServer(endpoint) as relay:
+        settings = oauth_settings(endpoint, relay.port, tmp_path, rate_per_second=4)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        assert report.total.sent == 13 and len(relay.received) == 13
+        assert len(endpoint.issued) >= 2  # renewed during the send (13 at 4/s ≈ 3 s)
+        assert relay.handler_obj.sign_ins >= 2
+        assert all(r["grant_type"] == "client_credentials" for r in endpoint.requests)
+        assert {r.get("scope") for r in endpoint.requests} == {
+            "https://outlook.office365.com/.default"
+        }
+
+
+def test_an_expired_client_secret_stops_the_run_with_nothing_done(tmp_path: Path) -> None:
+    with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
+        endpoint.refusal = EXPIRED_SECRET
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_SMTP_AUTH": "xoauth2",
+            "MAILER_SMTP_USERNAME": MAILBOX,
+            "MAILER_OAUTH_TOKEN_URL": endpoint.url,
+            "MAILER_OAUTH_CLIENT_ID": CLIENT_ID,
+            "MAILER_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+            "MAILER_OAUTH_SCOPE": "https://outlook.office365.com/.default",
+        }
+        result = send_cli(write_list(tmp_path / "recipients", 6), env)
+        assert relay.received == []
+    assert result.exit_code == 2, result.output
+    assert "client secret has expired" in result.output
+    assert "MAILER_OAUTH_CLIENT_SECRET" in result.output
+    assert CLIENT_SECRET not in result.output
+    records = list(read_records(tmp_path / "ledger" / "2017-03.jsonl"))
+    assert not [r for r in records if r.outcome in ("sent", "failed")]
+
+
+def test_a_token_the_relay_refuses_is_renewed_once_then_stops(tmp_path: Path) -> None:
+    with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
+        settings = oauth_settings(
+            endpoint, relay.port, tmp_path, smtp_username="other@isu.example.org"
+        )
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pytest.raises(DeliveryError) as raised, pipeline.open_ledger(job, settings) as ledger:
+            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        assert relay.received == []
+    assert len(endpoint.requests) == 2  # the cached token, refused, then one fresh one
+    assert "Add-MailboxPermission" in str(raised.value)
+    assert raised.value.exit_code == 2
+
+
+def test_a_relay_that_retired_password_sign_in_says_what_to_change(tmp_path: Path) -> None:
+    from aiosmtpd.smtp import AuthResult
+
+    def retired(*args: object) -> AuthResult:
+        return AuthResult(
+            success=False,
+            handled=False,
+            message="550 5.7.30 Basic authentication is not supported for Client Submission",
+        )
+
+    with Server(authenticator=retired, auth_require_tls=False) as relay:
+        settings = settings_for(
+            relay.port, tmp_path, smtp_username=MAILBOX, smtp_password="a-password"
+        )
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pytest.raises(DeliveryError) as raised, pipeline.open_ledger(job, settings) as ledger:
+            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert "MAILER_SMTP_AUTH=xoauth2" in str(raised.value)
+    assert "a-password" not in str(raised.value)
+
+
+def test_xoauth2_without_its_settings_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS), "--yes"],
+        env={
+            "MAILER_FROM": "ISU <news@isu.example.org>",
+            "MAILER_UNSUBSCRIBE_MAILTO": "u@isu.example.org",
+            "MAILER_SMTP_AUTH": "xoauth2",
+            "MAILER_SMTP_USERNAME": MAILBOX,
+        },
+    )
+    assert result.exit_code == 2 and "MAILER_OAUTH_TOKEN_URL" in result.output, result.output
+
+
+def test_a_token_url_must_be_https_except_on_loopback() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["check", str(SAMPLE)],
+        env={"MAILER_OAUTH_TOKEN_URL": "http://login.example.org/token"},
+    )
+    assert result.exit_code == 2 and "MAILER_OAUTH_TOKEN_URL" in result.output
