@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from mailer import smtp
@@ -37,6 +39,7 @@ from mailer.compose import OutgoingMessage
 from mailer.errors import DeliveryError
 from mailer.ledger import Ledger, Outcome, Record
 from mailer.oauth import TokenSource
+from mailer.quota import Clock, Quota, QuotaReached, ledger_history
 from mailer.replies import ADVICE, Cause, Reading, Verdict, enhanced_code, read_reply
 from mailer.settings import Settings
 from mailer.smtp import Connection, ConnectionFactory
@@ -107,6 +110,7 @@ class Report:
     total: Tally = field(default_factory=Tally)
     in_doubt: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped early, if it did
+    paused_until: float | None = None  # stopped at a quota: when sending can resume
     failures: list[Record] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)  # dead mailboxes added to suppressions
     # Dead mailboxes not suppressed because there were more than one run may
@@ -163,9 +167,24 @@ class Sender:
         progress: Progress | None = None,
         run_id: str | None = None,
         connect: ConnectionFactory | None = None,
+        clock: Clock = time.time,
     ) -> None:
-        """``connect`` makes a connection (default: aiosmtplib to the settings' relay)."""
+        """``connect`` makes a connection (default: aiosmtplib to the settings' relay);
+        ``clock`` is wall time for the quotas and the ledger (tests move it)."""
         self.settings = settings
+        self.clock = clock
+        limits = settings.limits
+        self.quota = (
+            Quota(
+                limits,
+                ledger_history(
+                    settings.ledger_dir, clock() - max(limit.seconds for limit in limits)
+                ),
+                clock,
+            )
+            if limits
+            else None
+        )
         self.ledger = ledger
         self.policy = policy or RetryPolicy()
         self.progress = progress or (lambda outcome, message: None)
@@ -296,10 +315,13 @@ class Sender:
                 if self._stop is not None:
                     settle()  # left pending: no record, the next run sends it
                     continue
+                # Before the connection check: a session whose sign-in is about to
+                # expire is renewed after the wait, not used after it.
                 if self.rate is not None:
-                    # Before the connection check: a session whose sign-in is about to
-                    # expire is renewed after the wait, not used after it.
                     await self.rate.wait()
+                if self.quota is not None and not await self._quota_allows():
+                    settle()  # left pending: no record, the next run sends it
+                    continue
                 connection = await self._connected(connection, queue, item)
                 if connection is None:
                     continue
@@ -353,6 +375,18 @@ class Sender:
         self._ever_connected = True
         self._connect_failures = 0
         return fresh
+
+    async def _quota_allows(self) -> bool:
+        """Take a place in every quota window, or stop the run cleanly when one is full."""
+        assert self.quota is not None
+        try:
+            await self.quota.take()
+        except QuotaReached as reached:
+            if self.report.paused_until is None:
+                self.report.paused_until = reached.resume_at
+            self.request_stop(str(reached))
+            return False
+        return self._stop is None
 
     def _fatal(self, problem: smtp.SmtpProblem) -> _Fatal:
         """The run-stopping error for a refused login or a TLS failure."""
@@ -529,6 +563,7 @@ class Sender:
             attempt=attempt,
             code=code,
             reply=text,
+            time=datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="milliseconds"),
             run=self.run_id,
         )
         if self.ledger is not None and unsettled is not None:

@@ -149,14 +149,17 @@ def _decide_one(
         )
         return decision
     overdue = now - bulletin.send_at
-    if overdue > settings.dispatch_window:
+    started = bool(total["sent"] or total["failed"] or total["deferred"])
+    # The window guards starting a send; one already under way (a list larger
+    # than a day's quota) is continued whatever its age.
+    if overdue > settings.dispatch_window and not started:
         decision.action = Action.STALE
         decision.detail = (
             f"send_at {bulletin.send_at.isoformat()} is {_hours(overdue)} ago, beyond "
             f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
         )
         return decision
-    if total["sent"] or total["failed"] or total["deferred"]:
+    if started:
         decision.detail = f"resuming: {total['pending'] + total['deferred']} left"
     return decision
 
@@ -254,9 +257,11 @@ def exit_code(decisions: list[Decision], settings: Settings) -> int:
         return 2
     if any(d.action in NEEDS_A_PERSON for d in decisions):
         return 1
-    for decision in decisions:
-        if decision.action is Action.SENT and decision.job is not None:
-            code = standing.exit_code(decision.job, settings, decision.report)
-            if code:
-                return code
-    return 0
+    codes = {
+        standing.exit_code(d.job, settings, d.report)
+        for d in decisions
+        if d.action is Action.SENT and d.job is not None
+    }
+    if 1 in codes:
+        return 1
+    return standing.PAUSED_AT_QUOTA if standing.PAUSED_AT_QUOTA in codes else 0

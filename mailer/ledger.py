@@ -9,7 +9,8 @@
 - ``held``: the run stopped for a relay problem (the relay, the sender or the
   message, not the mailbox; see ``replies.py``): the recipient is pending again;
 - ``bounce``: a bounce report read later (information, not a send state);
-- ``claim`` and ``release`` (no recipient): a scheduled run's hold on the issue.
+- ``claim`` and ``release`` (no recipient): a scheduled run's hold on the issue;
+- ``paused`` (no recipient): a run stopped at the relay's quota (see ``quota.py``).
 
 A recipient is *done* when its last record is ``sent`` or ``failed``; *in
 doubt* when its last record is an ``attempt`` (the run stopped between DATA and
@@ -59,6 +60,8 @@ class Outcome(StrEnum):
     # it sends, and releases it when its sending ends (whatever happened).
     CLAIM = "claim"
     RELEASE = "release"
+    # Issue-level: a run stopped at the relay's quota; ``reply`` says when to resume.
+    PAUSED = "paused"
     # A bounce report received later (see bounces.py): information, not a send state.
     BOUNCE = "bounce"
 
@@ -216,7 +219,7 @@ class State:
             elif outcome == RELEASE:
                 if state.claim is not None and state.claim.run == data.get("run"):
                     state.claim = None
-            elif outcome != BOUNCE:
+            elif outcome not in (BOUNCE, Outcome.PAUSED):
                 recipient = data.get("recipient")
                 if not isinstance(recipient, str) or not isinstance(outcome, str):
                     _parse("{}", path, number)  # raises LedgerDamaged, naming the line

@@ -10,8 +10,10 @@ import asyncio
 import itertools
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mailer import suppressions
@@ -19,8 +21,9 @@ from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
 from mailer.errors import DeliveryError, RecipientError
 from mailer.issue import Issue, load_issue
-from mailer.ledger import Ledger, Outcome, State
+from mailer.ledger import Ledger, Outcome, Record, State
 from mailer.preview import PreviewResult, write_preview
+from mailer.quota import Clock
 from mailer.replies import read_reply
 from mailer.settings import Settings
 
@@ -108,10 +111,12 @@ def deliver(
     progress: Progress | None = None,
     run_id: str | None = None,
     allow_many: bool = False,
+    clock: Clock = time.time,
 ) -> Report:
     """Send to every recipient not done; record each outcome; resume-safe.
 
-    ``allow_many`` lifts the cap on how many dead mailboxes one run suppresses.
+    ``allow_many`` lifts the cap on how many dead mailboxes one run suppresses;
+    ``clock`` is wall time for quotas and the ledger (tests move it a day ahead).
     """
     in_doubt: list[str] = []
 
@@ -127,7 +132,7 @@ def deliver(
                 in_doubt.append(recipient.email)
             yield job.composer.compose(recipient)
 
-    sender = Sender(settings, ledger, policy=policy, progress=progress, run_id=run_id)
+    sender = Sender(settings, ledger, policy=policy, progress=progress, run_id=run_id, clock=clock)
     try:
         report = _run_async(sender, pending(), state.attempts)
     except DeliveryError as exc:
@@ -137,6 +142,21 @@ def deliver(
         raise
     report.in_doubt = in_doubt
     suppress_dead_mailboxes(job, state, report, allow_many=allow_many)
+    if report.paused_until is not None:  # tells the scheduled run's fast path to come back
+        resume = datetime.fromtimestamp(report.paused_until, UTC).isoformat(timespec="seconds")
+        ledger.write_now(
+            [
+                Record(
+                    recipient="",
+                    outcome=Outcome.PAUSED,
+                    message_id="",
+                    segments=(),
+                    attempt=0,
+                    reply=f"quota: resume after {resume}",
+                    run=run_id,
+                )
+            ]
+        )
     return report
 
 

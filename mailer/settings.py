@@ -11,12 +11,15 @@ import re
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mailer.quota import Limit
 
 PLACEHOLDER_FROM = "Bulletin preview <bulletin@example.org>"
 
@@ -65,6 +68,7 @@ class Settings(BaseSettings):
     reply_to: str | None = None
     max_connections: int = Field(4, ge=1, le=100)
     rate_per_second: float = Field(0.0, ge=0)
+    rate_limits: str | None = None  # "30/minute, 10000/day": see quota.py
     recipients_dir: Path = Path("recipients")
     ledger_dir: Path = Path("ledger")
     preview_dir: Path = Path("previews")
@@ -86,6 +90,23 @@ class Settings(BaseSettings):
     @classmethod
     def _window(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from mailer.quota import parse_limits
+
+        parse_limits(value)  # raises ValueError naming the part it cannot read
+        return value
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """The parsed ``MAILER_RATE_LIMITS``."""
+        from mailer.quota import parse_limits
+
+        return parse_limits(self.rate_limits) if self.rate_limits else ()
 
     @field_validator("from_", "reply_to")
     @classmethod

@@ -83,13 +83,23 @@ def status(job: Issue, settings: Settings) -> Status:
     return Status(segments, total, failures, in_doubt, since, unfinished)
 
 
+# A run that stopped at the relay's quota, with nothing else wrong: the rest
+# waits for the next run (sysexits' EX_TEMPFAIL). Not an error for the workflow.
+PAUSED_AT_QUOTA = 75
+
+
 def exit_code(issue: Issue, settings: Settings, report: Report | None = None) -> int:
     """The exit code of a run that sent ``issue`` (``report``) or found nothing to send.
 
     1 when the run met a failure, a deferral or a stop (reported once, by the run
-    that met it), or when the issue is not complete; else 0. In-doubt recipients
-    resent and now sent are reported, not an error.
+    that met it), or when the issue is not complete; 75 when it only stopped at
+    the relay's quota; else 0. In-doubt recipients resent and now sent are
+    reported, not an error.
     """
-    if report is not None and report.met_trouble:
-        return 1
+    if report is not None:
+        quiet = not (report.total.failed or report.total.deferred)
+        if report.paused_until is not None and quiet:
+            return PAUSED_AT_QUOTA
+        if report.met_trouble:
+            return 1
     return 0 if status(issue, settings).complete else 1

@@ -282,3 +282,54 @@ def test_suppressions_of_a_scheduled_send_reach_the_repository_beside_a_persons(
     rows = (view / "recipients" / "suppressions.csv").read_text()
     assert "asked.by.phone@example.org" in rows and "research@example.com" in rows
     assert "<<<<<<<" not in rows
+
+
+def test_a_send_paused_at_the_quota_brings_the_scheduled_run_back(tmp_path: Path) -> None:
+    ledgers = tmp_path / "ledger"
+    ledgers.mkdir()
+    root = tmp_path / "bulletins"
+    shutil.copytree(SAMPLE, root / "2017-03")
+    record = '{"recipient": "", "outcome": "%s", "attempt": 0}\n'
+    (ledgers / "2017-03.jsonl").write_text(record % "sent" + record % "paused")
+
+    def fast_path() -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / ".github" / "scripts" / "anything-due.py"),
+                str(root),
+                str(ledgers),
+            ],
+            env={"NOW": "2017-04-20T07:00:00+00:00", "PATH": os.environ["PATH"]},  # long stale
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return done.stdout.strip()
+
+    assert fast_path() == "due=true"
+    with (ledgers / "2017-03.jsonl").open("a") as handle:
+        handle.write(record % "claim" + record % "sent")  # a later run sent the rest
+    assert fast_path() == "due=false"
+
+
+def test_a_stop_at_the_quota_is_not_an_error_for_the_workflow(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    checkout = tmp_path / "run-600-1"
+    git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+    env = script_env(**cli_env(server.port, Path("ledger")), RUN_ID="600-1")
+    env["MAILER_RATE_LIMITS"] = "5/day"
+    done = run_script(checkout, "dispatch.sh", env, "--now", DUE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quota" in done.stdout + done.stderr and len(server.received) == 5
+    ledger = remote_ledger(remote, tmp_path)
+    assert ledger.count('"outcome": "sent"') == 5 and '"outcome": "paused"' in ledger
+    # Days later, past MAILER_DISPATCH_WINDOW: a send under way is continued, not stale.
+    later = tmp_path / "run-601-1"
+    git(tmp_path, "clone", "--quiet", str(remote), str(later))
+    env["RUN_ID"] = "601-1"
+    env.pop("MAILER_RATE_LIMITS")
+    done = run_script(later, "dispatch.sh", env, "--now", "2017-04-05T09:00:00+02:00")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stale" not in done.stdout and len(server.received) == 13

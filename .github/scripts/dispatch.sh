@@ -24,6 +24,12 @@ fi
 
 send_status=0
 mailer dispatch --yes --run-id "$run" "$@" || send_status=$?
+if [ "$send_status" -eq 75 ]; then
+  # Stopped at the relay's quota: the rest is pending, and a later scheduled run
+  # resumes it (the ledger's "paused" record makes the fast path come back).
+  echo "::notice::stopped at the relay's quota; a later scheduled run continues the send"
+  send_status=0
+fi
 
 if ! bash "$here/push-ledger.sh" "ledger: outcomes of run $run"; then
   echo "::error::the outcomes of run $run could not be pushed; restore ledger/ from this run's 'ledger' artifact" >&2

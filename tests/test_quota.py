@@ -1,0 +1,82 @@
+"""The relay's quotas (MAILER_RATE_LIMITS): held exactly, across runs, with a movable clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from mailer import pipeline
+from mailer import status as standing
+from mailer.ledger import read_records
+from mailer.quota import Limit, Quota, QuotaReached, parse_limits
+
+from .conftest import SAMPLE
+from .smtp_server import Server
+from .test_delivery import FAST, cli_env, send_cli, settings_for
+
+DAY = 86400
+
+
+def test_limits_are_read_as_staff_write_them() -> None:
+    assert parse_limits("30/minute, 10000/day") == (Limit(30, 60), Limit(10000, DAY))
+    assert parse_limits(" 14/second ,2/hours") == (Limit(14, 1), Limit(2, 3600))
+    with pytest.raises(ValueError, match="'30 per minute' is not a limit"):
+        parse_limits("30 per minute")
+
+
+def test_a_full_window_gives_the_moment_its_oldest_start_leaves_it() -> None:
+    quota = Quota([Limit(2, 60), Limit(3, DAY)], history=[0.0, 30.0], clock=lambda: 40.0)
+    assert quota.earliest(40.0) == (60.0, Limit(2, 60))
+    quota.starts.append(61.0)
+    assert quota.earliest(62.0) == (DAY + 0.0, Limit(3, DAY))
+    with pytest.raises(QuotaReached) as raised:
+        asyncio.run(quota.take())
+    assert raised.value.resume_at == DAY
+
+
+def test_a_daily_quota_spreads_a_send_over_days_without_failing_anyone(
+    server: Server, tmp_path: Path
+) -> None:
+    now = [datetime(2026, 12, 1, 9, 0).timestamp()]
+    settings = settings_for(server.port, tmp_path, rate_limits="6/day")
+
+    def run() -> int:
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(
+                job, settings, ledger, ledger.state(), policy=FAST, clock=lambda: now[0]
+            )
+        assert report.total.failed == 0
+        return standing.exit_code(job, settings, report)
+
+    assert run() == standing.PAUSED_AT_QUOTA and len(server.received) == 6
+    now[0] += 3600  # the same day: nothing more
+    assert run() == standing.PAUSED_AT_QUOTA and len(server.received) == 6
+    now[0] += DAY
+    assert run() == standing.PAUSED_AT_QUOTA and len(server.received) == 12
+    now[0] += DAY
+    assert run() == 0 and len(server.received) == 13
+    assert sorted(r.rcpt.lower() for r in server.received) == sorted(set(server.by_rcpt()))
+    sent = sorted(
+        datetime.fromisoformat(r.time).timestamp()
+        for r in read_records(settings.ledger_dir / "2017-03.jsonl")
+        if r.outcome == "sent"
+    )
+    for moment in sent:  # no day-long window ever holds more than 6
+        assert sum(moment - DAY < other <= moment for other in sent) <= 6
+
+
+def test_a_stop_at_the_quota_exits_75_and_says_when_to_resume(
+    server: Server, tmp_path: Path
+) -> None:
+    env = {**cli_env(server.port, tmp_path / "ledger"), "MAILER_RATE_LIMITS": "4/day"}
+    recipients = settings_for(server.port, tmp_path).recipients_dir  # a private copy
+    result = send_cli(recipients, env)
+    assert result.exit_code == standing.PAUSED_AT_QUOTA, result.output
+    assert "quota of 4/day is used up" in result.output and "resume after" in result.output
+    assert len(server.received) == 4
+    ledger = (tmp_path / "ledger" / "2017-03.jsonl").read_text()
+    assert '"outcome": "paused"' in ledger and '"outcome": "failed"' not in ledger
