@@ -48,6 +48,8 @@ from mailer.smtp import Connection, ConnectionFactory
 # recipients in a row, with no success between, is the relay refusing us, not
 # that many dead mailboxes (a misconfigured relay answers "550 relay not permitted").
 RELAY_STREAK = 5
+# After the relay itself says its quota is used up: when the summary says to try again.
+RELAY_QUOTA_PAUSE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Sender:
         self._relay_reply: tuple[int | None, tuple[int, int, int] | None] | None = None
         self._connect_failures = 0
         self._ever_connected = False
+        self._held_permits: list[asyncio.Task[bool]] = []
         # One verifying context for the run: building it loads the CA store (ms),
         # which a reconnect after every drop should not pay again.
         tls = ssl.create_default_context() if settings.smtp_security != "none" else None
@@ -222,6 +225,8 @@ class Sender:
     ) -> Report:
         """Send every message; ``attempts_before`` numbers attempts across runs."""
         workers = self.settings.max_connections
+        self._permits = asyncio.Semaphore(workers)
+        self.allowed_connections = workers
         queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         room = asyncio.Semaphore(workers * 2)  # back-pressure on the composer
         outstanding = [0]
@@ -270,8 +275,8 @@ class Sender:
             await asyncio.wait([*watchers, *pool], return_when=asyncio.FIRST_COMPLETED)
         finally:
             producer.cancel()
-            for watcher in watchers:
-                watcher.cancel()
+            for task in (*watchers, *self._held_permits):
+                task.cancel()
             for handle, item in waiting.values():  # retries not yet due stay deferred
                 handle.cancel()
                 self.report.count(item.message, Outcome.DEFERRED)
@@ -322,10 +327,17 @@ class Sender:
                 if self.quota is not None and not await self._quota_allows():
                     settle()  # left pending: no record, the next run sends it
                     continue
-                connection = await self._connected(connection, queue, item)
-                if connection is None:
+                async with self._permits:  # fewer at once after the relay said "slow down"
+                    connection = await self._connected(connection, queue, item)
+                    if connection is None:
+                        continue
+                    outcome = await self._send_one(connection, item, unsettled)
+                if outcome == "slow":
+                    self._slow_down()
+                    await connection.quit()  # the relay wants fewer sessions
+                    connection = None
+                    retry_later(item)  # the same try again: a throttle does not use one up
                     continue
-                outcome = await self._send_one(connection, item, unsettled)
                 if outcome == "retry":
                     retry_later(_Item(item.message, item.attempt + 1, item.last))
                     connection = connection if connection.is_open else None
@@ -388,6 +400,12 @@ class Sender:
             return False
         return self._stop is None
 
+    def _slow_down(self) -> None:
+        """One connection fewer (never below one) for the rest of the run."""
+        if self.allowed_connections > 1:
+            self.allowed_connections -= 1
+            self._held_permits.append(asyncio.create_task(self._permits.acquire()))
+
     def _fatal(self, problem: smtp.SmtpProblem) -> _Fatal:
         """The run-stopping error for a refused login or a TLS failure."""
         where = f"{self.settings.smtp_host}:{self.settings.smtp_port}"
@@ -441,6 +459,17 @@ class Sender:
         reading = reading or read_reply(code, text)
         if reading.verdict is Verdict.RELAY:
             self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
+            if reading.cause is Cause.QUOTA:
+                # The relay's own quota (Exchange's 5.1.90, SubmissionQuotaExceeded):
+                # a pause, like our own windows; the next (scheduled) run tries again.
+                if self.report.paused_until is None:
+                    self.report.paused_until = self.clock() + RELAY_QUOTA_PAUSE
+                self.request_stop(
+                    f"the relay says its sending quota is used up ('{code or ''} {text}'); "
+                    "the rest stays pending. Try again later (the scheduled workflow does, "
+                    "hourly); Exchange Online's daily limit is counted over 24 hours."
+                )
+                return str(Outcome.HELD)
             raise self._relay_stop(message, reading.cause or Cause.RELAY, code, text)
         if reading.verdict is Verdict.SENT:
             outcome = Outcome.SENT
@@ -451,6 +480,10 @@ class Sender:
                 # In flight when a streak stopped the run: the relay's refusal too.
                 self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
                 return str(Outcome.HELD)
+        elif reading.verdict is Verdict.SLOW_DOWN and self._stop is None:
+            self._transient()  # bounded: a relay that never stops throttling pauses the run
+            self._record(message, Outcome.DEFERRED, item.attempt, code, text, unsettled)
+            return "slow"
         else:
             self._transient()
             outcome = Outcome.DEFERRED

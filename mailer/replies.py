@@ -6,6 +6,9 @@ reply codes and RFC 3463 enhanced status codes:
 
 - 2xx: **sent**.
 - 4xx (or a timeout, a dropped connection): **transient**; retried, then deferred.
+  A 4xx that asks us to slow down (421, 4.7.x throttling, Exchange's 4.3.2
+  concurrent-connection refusal) is **slow down**: one connection fewer and a
+  pause, and the try is not counted.
 - 5xx whose enhanced code names a dead mailbox (X.1.1 bad mailbox, X.1.3 bad
   syntax, X.1.6 mailbox moved, X.1.10 null MX, X.2.1 mailbox disabled):
   **failed**, and the address is suppressed for every later issue.
@@ -34,6 +37,7 @@ class Verdict(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # this recipient, permanently
     TRANSIENT = "transient"  # try again later
+    SLOW_DOWN = "slow down"  # the relay is throttling us: fewer connections, no try used
     RELAY = "relay"  # about the relay, sender or message: stop, keep pending
     FATAL = "fatal"  # login or TLS refused: stop, a setting must change
 
@@ -73,6 +77,8 @@ def enhanced_code(text: str | None) -> tuple[int, int, int] | None:
 
 def read_reply(code: int | None, text: str | None) -> Reading:
     """Class one reply (``code`` None: no reply at all, a timeout or a drop)."""
+    if code is not None and 400 <= code < 500 and _throttling(code, text):
+        return Reading(Verdict.SLOW_DOWN)
     if code is None or 400 <= code < 500:
         return Reading(Verdict.TRANSIENT)
     if 200 <= code < 300:
@@ -85,6 +91,12 @@ def read_reply(code: int | None, text: str | None) -> Reading:
     enhanced = enhanced_code(text)
     gone = enhanced is not None and enhanced[1:] in _DEAD_MAILBOX
     return Reading(Verdict.FAILED, mailbox_gone=gone)
+
+
+def _throttling(code: int, text: str | None) -> bool:
+    """421, 4.7.x (rate and policy throttling) or 4.3.2 (Exchange: too many connections)."""
+    enhanced = enhanced_code(text)
+    return code == 421 or (enhanced is not None and (enhanced[1] == 7 or enhanced[1:] == (3, 2)))
 
 
 def _relay_cause(code: int, text: str | None) -> Cause | None:

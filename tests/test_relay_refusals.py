@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailer import pipeline
+from mailer import status as standing
 from mailer.cli import app
 from mailer.errors import DeliveryError
 from mailer.ledger import State, ledger_path
@@ -61,8 +62,6 @@ def test_each_reply_is_classed_as_a_mail_engineer_would(
         "550 Rejected",  # bare and unexplained: the same for many in a row is the relay
         "550 5.7.1 Client does not have permissions to send as this sender",
         "550 5.1.8 Access denied, bad outbound sender",
-        "554 5.2.0 STOREDRV.Submission.Exception:QuotaExceededException",
-        "550 5.1.90 Your message can't be sent because you've reached your daily limit",
     ],
 )
 def test_a_relay_refusing_everyone_stops_and_nobody_is_failed_or_suppressed(
@@ -178,3 +177,27 @@ def test_a_relay_stop_after_some_messages_went_out_exits_1_not_2(tmp_path: Path)
     assert 0 < len(server.received) < 12
     assert result.exit_code == 1, result.output  # 2 promises that nothing was sent
     assert "To fix:" in result.output
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+        "550 5.1.90 Your message can't be sent because you've reached your daily limit",
+    ],
+)
+def test_the_relays_own_quota_pauses_the_send_with_everyone_pending(
+    tmp_path: Path, reply: str
+) -> None:
+    recipients = write_list(tmp_path / "recipients", 20)
+    with Server(Behaviour(reject_every_rcpt=reply)) as relay:
+        settings = settings_for(relay.port, tmp_path, recipients_dir=recipients)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    assert report.paused_until is not None and report.total.failed == 0
+    assert standing.exit_code(job, settings, report) == standing.PAUSED_AT_QUOTA
+    assert report.stopped is not None and "quota is used up" in report.stopped
+    assert not (recipients / "suppressions.csv").exists()
+    state = State.load(ledger_path(settings.ledger_dir, "2017-03"))
+    assert not any(state.is_done(f"reader{i}@example.org") for i in range(20))

@@ -123,6 +123,21 @@ def test_a_dropped_connection_reconnects_and_sends(messages: list[OutgoingMessag
     assert report.total.sent == len(messages) and script.opened >= 2
 
 
+def test_a_relay_asking_to_slow_down_gets_fewer_connections_and_no_try_is_used(
+    messages: list[OutgoingMessage],
+) -> None:
+    first = messages[0].recipient.email
+    throttle = smtp.Refused(421, "4.7.0 Too many messages, slow down", "rcpt")
+    busy = smtp.Refused(451, "4.3.2 Concurrent connections limit exceeded", "rcpt")
+    script = Script({first: [throttle, busy]})
+    settings = make_settings(max_connections=3, smtp_security="none")
+    one_try = RetryPolicy(attempts=1, base=0.001, jitter=0.0)  # no retries at all
+    sender = Sender(settings, None, policy=one_try, connect=lambda: FakeConnection(script))
+    report = asyncio.run(sender.run(iter(messages), lambda _: 0))
+    assert report.total.sent == len(messages) and script.delivered.count(first) == 1
+    assert sender.allowed_connections == 1  # one fewer for each "slow down"
+
+
 def test_many_temporary_failures_in_a_row_pause_the_run(messages: list[OutgoingMessage]) -> None:
     busy = smtp.Refused(421, "4.7.0 Try later", "rcpt")
     script = Script({m.recipient.email: [busy] * 9 for m in messages})
@@ -164,6 +179,8 @@ def test_the_same_unexplained_refusal_in_a_row_is_the_relay(
         (smtp.Refused(421, "4.3.2 shutting down", "greeting"), Verdict.TRANSIENT, None),
         (smtp.Refused(550, "5.1.1 unknown", "mail"), Verdict.RELAY, Cause.SENDER),
         (smtp.Refused(451, "4.1.8 try later", "mail"), Verdict.TRANSIENT, None),
+        (smtp.Refused(421, "4.7.0 slow down", "rcpt"), Verdict.SLOW_DOWN, None),
+        (smtp.Refused(451, "4.3.2 concurrent connections", "mail"), Verdict.SLOW_DOWN, None),
         (smtp.Refused(550, "5.1.1 unknown", "rcpt"), Verdict.FAILED, None),
         (smtp.Refused(552, "5.3.4 too big", "data"), Verdict.RELAY, Cause.SIZE),
         (smtp.Refused(554, "5.7.1 spam", "data"), Verdict.RELAY, Cause.POLICY),
