@@ -99,9 +99,67 @@ def check(job: Job, settings: Settings) -> CheckReport:
     report.warnings.extend(f"skipped: {p.describe()}" for p in job.recipients.skipped)
     if settings.from_ is None:
         report.warnings.append("MAILER_FROM is not set: a real send will refuse to start.")
+    if settings.provider == "microsoft365" and settings.bounce_address:
+        report.warnings.append(
+            "MAILER_BOUNCE_ADDRESS is set, but Microsoft 365 requires the envelope sender to be "
+            "the sending mailbox: leave it unset (README, 'Microsoft 365')."
+        )
     if settings.unsubscribe_mailto is None and settings.unsubscribe_url is None:
         report.warnings.append(
             "neither MAILER_UNSUBSCRIBE_MAILTO nor MAILER_UNSUBSCRIBE_URL is set: "
             "a real send will refuse to start."
         )
     return report
+
+
+_SECRETS = (
+    ("MAILER_SMTP_PASSWORD", "smtp_password"),
+    ("MAILER_OAUTH_CLIENT_SECRET", "oauth_client_secret"),
+    ("MAILER_UNSUBSCRIBE_SECRET", "unsubscribe_secret"),
+    ("MAILER_BOUNCE_SECRET", "bounce_secret"),
+)
+
+
+def relay_summary(settings: Settings, messages: int) -> list[str]:
+    """The effective relay settings (presets applied, secrets masked) and the time a
+    send of ``messages`` takes under the limits, for ``mailer check``."""
+    s = settings
+    who = f" as {s.smtp_username}" if s.smtp_username and s.sign_in != "none" else ""
+    limits = ", ".join(limit.label for limit in s.limits) or "none"
+    rate = f"; at most {s.rate_per_second:g}/second" if s.rate_per_second else ""
+    preset = f" (preset {s.provider}; explicit settings win)" if s.provider else ""
+    lines = [
+        f"relay: {s.smtp_host}:{s.smtp_port} ({s.smtp_security}), sign-in {s.sign_in}{who}, "
+        f"{s.max_connections} connections, limits: {limits}{rate}{preset}",
+    ]
+    if s.sign_in == "xoauth2":
+        lines.append(f"OAuth2: token from {s.oauth_token_url or '(unset)'}, scope {s.oauth_scope}")
+    secrets = [name for name, field in _SECRETS if getattr(s, field) is not None]
+    if secrets:
+        lines.append(f"secrets set (values hidden): {', '.join(secrets)}")
+    seconds = send_duration(settings, messages)
+    if seconds >= 60:
+        lines.append(
+            f"at these limits, {messages:,} messages take at least {_duration(seconds)}"
+            + (" over several runs (the scheduled workflow resumes)" if seconds > 86400 else "")
+            + "; mail the mailbox sends otherwise also counts against the relay's quota."
+        )
+    return lines
+
+
+def send_duration(settings: Settings, messages: int) -> float:
+    """The shortest time ``messages`` can take under every limit (quota windows, rate)."""
+    if messages <= 0:
+        return 0.0
+    seconds = messages / settings.rate_per_second if settings.rate_per_second else 0.0
+    for limit in settings.limits:
+        seconds = max(seconds, ((messages - 1) // limit.count) * limit.seconds)
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min"]
+    return " ".join(part for part in parts if part and not (days and part.endswith("min")))

@@ -575,6 +575,8 @@ def check(
             f"{report.message_sizes[key] / 1024:,.0f} KB",
         )
     out.print(table)
+    for line in checks.relay_summary(settings, total):
+        out.print(line, soft_wrap=True)
     out.print(
         f"{job.bulletin.id}: OK. {len(job.bulletin.items)} items, {total} recipients, "
         f"{len(report.variants)} variants (largest HTML "

@@ -7,9 +7,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from mailer import pipeline
 from mailer import status as standing
+from mailer.cli import app
 from mailer.ledger import read_records
 from mailer.quota import Limit, Quota, QuotaReached, parse_limits
 
@@ -80,3 +82,37 @@ def test_a_stop_at_the_quota_exits_75_and_says_when_to_resume(
     assert len(server.received) == 4
     ledger = (tmp_path / "ledger" / "2017-03.jsonl").read_text()
     assert '"outcome": "paused"' in ledger and '"outcome": "failed"' not in ledger
+
+
+def test_the_microsoft365_preset_fills_in_and_explicit_settings_win() -> None:
+    from .conftest import make_settings
+
+    preset = make_settings(provider="microsoft365")
+    assert (preset.smtp_host, preset.smtp_port, preset.smtp_security) == (
+        "smtp.office365.com",
+        587,
+        "starttls",
+    )
+    assert preset.sign_in == "xoauth2" and preset.max_connections == 3
+    assert preset.limits == (Limit(30, 60), Limit(9000, DAY))
+    assert preset.oauth_scope == "https://outlook.office365.com/.default"
+    mine = make_settings(provider="microsoft365", max_connections=1, rate_limits="20/minute")
+    assert mine.max_connections == 1 and mine.limits == (Limit(20, 60),)
+
+
+def test_check_shows_the_relay_secrets_masked_and_how_long_a_send_takes() -> None:
+    env = {
+        "MAILER_PROVIDER": "microsoft365",
+        "MAILER_SMTP_USERNAME": "newsletter@isu.example.org",
+        "MAILER_OAUTH_CLIENT_SECRET": "very-secret-value",
+        "MAILER_RATE_LIMITS": "6/day",
+        "MAILER_BOUNCE_ADDRESS": "bounces@isu.example.org",
+    }
+    result = CliRunner().invoke(app, ["check", str(SAMPLE)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "relay: smtp.office365.com:587 (starttls), sign-in xoauth2" in result.output
+    assert "limits: 6/day" in result.output and "preset microsoft365" in result.output
+    assert "MAILER_OAUTH_CLIENT_SECRET" in result.output
+    assert "very-secret-value" not in result.output
+    assert "13 messages take at least 2 d over several runs" in result.output
+    assert "envelope sender to be the sending mailbox" in result.output
