@@ -392,13 +392,13 @@ class Sender:
         """Take a place in every quota window, or stop the run cleanly when one is full."""
         assert self.quota is not None
         try:
-            await self.quota.take()
+            taken = await self.quota.take(self._stopping)
         except QuotaReached as reached:
             if self.report.paused_until is None:
                 self.report.paused_until = reached.resume_at
             self.request_stop(str(reached))
             return False
-        return self._stop is None
+        return taken and self._stop is None
 
     def _slow_down(self) -> None:
         """One connection fewer (never below one) for the rest of the run."""

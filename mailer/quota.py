@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -95,16 +96,23 @@ class Quota:
                     at, deciding = oldest + limit.seconds, limit
         return at, deciding
 
-    async def take(self) -> None:
-        """Wait for a place in every window (briefly), or raise :class:`QuotaReached`."""
+    async def take(self, interrupted: asyncio.Event | None = None) -> bool:
+        """Wait for a place in every window (briefly), or raise :class:`QuotaReached`.
+
+        False when ``interrupted`` (Ctrl-C, a stop) ends the wait first: no place taken.
+        """
         async with self.lock:
             now = self.clock()
             at, limit = self.earliest(now)
             if limit is not None and at - now > MAX_WAIT:
                 raise QuotaReached(limit, at)
             if at > now:
-                await asyncio.sleep(at - now)
+                stop = interrupted or asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), at - now)
+                    return False
             self.starts.append(max(at, self.clock()))
+            return True
 
 
 def ledger_history(ledger_dir: Path, since: float) -> list[float]:

@@ -116,3 +116,15 @@ def test_check_shows_the_relay_secrets_masked_and_how_long_a_send_takes() -> Non
     assert "very-secret-value" not in result.output
     assert "13 messages take at least 2 d over several runs" in result.output
     assert "envelope sender to be the sending mailbox" in result.output
+
+
+def test_a_wait_for_a_window_ends_at_once_when_the_run_stops() -> None:
+    quota = Quota([Limit(1, 60)], history=[100.0], clock=lambda: 101.0)  # free at 160
+
+    async def stopped_meanwhile() -> bool:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        return await asyncio.wait_for(quota.take(stop), timeout=5)
+
+    assert asyncio.run(stopped_meanwhile()) is False
+    assert quota.starts == [100.0]  # no place taken
