@@ -36,10 +36,12 @@ _ITEM_FIELDS = {
     "ends",
     "location",
     "deadline",
+    "public",
+    "event",
 }
 _TRANSLATION_FIELDS = {"title", "link", "alt"}
 _LOCALIZED = ("title", "subject", "preheader")
-_BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items"} | {
+_BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items", "public"} | {
     f"{name}_{lang}" if lang != DEFAULT_LANGUAGE else name
     for name in _LOCALIZED
     for lang in LANGUAGES
@@ -83,6 +85,8 @@ class Item:
     location: str | None
     deadline: date | None
     texts: Mapping[str, ItemText]
+    public: bool | None = None  # None: public when the item is for every segment
+    event: str | None = None  # names a meeting announced across issues (one calendar entry)
 
     def text(self, language: str) -> ItemText:
         """The item in ``language``, falling back to English."""
@@ -91,6 +95,15 @@ class Item:
     def is_for(self, segments: Iterable[str]) -> bool:
         """Whether a reader in any of ``segments`` gets this item."""
         return self.audience is None or any(s in self.audience for s in segments)
+
+    def is_public(self, segments: Iterable[str]) -> bool:
+        """Whether the web archive shows it: as it says, else when it is for everyone.
+
+        A note to States only is not for the web unless it says ``public: true``.
+        """
+        if self.public is not None:
+            return self.public
+        return self.audience is None or all(s in self.audience for s in segments)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ class Bulletin:
     send_at: datetime | None
     segments: tuple[str, ...] | None
     items: tuple[Item, ...]
+    public: bool = True  # False keeps the whole issue off the web archive
 
     def items_for(self, segments: Iterable[str]) -> tuple[Item, ...]:
         """The items a reader in ``segments`` receives, in bulletin order."""
@@ -313,6 +327,22 @@ def _a_timestamp(mapping: _Mapping, key: str) -> datetime | None:
     return value
 
 
+def _a_flag(mapping: _Mapping, key: str) -> bool | None:
+    """``true`` or ``false`` (YAML booleans only: "no" in quotes is not a flag)."""
+    value = mapping.data.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise mapping.error(key, f"'{_excerpt(value)}' is not true or false.")
+
+
+def _event_key(mapping: _Mapping) -> str | None:
+    """The ``event`` key: letters, digits and '-', the same in every issue announcing it."""
+    key = _one_line(mapping, "event")
+    if key is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", key):
+        raise mapping.error("event", "use letters, digits and '-' only, e.g. 7msp-2017.")
+    return key
+
+
 def _segment_list(mapping: _Mapping, key: str, known: Iterable[str]) -> tuple[str, ...] | None:
     value = mapping.data.get(key)
     if value is None:
@@ -422,6 +452,8 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         location=_one_line(front, "location"),
         deadline=_a_date(front, "deadline"),
         texts=MappingProxyType(texts),
+        public=_a_flag(front, "public"),
+        event=_event_key(front),
     )
 
 
@@ -520,4 +552,5 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
         send_at=_a_timestamp(mapping, "send_at"),
         segments=_segment_list(mapping, "segments", known),
         items=items,
+        public=_a_flag(mapping, "public") is not False,
     )

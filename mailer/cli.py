@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from mailer import checks, delivery, pipeline, signing, suppressions, verp
     from mailer import dispatch as dispatcher
     from mailer import issue as issues
+    from mailer import publish as publisher
     from mailer import settings as settings_module
     from mailer import status as standing
     from mailer import unsubscribe as unsubscribing
@@ -69,6 +70,7 @@ else:
     verp = _Stage("mailer.verp")
     dispatcher = _Stage("mailer.dispatch")
     issues = _Stage("mailer.issue")
+    publisher = _Stage("mailer.publish")
     standing = _Stage("mailer.status")
     unsubscribing = _Stage("mailer.unsubscribe")
 
@@ -520,6 +522,37 @@ def bounces(
         err.print(_label("skipped:", "yellow", line), soft_wrap=True)
     for address in report.suppressed.added:
         out.print(f"suppressed: {address}")
+
+
+@app.command()
+def publish(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where to build the site (replaced whole).")
+    ] = Path("site"),
+    bulletins: Annotated[
+        Path, typer.Option("--bulletins", help="Folder of bulletin folders.")
+    ] = Path("bulletins"),
+    now: Annotated[
+        str | None,
+        typer.Option("--now", help="Publish what is due at this moment (ISO 8601, with zone)."),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Also publish this bulletin id, due or not (repeatable)."),
+    ] = None,
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Build the public web archive: pages, indexes, feeds, images, calendar files."""
+    settings = _settings()
+    if recipients is not None:
+        settings = settings.model_copy(update={"recipients_dir": recipients})
+    moment = _guarded(lambda: dispatcher.parse_now(now))
+    result = _guarded(
+        lambda: publisher.publish(bulletins, out_dir, settings, moment, include or ())
+    )
+    issues = ", ".join(result.issues) or "none yet"
+    out.print(f"Published issues: {issues}. {len(result.files)} files in {result.out}.")
+    out.print(str(result.out / "index.html"), soft_wrap=True)
 
 
 @app.command("dkim-keygen")

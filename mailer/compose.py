@@ -452,8 +452,10 @@ class Composer:
             },
             "items": [self._item_view(item, language) for item in items],
             "segments": [lang.segment_label(s, catalog) for s in key.segments],
+            # "View in your browser": the page in the reader's language
+            # (README, "Web archive": <archive>/<id>/<lang>.html).
             "archive_url": (
-                f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/"
+                f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/{language}.html"
                 if self.identity.archive_url
                 else None
             ),

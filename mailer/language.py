@@ -29,7 +29,9 @@ SEGMENT_LABELS = {
     "international-organizations": "International organizations",
     "civil-society": "Civil society",
 }
-PYTHON_MESSAGES = (GREETING_NAMED, GREETING_ANONYMOUS, *SEGMENT_LABELS.values())
+# Labels the web archive (publish.py) asks for by name.
+WEB_MESSAGES = ("Past issues", "Bulletin", "Languages", "Subscribe to this archive (Atom feed)")
+PYTHON_MESSAGES = (GREETING_NAMED, GREETING_ANONYMOUS, *SEGMENT_LABELS.values(), *WEB_MESSAGES)
 
 
 @lru_cache(maxsize=16)

@@ -151,7 +151,7 @@ def test_images_are_embedded_without_archive_and_linked_with_it(
     assert not [p for p in linked.walk() if p.get_content_maintype() == "image"]
     body = html_of(linked)
     assert 'src="https://isu.example.org/archive/2017-03/images/7msp-banner.png"' in body
-    assert 'href="https://isu.example.org/archive/2017-03/"' in body
+    assert 'href="https://isu.example.org/archive/2017-03/en.html"' in body  # its language
 
 
 def test_plain_text_is_readable_wrapped_and_free_of_markup(

@@ -1,0 +1,378 @@
+"""``mailer publish``: the public web archive, built from public content only.
+
+The URL scheme is permanent once mailed (README, "Web archive"); every path is
+relative to ``MAILER_ARCHIVE_URL``:
+
+- ``index.html``: the languages; ``<lang>/index.html``: the issues, newest first;
+  ``<lang>/feed.atom``: an Atom feed (RFC 4287) with full content;
+- ``<id>/index.html``: the issue's languages (messages link ``<id>/`` since the
+  first issue); ``<id>/<lang>.html``: the issue as a public reader sees it;
+- ``<id>/images/<file>``: the images messages load; ``<id>/<slug>.<lang>.ics``:
+  a calendar file (RFC 5545) per event item.
+
+An issue is published once due (``send_at`` ≤ now), once its ledger shows a send
+began, or when named with ``--include``; never with ``public: false``. An item
+is published when it says ``public: true``, or when it is for every segment
+and does not say ``public: false``. Nothing of anything else is written: no
+title in an index, no image, no calendar file. Pages carry no personal field
+and no unsubscribe link. Rebuilding unchanged content gives identical files:
+every time in the output comes from the content (``send_at``, the issue
+date), never from the build clock.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from mailer import language as lang
+from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
+from mailer.compose import default_templates
+from mailer.errors import ContentError
+from mailer.ledger import State, ledger_path
+from mailer.recipients import available_segments
+from mailer.settings import Settings
+
+NAMES = {"en": "English", "fr": "Français", "es": "Español"}
+_markdown = MarkdownIt("commonmark", {"html": False})
+
+
+@dataclass
+class Published:
+    """What ``publish`` wrote."""
+
+    out: Path
+    issues: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def published_issues(
+    root: Path, settings: Settings, now: datetime, include: Iterable[str] = ()
+) -> list[Bulletin]:
+    """The public issues to show, newest first."""
+    known = available_segments(settings.recipients_dir)
+    wanted = set(include)
+    chosen = []
+    for folder in sorted(p.parent for p in root.glob("*/bulletin.yaml")):
+        bulletin = load_bulletin(folder, known)
+        if not bulletin.public:
+            continue
+        due = bulletin.send_at is not None and bulletin.send_at <= now
+        if due or bulletin.id in wanted or _send_began(settings, bulletin.id):
+            chosen.append(bulletin)
+    missing = wanted - {b.id for b in chosen}
+    if missing:
+        raise ContentError(
+            f"--include {', '.join(sorted(missing))}: no public bulletin with that id.",
+            file=root,
+        )
+    return sorted(chosen, key=lambda b: (b.date, b.id), reverse=True)
+
+
+def _send_began(settings: Settings, issue: str) -> bool:
+    """Whether the issue's ledger shows a send began (an issue sent by hand stays up)."""
+    return bool(State.load(ledger_path(settings.ledger_dir, issue)).last)
+
+
+def publish(
+    root: Path,
+    out: Path,
+    settings: Settings,
+    now: datetime,
+    include: Iterable[str] = (),
+) -> Published:
+    """Build the site into ``out`` (replaced whole, so nothing unpublished lingers)."""
+    issues = published_issues(root, settings, now, include)
+    known = available_segments(settings.recipients_dir)
+    site = _Site(settings, known, issues)
+    if out.exists():
+        shutil.rmtree(out)
+    result = Published(out, [b.id for b in issues])
+    for path, data in site.files():
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, Path):
+            shutil.copyfile(data, target)
+        else:
+            target.write_bytes(data)
+        result.files.append(target)
+    return result
+
+
+class _Site:
+    """Renders every file of the site, as (relative path, bytes or a source file)."""
+
+    def __init__(self, settings: Settings, known: Sequence[str], issues: list[Bulletin]) -> None:
+        self.settings = settings
+        self.known = tuple(known)
+        self.issues = issues
+        templates = settings.templates_dir or default_templates()
+        self.locale = templates / "locale"
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates)),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            extensions=["jinja2.ext.i18n"],
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        sender = settings.from_ or ""
+        name, address = parseaddr(sender)
+        self.domain = (
+            address.rpartition("@")[2].lower()
+            or urlsplit(settings.archive_url or "").hostname
+            or "example.org"
+        )
+        self.organization = name or self.domain
+        self.base = (settings.archive_url or "").rstrip("/")
+        self.sequences = _event_sequences(issues, self.known)
+
+    def files(self) -> Iterable[tuple[str, bytes | Path]]:
+        yield "index.html", self._languages_page()
+        for language in LANGUAGES:
+            yield f"{language}/index.html", self._index(language)
+            yield f"{language}/feed.atom", self._feed(language)
+        for issue in self.issues:
+            yield f"{issue.id}/index.html", self._issue_chooser(issue)
+            items = self.public_items(issue)
+            for language in LANGUAGES:
+                yield f"{issue.id}/{language}.html", self._issue_page(issue, items, language)
+                for item in items:
+                    if item.starts is not None:
+                        yield (
+                            _calendar_path(issue, item, language),
+                            self._calendar(issue, item, language),
+                        )
+            for image in dict.fromkeys(i.image for i in items if i.image is not None):
+                yield f"{issue.id}/images/{image.name}", image
+
+    def public_items(self, issue: Bulletin) -> list[Item]:
+        return [item for item in issue.items if item.is_public(issue.segments or self.known)]
+
+    # -- pages ------------------------------------------------------------------------
+
+    def _render(self, template: str, language: str, depth: int, **context: Any) -> bytes:
+        catalog = lang.translations(self.locale, language)
+        self.env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        up = "../" * depth
+        context.setdefault("feed_href", f"{up}{language}/feed.atom")
+        context.setdefault("feed_title", self._feed_title(language))
+        context.setdefault("feed_label", catalog.gettext("Subscribe to this archive (Atom feed)"))
+        context.setdefault("languages_label", catalog.gettext("Languages"))
+        html = self.env.get_template(template).render(lang=language, **context)
+        return html.encode("utf-8")
+
+    def _languages_page(self) -> bytes:
+        links = [
+            {"lang": code, "name": NAMES[code], "href": f"{code}/index.html", "label": NAMES[code]}
+            for code in LANGUAGES
+        ]
+        return self._render(
+            "web/chooser.html.j2",
+            "en",
+            0,
+            page_title=self.organization,
+            heading=self.organization,
+            alternates=links,
+            feed_href="en/feed.atom",
+        )
+
+    def _index(self, language: str) -> bytes:
+        catalog = lang.translations(self.locale, language)
+        issues = [
+            {
+                "href": f"../{issue.id}/{language}.html",
+                "title": issue.title.get(language),
+                "date": lang.long_date(issue.date, language),
+            }
+            for issue in self.issues
+        ]
+        heading = catalog.gettext("Past issues")
+        return self._render(
+            "web/index.html.j2",
+            language,
+            1,
+            page_title=f"{heading} · {self.organization}",
+            heading=heading,
+            issues=issues,
+            alternates=_alternates(lambda code: f"../{code}/index.html"),
+            index_href="index.html",
+        )
+
+    def _issue_chooser(self, issue: Bulletin) -> bytes:
+        links = _alternates(lambda code: f"{code}.html", issue.title.get)
+        return self._render(
+            "web/chooser.html.j2",
+            "en",
+            1,
+            page_title=issue.title.get("en"),
+            heading=issue.title.get("en"),
+            alternates=links,
+        )
+
+    def _issue_page(self, issue: Bulletin, items: list[Item], language: str) -> bytes:
+        views = [self._item_view(issue, item, language) for item in items]
+        return self._render(
+            "web/issue.html.j2",
+            language,
+            1,
+            page_title=issue.title.get(language),
+            issue={
+                "title": issue.title.get(language),
+                "date": lang.long_date(issue.date, language),
+            },
+            items=views,
+            alternates=_alternates(lambda code: f"{code}.html"),
+            index_href=f"../{language}/index.html",
+        )
+
+    def _item_view(self, issue: Bulletin, item: Item, language: str) -> dict[str, Any]:
+        text = item.text(language)
+        return {
+            "title": text.title,
+            "html": Markup(_markdown.render(text.body)),
+            "when": lang.date_span(item.starts, item.ends, language) if item.starts else None,
+            "location": item.location,
+            "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
+            "link": text.link,
+            "image": f"images/{item.image.name}" if item.image else None,
+            "alt": text.alt,
+            "language": language if item.texts.get(language) else "en",
+            "calendar": (
+                _calendar_path(issue, item, language).partition("/")[2] if item.starts else None
+            ),
+        }
+
+    # -- feed -------------------------------------------------------------------------
+
+    def _feed_title(self, language: str) -> str:
+        catalog = lang.translations(self.locale, language)
+        return f"{self.organization} — {catalog.gettext('Bulletin')} ({NAMES[language]})"
+
+    def _feed(self, language: str) -> bytes:
+        from feedgen.feed import FeedGenerator  # only when publishing
+
+        feed = FeedGenerator()
+        oldest = min((issue.date for issue in self.issues), default=date(2000, 1, 1))
+        feed.id(f"tag:{self.domain},{oldest.isoformat()}:bulletin/{language}")
+        feed.title(self._feed_title(language))
+        feed.author({"name": self.organization})
+        feed.language(language)
+        feed.link(href=self._url(f"{language}/feed.atom"), rel="self")
+        feed.link(href=self._url(f"{language}/index.html"), rel="alternate")
+        updated = [_moment(issue) for issue in self.issues]
+        feed.updated(max(updated, default=datetime.combine(oldest, time(), UTC)))
+        for issue in reversed(self.issues):  # feedgen lists the last added first
+            entry = feed.add_entry()
+            entry.id(f"tag:{self.domain},{issue.date.isoformat()}:bulletin/{issue.id}/{language}")
+            entry.title(issue.title.get(language))
+            entry.link(href=self._url(f"{issue.id}/{language}.html"), rel="alternate")
+            entry.published(_moment(issue))
+            entry.updated(_moment(issue))
+            content = "".join(
+                f"<h2>{Markup.escape(item.text(language).title)}</h2>"
+                + _markdown.render(item.text(language).body)
+                for item in self.public_items(issue)
+            )
+            entry.content(content, type="html")
+        data: bytes = feed.atom_str(pretty=True)
+        return data
+
+    def _url(self, path: str) -> str:
+        return f"{self.base}/{path}" if self.base else path
+
+    # -- calendar ---------------------------------------------------------------------
+
+    def _calendar(self, issue: Bulletin, item: Item, language: str) -> bytes:
+        """RFC 5545: an announcement (METHOD:PUBLISH, no organizer or attendees).
+
+        The deadline, when there is one, is a second all-day event in the same
+        file ("Deadline: <title>"): readers want it in their calendar too.
+        """
+        from icalendar import Calendar, Event  # only when publishing
+
+        assert item.starts is not None
+        catalog = lang.translations(self.locale, language)
+        title = item.text(language).title
+        key = item.event or f"{issue.id}-{item.slug}"
+        calendar = Calendar()
+        calendar.add("prodid", "-//mailer//bulletin archive//EN")
+        calendar.add("version", "2.0")
+        calendar.add("method", "PUBLISH")
+        stamp = _moment(issue)
+        event = Event()
+        event.add("uid", f"{key}@{self.domain}")
+        event.add("dtstamp", stamp)
+        event.add("sequence", self.sequences.get((issue.id, item.slug), 0))
+        event.add("summary", title)
+        event.add("dtstart", item.starts)
+        event.add("dtend", (item.ends or item.starts) + timedelta(days=1))  # exclusive end
+        if item.location:
+            event.add("location", item.location)
+        event.add("url", self._url(f"{issue.id}/{language}.html"))
+        calendar.add_component(event)
+        if item.deadline is not None:
+            deadline = Event()
+            deadline.add("uid", f"{key}-deadline@{self.domain}")
+            deadline.add("dtstamp", stamp)
+            deadline.add("summary", f"{catalog.gettext('Deadline')}: {title}")
+            deadline.add("dtstart", item.deadline)
+            deadline.add("dtend", item.deadline + timedelta(days=1))
+            deadline.add("transp", "TRANSPARENT")  # a reminder, not time taken
+            calendar.add_component(deadline)
+        data: bytes = calendar.to_ical()
+        return data
+
+
+def _calendar_path(issue: Bulletin, item: Item, language: str) -> str:
+    return f"{issue.id}/{item.slug}.{language}.ics"
+
+
+def _moment(issue: Bulletin) -> datetime:
+    """The issue's time: its ``send_at``, else its date at midnight UTC (never the clock)."""
+    if issue.send_at is not None:
+        return issue.send_at.astimezone(UTC)
+    return datetime.combine(issue.date, time(), UTC)
+
+
+def _alternates(href: Any, label: Any = None) -> list[dict[str, str]]:
+    return [
+        {
+            "lang": code,
+            "name": NAMES[code],
+            "href": href(code),
+            "label": label(code) if label else NAMES[code],
+        }
+        for code in LANGUAGES
+    ]
+
+
+def _event_sequences(issues: list[Bulletin], known: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """SEQUENCE per (issue, item): how many distinct (dates, venue) versions of its event
+    came before, in issue order, so readers' calendars update one entry."""
+    versions: dict[str, list[tuple[object, ...]]] = {}
+    found: dict[tuple[str, str], int] = {}
+    for issue in sorted(issues, key=lambda b: (b.date, b.id)):
+        for item in issue.items:
+            if (
+                item.event is None
+                or item.starts is None
+                or not item.is_public(issue.segments or known)
+            ):
+                continue
+            seen = versions.setdefault(item.event, [])
+            version = (item.starts, item.ends, item.location)
+            if version not in seen:
+                seen.append(version)
+            found[(issue.id, item.slug)] = len(seen) - 1
+    return found

@@ -1,0 +1,196 @@
+"""The public web archive: only public content, permanent URLs, feeds and calendar files
+that pass their parsers, and every archive URL a message holds served by the site."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import shutil
+from datetime import date, datetime
+from pathlib import Path
+
+import feedparser
+import icalendar
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.cli import app
+
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, make_settings
+
+ARCHIVE = "https://isu.example.org/bulletin"
+AFTER_SEND = "2017-03-28T10:00:00+02:00"
+BEFORE_SEND = "2017-03-27T10:00:00+02:00"
+
+
+def _publish(root: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = CliRunner().invoke(
+        app,
+        [
+            "publish",
+            "--bulletins",
+            str(root),
+            "--out",
+            str(out),
+            "--recipients",
+            str(SAMPLE_RECIPIENTS),
+            *args,
+        ],
+        env={
+            "MAILER_ARCHIVE_URL": ARCHIVE,
+            "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
+            **(env or {}),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _two_issues(tmp_path: Path) -> Path:
+    """2017-03 (the sample) and 2017-06, which re-announces the same meeting."""
+    root = tmp_path / "bulletins"
+    shutil.copytree(SAMPLE, root / "2017-03")
+    later = root / "2017-06"
+    shutil.copytree(SAMPLE, later)
+    edit(later / "bulletin.yaml", "id: 2017-03", "id: 2017-06")
+    edit(later / "bulletin.yaml", "date: 2017-03-27", "date: 2017-06-20")
+    edit(
+        later / "bulletin.yaml",
+        "send_at: 2017-03-28T09:00:00+02:00",
+        "send_at: 2017-06-21T09:00:00+02:00",
+    )
+    return root
+
+
+def _files(site: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(site)): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()
+    }
+
+
+def test_the_sample_publishes_every_language_and_rebuilds_identically(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    output = _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    assert "Published issues: 2017-03" in output
+    files = _files(site)
+    for path in ("index.html", "2017-03/index.html", "2017-03/images/7msp-banner.png"):
+        assert path in files
+    for language in ("en", "fr", "es"):
+        assert f"2017-03/{language}.html" in files and f"{language}/feed.atom" in files
+        page = files[f"2017-03/{language}.html"].decode()
+        assert f'<html lang="{language}"' in page
+        assert 'hreflang="fr" href="fr.html"' in page
+        assert 'type="application/atom+xml"' in page
+    again = tmp_path / "again"
+    _publish(SAMPLE.parent, again, "--now", "2026-11-28T00:00:00+00:00")  # another clock
+    assert _files(again) == files
+
+
+def test_no_personal_data_and_no_token_reach_the_site(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    addresses = {
+        line.split(",")[0]
+        for csv in SAMPLE_RECIPIENTS.glob("*.csv")
+        for line in csv.read_text().splitlines()[1:]
+    }
+    everything = b"".join(_files(site).values()).decode("utf-8", "replace")
+    assert not [a for a in addresses if a and a in everything]
+    assert "token=" not in everything and "unsubscribe" not in everything.lower()
+    assert "Dear" not in everything  # no greeting by name
+
+
+def test_a_narrow_or_private_item_and_an_undue_issue_leave_no_trace(tmp_path: Path) -> None:
+    root = _two_issues(tmp_path)
+    item = root / "2017-03" / "items" / "04-bangkok-regional-seminar.md"
+    edit(item, "title:", "public: false\ntitle:")
+    site = tmp_path / "site"
+    _publish(root, site, "--now", AFTER_SEND)
+    files = _files(site)
+    assert not [p for p in files if p.startswith("2017-06")]  # not due: nothing at all
+    everything = b"".join(files.values()).decode("utf-8", "replace")
+    assert "June" not in everything and "2017-06" not in everything
+    page = files["2017-03/en.html"].decode()
+    assert "Bangkok" not in page and "04-bangkok" not in " ".join(files)
+    assert "NDM-UN" not in page  # for States and organizations only: not for the web
+    assert "Seventh Meeting of States Parties" in page
+    _publish(root, site, "--now", AFTER_SEND, "--include", "2017-06")
+    assert "2017-06/en.html" in _files(site)
+
+
+def test_the_feed_parses_with_stable_ids_and_times_from_the_content(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _publish(_two_issues(tmp_path), site, "--now", "2017-07-01T00:00:00+00:00")
+    for language in ("en", "fr", "es"):
+        feed = feedparser.parse((site / language / "feed.atom").read_bytes())
+        assert not feed.bozo, feed.bozo_exception
+        assert feed.feed.id.startswith("tag:isu.example.org,")
+        assert feed.feed.author == "ISU-CCM"
+        assert [link.href for link in feed.feed.links if link.rel == "self"] == [
+            f"{ARCHIVE}/{language}/feed.atom"
+        ]
+        ids = [entry.id for entry in feed.entries]
+        assert ids == [
+            f"tag:isu.example.org,2017-06-20:bulletin/2017-06/{language}",
+            f"tag:isu.example.org,2017-03-27:bulletin/2017-03/{language}",
+        ]
+        assert feed.entries[1].updated_parsed[:5] == (2017, 3, 28, 7, 0)  # send_at, in UTC
+        assert feed.entries[0].link == f"{ARCHIVE}/2017-06/{language}.html"
+        assert "Seventh Meeting" in feed.entries[0].content[0].value or language != "en"
+
+
+def test_calendar_files_announce_one_event_across_issues(tmp_path: Path) -> None:
+    root = _two_issues(tmp_path)
+    edit(
+        root / "2017-06" / "items" / "01-7msp-save-the-date.md",
+        "ends: 2017-09-06",
+        "ends: 2017-09-08",
+    )
+    site = tmp_path / "site"
+    _publish(root, site, "--now", "2017-07-01T00:00:00+00:00")
+    events = {}
+    for issue in ("2017-03", "2017-06"):
+        raw = (site / issue / "01-7msp-save-the-date.fr.ics").read_bytes()
+        calendar = icalendar.Calendar.from_ical(raw)
+        assert calendar["METHOD"] == "PUBLISH" and calendar["VERSION"] == "2.0"
+        assert b"ORGANIZER" not in raw and b"ATTENDEE" not in raw
+        assert b"DTSTART;VALUE=DATE:20170904" in raw
+        event, deadline = calendar.walk("VEVENT")
+        assert str(event["SUMMARY"]).startswith("À vos agendas")
+        assert event["DTSTART"].dt == date(2017, 9, 4)
+        assert deadline["DTSTART"].dt == date(2017, 8, 18)
+        events[issue] = event
+    assert events["2017-03"]["UID"] == events["2017-06"]["UID"] == "7msp-2017@isu.example.org"
+    assert (events["2017-03"]["SEQUENCE"], events["2017-06"]["SEQUENCE"]) == (0, 1)
+    assert events["2017-03"]["DTEND"].dt == date(2017, 9, 7)  # exclusive end
+    assert events["2017-03"]["DTSTAMP"].dt == datetime.fromisoformat("2017-03-28T07:00:00+00:00")
+
+
+def test_every_archive_url_in_a_message_is_a_file_of_the_site(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    settings = make_settings(archive_url=ARCHIVE)
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS)
+    result = pipeline.preview(job, tmp_path / "previews")
+    found = set()
+    for key in mailbox.mbox(str(result.mbox)).iterkeys():
+        data = mailbox.mbox(str(result.mbox)).get_bytes(key).decode("utf-8", "replace")
+        data = re.sub(r"=\r?\n", "", data).replace("=3D", "=")  # undo quoted-printable
+        found |= set(re.findall(re.escape(ARCHIVE) + r"/[^\s\"'<>)]+", data))
+    assert found, "the messages link the archive"
+    for url in found:
+        assert (site / url.removeprefix(ARCHIVE + "/")).is_file(), url
+
+
+def test_a_bulletin_sent_by_hand_stays_published(tmp_path: Path) -> None:
+    root = _two_issues(tmp_path)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "2017-06.jsonl").write_text(
+        '{"recipient": "a@example.org", "outcome": "sent", "attempt": 1}\n'
+    )
+    site = tmp_path / "site"
+    _publish(root, site, "--now", BEFORE_SEND, env={"MAILER_LEDGER_DIR": str(ledger)})
+    files = _files(site)
+    assert "2017-06/en.html" in files and "2017-03/en.html" not in files
+    assert "2017-06/en.html" in files["en/index.html"].decode()
