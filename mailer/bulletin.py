@@ -120,6 +120,12 @@ class Bulletin:
     segments: tuple[str, ...] | None
     items: tuple[Item, ...]
     public: bool = True  # False keeps the whole issue off the web archive
+    known_segments: tuple[str, ...] = ()  # every segment that existed when it was loaded
+
+    def public_items(self) -> tuple[Item, ...]:
+        """The items the web archive shows (see ``Item.is_public``)."""
+        everyone = self.segments or self.known_segments
+        return tuple(item for item in self.items if item.is_public(everyone))
 
     def items_for(self, segments: Iterable[str]) -> tuple[Item, ...]:
         """The items a reader in ``segments`` receives, in bulletin order."""
@@ -553,4 +559,5 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
         segments=_segment_list(mapping, "segments", known),
         items=items,
         public=_a_flag(mapping, "public") is not False,
+        known_segments=known,
     )

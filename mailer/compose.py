@@ -360,6 +360,7 @@ class Composer:
         self.subject_prefix = subject_prefix
         self.variants: dict[VariantKey, Variant] = {}
         self.images = self._images()
+        self._public = {id(item) for item in bulletin.public_items()}
 
     def _images(self) -> dict[Path, Image]:
         images = {}
@@ -434,7 +435,17 @@ class Composer:
             "image": self.image_src(image) if image else None,
             "alt": text.alt,
             "language": language if item.texts.get(language) else "en",
+            "calendar": self._calendar_url(item, language),
         }
+
+    def _calendar_url(self, item: Item, language: str) -> str | None:
+        """The item's calendar file on the web archive: linked, never attached, and
+        only where ``mailer publish`` writes one (a public item with dates)."""
+        archive = self.identity.archive_url
+        if not archive or item.starts is None or id(item) not in self._public:
+            return None
+        # Same scheme as publish.calendar_path (kept apart: composing imports no publisher).
+        return f"{archive.rstrip('/')}/{self.bulletin.id}/{item.slug}.{language}.ics"
 
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
@@ -511,6 +522,11 @@ class Composer:
         out.literal(LF)
         if ident.unsubscribe_url:
             out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n")
+        if ident.archive_url:  # RFC 2369 and RFC 5064: the list's archive, this issue in it
+            archive = ident.archive_url.rstrip("/")
+            out.literal(header_line("List-Archive", f"<{archive}/{key.language}/index.html>"))
+            page = f"<{archive}/{self.bulletin.id}/{key.language}.html>"
+            out.literal(header_line("Archived-At", page))
         # Gmail's feedback loop reports complaints per campaign:segment:type:sender.
         segments = "+".join(key.segments)
         feedback = f"{self.bulletin.id}:{segments}:bulletin:{ident.list_id}"

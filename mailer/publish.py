@@ -157,7 +157,7 @@ class _Site:
                 yield f"{issue.id}/images/{image.name}", image
 
     def public_items(self, issue: Bulletin) -> list[Item]:
-        return [item for item in issue.items if item.is_public(issue.segments or self.known)]
+        return list(issue.public_items())
 
     # -- pages ------------------------------------------------------------------------
 
@@ -335,7 +335,12 @@ class _Site:
 
 
 def _calendar_path(issue: Bulletin, item: Item, language: str) -> str:
-    return f"{issue.id}/{item.slug}.{language}.ics"
+    return calendar_path(issue.id, item.slug, language)
+
+
+def calendar_path(issue: str, slug: str, language: str) -> str:
+    """Where an item's calendar file lives under the archive (messages link it)."""
+    return f"{issue}/{slug}.{language}.ics"
 
 
 def _moment(issue: Bulletin) -> datetime:

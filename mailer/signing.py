@@ -42,6 +42,8 @@ SIGNED = (
     "list-id",
     "list-unsubscribe",
     "list-unsubscribe-post",
+    "list-archive",
+    "archived-at",
     "feedback-id",
     "mime-version",
     "content-type",

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from mailer import pipeline
 from mailer.cli import app
 
-from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, make_settings
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
 
 ARCHIVE = "https://isu.example.org/bulletin"
 AFTER_SEND = "2017-03-28T10:00:00+02:00"
@@ -178,6 +178,11 @@ def test_every_archive_url_in_a_message_is_a_file_of_the_site(tmp_path: Path) ->
         data = re.sub(r"=\r?\n", "", data).replace("=3D", "=")  # undo quoted-printable
         found |= set(re.findall(re.escape(ARCHIVE) + r"/[^\s\"'<>)]+", data))
     assert found, "the messages link the archive"
+    assert {url.rsplit(".", 1)[1] for url in found} >= {"html", "png", "ics"}
+    for message in mbox_messages(result.mbox):
+        language = re.search(r'<html lang="(\w+)"', html_of(message))[1]  # type: ignore[index]
+        assert message["List-Archive"] == f"<{ARCHIVE}/{language}/index.html>"
+        assert message["Archived-At"] == f"<{ARCHIVE}/2017-03/{language}.html>"
     for url in found:
         assert (site / url.removeprefix(ARCHIVE + "/")).is_file(), url
 
