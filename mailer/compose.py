@@ -360,7 +360,9 @@ class Composer:
         self.subject_prefix = subject_prefix
         self.variants: dict[VariantKey, Variant] = {}
         self.images = self._images()
-        self._public = {id(item) for item in bulletin.public_items()}
+        public = bulletin.public_items()
+        self._public = {id(item) for item in public}
+        self._public_images = {item.image for item in public if item.image is not None}
 
     def _images(self) -> dict[Path, Image]:
         images = {}
@@ -371,11 +373,15 @@ class Composer:
                 images[item.image] = Image(item.image, cid, mime)
         return images
 
+    def _hosted(self, image: Image) -> bool:
+        """Whether the web archive hosts ``image``: only images of public items are published."""
+        return bool(self.identity.archive_url) and image.path in self._public_images
+
     def image_src(self, image: Image) -> str:
-        """Absolute URL under the archive when there is one; else the embedded part."""
-        if self.identity.archive_url:
-            base = self.identity.archive_url.rstrip("/")
-            return f"{base}/{self.bulletin.id}/images/{image.path.name}"
+        """Absolute URL under the archive when it hosts the image; else the embedded part."""
+        archive = self.identity.archive_url
+        if archive and self._hosted(image):
+            return f"{archive.rstrip('/')}/{self.bulletin.id}/images/{image.path.name}"
         return f"cid:{image.content_id}"
 
     def variant(self, key: VariantKey) -> Variant:
@@ -486,7 +492,7 @@ class Composer:
         hole_names = dict(enumerate(names))
         subject = self.subject_prefix + self.bulletin.subject.get(language)
         used = [self.images[i.image] for i in items if i.image is not None]
-        embedded = () if self.identity.archive_url else tuple(dict.fromkeys(used))
+        embedded = tuple(dict.fromkeys(i for i in used if not self._hosted(i)))
         template = self._encode(key, subject, html, text, hole_names, embedded)
         return Variant(key, subject, html, text, hole_names, embedded, template, catalog)
 

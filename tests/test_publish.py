@@ -199,3 +199,16 @@ def test_a_bulletin_sent_by_hand_stays_published(tmp_path: Path) -> None:
     files = _files(site)
     assert "2017-06/en.html" in files and "2017-03/en.html" not in files
     assert "2017-06/en.html" in files["en/index.html"].decode()
+
+
+def test_an_image_of_an_item_not_on_the_web_is_embedded_not_linked(tmp_path: Path) -> None:
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    edit(bulletin / "items" / "01-7msp-save-the-date.md", "title:", "public: false\ntitle:")
+    site = tmp_path / "site"
+    _publish(bulletin.parent, site, "--now", AFTER_SEND)
+    assert not (site / "2017-03" / "images").exists()
+    settings = make_settings(archive_url=ARCHIVE)
+    job = pipeline.prepare(bulletin, settings, recipients_dir=SAMPLE_RECIPIENTS)
+    html = html_of(mbox_messages(pipeline.preview(job, tmp_path / "p").mbox)[0])
+    assert "/images/" not in html and 'src="cid:' in html
