@@ -48,8 +48,8 @@ class _Stage:
 
 
 if TYPE_CHECKING:
+    from mailer import archive, checks, delivery, pipeline, signing, suppressions, verp
     from mailer import bounces as bounce_reader
-    from mailer import checks, delivery, pipeline, signing, suppressions, verp
     from mailer import dispatch as dispatcher
     from mailer import issue as issues
     from mailer import publish as publisher
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from mailer.settings import Settings
 else:
     settings_module = _Stage("mailer.settings")
+    archive = _Stage("mailer.archive")
     bounce_reader = _Stage("mailer.bounces")
     checks = _Stage("mailer.checks")
     delivery = _Stage("mailer.delivery")
@@ -211,8 +212,25 @@ def _dry_run(job: pipeline.Job, out_dir: Path) -> None:
     out.print(str(result.page), soft_wrap=True)
 
 
+def _warn_dead_archive_links(job: pipeline.Job) -> None:
+    """For check and --test-to: before send_at the pages may not be published yet."""
+    dead = archive.missing(archive.archive_urls(job.composer, job.recipients), wait=0)
+    if dead:
+        err.print(
+            _label(
+                "warning:",
+                "yellow",
+                f"the web archive does not serve {len(dead)} address(es) the messages link to "
+                f"yet (first: {dead[0]}); a real send refuses until it does.",
+            ),
+            soft_wrap=True,
+        )
+
+
 def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
     checked = _guarded(lambda: pipeline.validate_test_address(address))
+    if settings.archive_url:
+        _warn_dead_archive_links(job)
     report = _guarded(lambda: pipeline.send_test_messages(job, settings, checked))
     out.print(
         f"Test send to {checked}: {report.total.sent} of "
@@ -246,6 +264,9 @@ def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: boo
             pipeline.suppress_dead_mailboxes(job, plan.state, leftover, allow_many=allow_many)
             _print_suppressions(leftover)
             raise typer.Exit(standing.exit_code(job, settings))
+        if settings.archive_url:  # before asking: a send never goes out with dead links
+            out.print("Checking that the web archive serves what the messages link to…")
+            archive.require_live(job.composer, job.recipients, settings.archive_wait)
         if not yes:
             _confirm(f"Send {plan.pending_total} messages?")
         try:
@@ -594,6 +615,8 @@ def check(
         )
     )
     report = _guarded(lambda: checks.check(job, settings))
+    if settings.archive_url:
+        _warn_dead_archive_links(job)
     for warning in report.warnings:
         err.print(_label("warning:", "yellow", warning), soft_wrap=True)
     total = sum(report.variants.values())

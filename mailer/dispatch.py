@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from mailer import pipeline
+from mailer import archive, pipeline
 from mailer import status as standing
 from mailer.compose import Identity
 from mailer.delivery import Report
@@ -222,6 +222,8 @@ def send_due(
                     recipients_dir=decision.job.recipients.directory,
                     dry_run=False,
                 )
+                if settings.archive_url:  # never with dead links (README, "Web archive")
+                    archive.require_live(job.composer, job.recipients, settings.archive_wait)
                 decision.report = pipeline.deliver(job, settings, ledger, state, run_id=run)
             finally:
                 # Whatever happened, this run's outcomes are in the ledger now: the

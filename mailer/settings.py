@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     bounce_soft_limit: int = Field(3, ge=1, le=100)
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
+    # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
+    archive_wait: float = Field(90.0, ge=0)
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: Path | None = None

@@ -3,20 +3,27 @@ that pass their parsers, and every archive URL a message holds served by the sit
 
 from __future__ import annotations
 
+import functools
 import mailbox
 import re
 import shutil
+import threading
+from collections.abc import Iterator
 from datetime import date, datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import feedparser
 import icalendar
+import pytest
 from typer.testing import CliRunner
 
 from mailer import pipeline
 from mailer.cli import app
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
+from .smtp_server import Server, free_port
+from .test_delivery import cli_env, send_cli, settings_for
 
 ARCHIVE = "https://isu.example.org/bulletin"
 AFTER_SEND = "2017-03-28T10:00:00+02:00"
@@ -212,3 +219,51 @@ def test_an_image_of_an_item_not_on_the_web_is_embedded_not_linked(tmp_path: Pat
     job = pipeline.prepare(bulletin, settings, recipients_dir=SAMPLE_RECIPIENTS)
     html = html_of(mbox_messages(pipeline.preview(job, tmp_path / "p").mbox)[0])
     assert "/images/" not in html and 'src="cid:' in html
+
+
+@pytest.fixture
+def served_site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/site`` (empty until built)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(site))
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield site, f"http://127.0.0.1:{server.server_address[1]}/bulletin"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_send_refuses_while_the_archive_is_not_live(
+    served_site: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, base = served_site
+    with Server() as relay:
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_ARCHIVE_URL": base,
+            "MAILER_ARCHIVE_WAIT": "0.5",
+        }
+        recipients = settings_for(relay.port, tmp_path).recipients_dir
+        refused = send_cli(recipients, env)
+        assert refused.exit_code == 2, refused.output
+        assert "does not serve" in refused.output and "dead links" in refused.output
+        assert relay.received == []
+        checked = CliRunner().invoke(
+            app, ["check", str(SAMPLE), "--recipients", str(recipients)], env=env
+        )
+        assert checked.exit_code == 0 and "a real send refuses until it does" in checked.output
+        _publish(
+            SAMPLE.parent, root / "bulletin", "--now", AFTER_SEND, env={"MAILER_ARCHIVE_URL": base}
+        )
+        sent = send_cli(recipients, env)
+        assert sent.exit_code == 0, sent.output
+        assert len(relay.received) == 13
