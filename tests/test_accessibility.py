@@ -1,0 +1,127 @@
+"""Accessibility, judged by axe-core in Debian's Chromium: every page of the web archive
+and every email variant, in light and dark mode, with no horizontal overflow."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mailer import pipeline
+from mailer.cli import app
+
+from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
+from .test_render_chromium import LAUNCH_ARGS, _with_inline_images
+
+AXE = Path(
+    os.environ.get(
+        "MAILER_AXE", ROOT / ".ci" / "tools" / "node_modules" / "axe-core" / "axe.min.js"
+    )
+)
+TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+# An email is an article inside the reader's mail client: page-level rules do not apply.
+EMAIL_ONLY_OFF = {"landmark-one-main": {"enabled": False}, "region": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_tool("chromium")
+    if not AXE.exists():
+        if os.environ.get("MAILER_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"axe-core is required but {AXE} is missing (run .ci/run)")
+        pytest.skip("axe-core (npm) is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "site"
+    result = CliRunner().invoke(
+        app,
+        [
+            "publish",
+            "--bulletins",
+            str(SAMPLE.parent),
+            "--out",
+            str(out),
+            "--recipients",
+            str(SAMPLE_RECIPIENTS),
+            "--now",
+            "2017-03-29T00:00:00+00:00",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def emails(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    job = pipeline.prepare(SAMPLE, make_settings(), recipients_dir=SAMPLE_RECIPIENTS)
+    result = pipeline.preview(job, tmp_path_factory.mktemp("previews"))
+    return [_with_inline_images(message) for message in mbox_messages(result.mbox)]
+
+
+def _violations(page: Any, rules: dict[str, Any] | None = None) -> list[str]:
+    page.add_script_tag(path=str(AXE))
+    options = {"runOnly": {"type": "tag", "values": TAGS}, "rules": rules or {}}
+    found: list[str] = page.evaluate(
+        "async (options) => (await axe.run(document, options)).violations"
+        ".map(v => `${v.id}: ${v.nodes[0].html.slice(0, 120)}`)",
+        options,
+    )
+    return found
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_page_of_the_archive_passes_axe(browser: Any, site: Path, scheme: str) -> None:
+    page = browser.new_page(color_scheme=scheme)
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 8
+    for path in pages:
+        page.goto(path.as_uri())
+        assert _violations(page) == [], path.relative_to(site)
+    page.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_email_variant_passes_axe(browser: Any, emails: list[str], scheme: str) -> None:
+    page = browser.new_page(color_scheme=scheme)
+    for html in dict.fromkeys(emails):
+        page.set_content(html)
+        assert _violations(page, EMAIL_ONLY_OFF) == []
+        wrapper = page.locator('[role="article"]')
+        assert wrapper.get_attribute("aria-roledescription") == "email"
+        assert wrapper.get_attribute("aria-label")
+    page.close()
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+def test_no_archive_page_overflows_sideways(browser: Any, site: Path, width: int) -> None:
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    for path in sorted(site.rglob("*.html")):
+        page.goto(path.as_uri())
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (path.relative_to(site), overflow)
+    page.close()
+
+
+def test_pages_and_emails_declare_light_and_dark(site: Path, emails: list[str]) -> None:
+    for path in site.rglob("*.html"):
+        assert '<meta name="color-scheme" content="light dark">' in path.read_text()
+    assert all('<meta name="color-scheme" content="light dark">' in html for html in emails)
+
+
+def test_axe_flags_a_page_that_fails(browser: Any) -> None:
+    page = browser.new_page()
+    page.set_content('<html><body><img src="x.png"><a href="#"></a></body></html>')
+    found = " ".join(_violations(page))
+    assert "image-alt" in found and "html-has-lang" in found
+    page.close()
