@@ -63,18 +63,19 @@ def published_issues(
     known = available_segments(settings.recipients_dir)
     wanted = set(include)
     chosen = []
+    seen = set()
     for folder in sorted(p.parent for p in root.glob("*/bulletin.yaml")):
         bulletin = load_bulletin(folder, known)
+        seen.add(bulletin.id)
         if not bulletin.public:
-            continue
+            continue  # even when named with --include: public: false is never published
         due = bulletin.send_at is not None and bulletin.send_at <= now
         if due or bulletin.id in wanted or _send_began(settings, bulletin.id):
             chosen.append(bulletin)
-    missing = wanted - {b.id for b in chosen}
+    missing = wanted - seen
     if missing:
         raise ContentError(
-            f"--include {', '.join(sorted(missing))}: no public bulletin with that id.",
-            file=root,
+            f"--include {', '.join(sorted(missing))}: no bulletin with that id.", file=root
         )
     return sorted(chosen, key=lambda b: (b.date, b.id), reverse=True)
 

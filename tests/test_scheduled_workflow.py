@@ -191,8 +191,10 @@ def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     git(repo, "commit", "--quiet", "-am", "edit 2017-06")
     code, summary = _preview(repo, base)
     assert code == 0, summary
-    assert "### bulletins/2017-06" in summary and "2017-03" not in summary
+    assert "### bulletins/2017-06" in summary and "### bulletins/2017-03" not in summary
     assert "2017-06: OK" in summary and (repo / "previews" / "2017-06.mbox").exists()
+    # The archive as it will look with the changed issue published.
+    assert (repo / "previews" / "site" / "2017-06" / "en.html").exists()
 
     footer = repo / "templates" / "partials" / "footer.html.j2"
     edit(footer, "<p>", "<p class='f'>")

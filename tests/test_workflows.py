@@ -129,8 +129,24 @@ def test_the_scheduled_workflow_wires_every_setting_a_send_can_use() -> None:
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_both_workflows_refuse_a_public_repository_first(workflow: Path) -> None:
-    steps = yaml.safe_load(workflow.read_text())["jobs"]
-    (job,) = steps.values()
-    runs = [step.get("run", "") for step in job["steps"]]
-    first_run = next(i for i, run in enumerate(runs) if run)
-    assert "require-private.sh" in runs[first_run]
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    for name, job in jobs.items():
+        if "needs" in job:
+            continue  # runs only after the job that checked
+        runs = [step.get("run", "") for step in job["steps"]]
+        first_run = next(i for i, run in enumerate(runs) if run)
+        assert "require-private.sh" in runs[first_run], name
+
+
+def test_only_the_deploy_job_may_write_pages_and_sending_waits_for_it() -> None:
+    jobs = yaml.safe_load((ROOT / ".github" / "workflows" / "dispatch.yml").read_text())["jobs"]
+    for name, job in jobs.items():
+        writes_pages = {"pages", "id-token"} & set(job.get("permissions", {}))
+        assert bool(writes_pages) == (name == "deploy"), name
+    assert jobs["deploy"]["environment"]["name"] == "github-pages"
+    assert set(jobs["dispatch"]["needs"]) == {"plan", "deploy"}
+    assert "needs.deploy.result == 'success'" in jobs["dispatch"]["if"]
+    uses = [step.get("uses", "") for job in jobs.values() for step in job["steps"]]
+    for action in ("actions/upload-pages-artifact@", "actions/deploy-pages@"):
+        (pinned,) = [u for u in uses if u.startswith(action)]
+        assert re.fullmatch(r"[\w/-]+@[0-9a-f]{40}", pinned), pinned

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the pull-request preview does: `mailer check` and a dry run of every
 # bulletin the pull request changes (of every bulletin, when templates or
-# recipient lists change), with a summary in Markdown. Previews go to previews/.
+# recipient lists change), and the web archive with those issues published,
+# with a summary in Markdown. Previews (and previews/site/) go to previews/.
 # Usage: BASE_SHA=<base commit> preview.sh   (summary to $GITHUB_STEP_SUMMARY, else stdout)
 set -euo pipefail
 
@@ -31,5 +32,14 @@ status=0
     fi
     echo '```'
   done
+  if [ -n "$folders" ]; then
+    # The web archive as it will look with these issues published (previews/site/).
+    includes=()
+    for folder in $folders; do includes+=(--include "$(basename "$folder")"); done
+    echo "### web archive"
+    echo '```'
+    mailer publish --out previews/site "${includes[@]}" 2>&1 || status=1
+    echo '```'
+  fi
 } >> "$summary"
 exit "$status"
