@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import feedparser
 import icalendar
@@ -267,3 +268,28 @@ def test_a_send_refuses_while_the_archive_is_not_live(
         sent = send_cli(recipients, env)
         assert sent.exit_code == 0, sent.output
         assert len(relay.received) == 13
+
+
+def test_every_calendar_file_parses_and_holds_its_items_dates(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    calendars = sorted(site.rglob("*.ics"))
+    assert len(calendars) == 6  # two items with dates, three languages
+    for path in calendars:
+        slug = path.name.split(".")[0]
+        front = (SAMPLE / "items" / f"{slug}.md").read_text()
+        starts = re.search(r"^starts: (\S+)", front, re.MULTILINE)[1]  # type: ignore[index]
+        event = icalendar.Calendar.from_ical(path.read_bytes()).walk("VEVENT")[0]
+        assert event["DTSTART"].dt == date.fromisoformat(starts), path.name
+
+
+def test_indexes_list_issues_newest_first(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _publish(_two_issues(tmp_path), site, "--now", "2017-07-01T00:00:00+00:00")
+    index = (site / "fr" / "index.html").read_text()
+    assert index.index("../2017-06/fr.html") < index.index("../2017-03/fr.html")
+
+
+def test_without_an_archive_messages_have_no_calendar_link(sample_messages: list[Any]) -> None:
+    for message in sample_messages:
+        assert b".ics" not in message.data and b"List-Archive" not in message.data
