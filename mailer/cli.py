@@ -53,8 +53,10 @@ if TYPE_CHECKING:
     from mailer import dispatch as dispatcher
     from mailer import issue as issues
     from mailer import publish as publisher
+    from mailer import serve as endpoint
     from mailer import settings as settings_module
     from mailer import status as standing
+    from mailer import sync as syncing
     from mailer import unsubscribe as unsubscribing
     from mailer.delivery import Report
     from mailer.ledger import Ledger, Record
@@ -72,6 +74,8 @@ else:
     dispatcher = _Stage("mailer.dispatch")
     issues = _Stage("mailer.issue")
     publisher = _Stage("mailer.publish")
+    endpoint = _Stage("mailer.serve")
+    syncing = _Stage("mailer.sync")
     standing = _Stage("mailer.status")
     unsubscribing = _Stage("mailer.unsubscribe")
 
@@ -385,6 +389,11 @@ def status(
     out.print(table)
     if result.in_doubt:
         out.print(f"{result.in_doubt} pending recipient(s) are in doubt (a run stopped mid-send).")
+    if job.recipients.suppressed:
+        out.print(
+            f"{job.recipients.suppressed} address(es) of the lists are in suppressions.csv "
+            "(unsubscribed or bounced): never mailed."
+        )
     _print_failures(result.failures, result.suppressed_since)
 
 
@@ -574,6 +583,47 @@ def publish(
     issues = ", ".join(result.issues) or "none yet"
     out.print(f"Published issues: {issues}. {len(result.files)} files in {result.out}.")
     out.print(str(result.out / "index.html"), soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8025,
+) -> None:
+    """Run the one-click unsubscribe endpoint (RFC 8058) and its export for sync."""
+    settings = _settings()
+    _guarded(lambda: endpoint.create_app(settings))  # settings checked before listening
+    endpoint.serve(settings, host, port)
+
+
+@app.command()
+def sync(recipients: RecipientsOpt = None) -> None:
+    """Bring back unsubscribe requests (the endpoint) into suppressions.csv."""
+    settings = _settings()
+    results = _guarded(lambda: syncing.sync(settings, recipients or settings.recipients_dir))
+    if not results:
+        err.print("error: no source to sync: set MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN.")
+        raise typer.Exit(2)
+    table = Table(title="sync")
+    for column in ("source", "suppressed", "already", "refused", "read"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(
+            result.name,
+            str(len(result.added)),
+            str(result.already),
+            str(len(result.refused)),
+            "no" if result.error else "yes",
+        )
+    out.print(table)
+    for result in results:
+        if result.error:
+            err.print(
+                _label("error:", "bold red", f"{result.name}: {result.error}"), soft_wrap=True
+            )
+    for address in (a for r in results for a in r.added):
+        out.print(f"suppressed: {address}")
+    raise typer.Exit(1 if any(r.error for r in results) else 0)
 
 
 @app.command("dkim-keygen")

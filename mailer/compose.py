@@ -304,7 +304,11 @@ def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> st
     if identity.unsubscribe_url:
         joiner = "&" if "?" in identity.unsubscribe_url else "?"
         token = make_token(identity.unsubscribe_secret, recipient.email)
-        return f"{identity.unsubscribe_url}{joiner}token={token}&issue={quote(issue)}"
+        # The language travels with the link: the endpoint's pages need no list.
+        return (
+            f"{identity.unsubscribe_url}{joiner}token={token}&issue={quote(issue)}"
+            f"&lang={recipient.language}"
+        )
     return f"mailto:{identity.unsubscribe_mailto}?subject=unsubscribe"
 
 

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     bounce_soft_limit: int = Field(3, ge=1, le=100)
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
+    # The unsubscribe endpoint (mailer serve) and its export, read by mailer sync.
+    serve_db: Path = Path("unsubscribe.sqlite3")
+    serve_api_token: SecretStr | None = None
+    serve_url: str | None = None
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
     dkim_domain: str | None = None
@@ -163,7 +167,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a list label and a domain, e.g. bulletin.isu.example.org")
         return value
 
-    @field_validator("unsubscribe_url", "archive_url", "oauth_token_url")
+    @field_validator("unsubscribe_url", "archive_url", "oauth_token_url", "serve_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         if value is None or value == "":

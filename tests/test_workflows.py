@@ -96,6 +96,7 @@ NOT_WIRED = {
     "MAILER_LEDGER_DIR": "the repository's ledger/ folder, pushed back by push-ledger.sh",
     "MAILER_PREVIEW_DIR": "the repository's previews/ folder, kept as an artifact",
     "MAILER_TEMPLATES_DIR": "the repository's templates/ folder",
+    "MAILER_SERVE_DB": "the endpoint's own database, on the host that runs mailer serve",
 }
 
 
@@ -120,6 +121,7 @@ def test_the_scheduled_workflow_wires_every_setting_a_send_can_use() -> None:
         "MAILER_UNSUBSCRIBE_SECRET",
         "MAILER_BOUNCE_SECRET",
         "MAILER_OAUTH_CLIENT_SECRET",
+        "MAILER_SERVE_API_TOKEN",
     )
     for name in secrets:
         assert job["env"][name] == "${{ secrets." + name + " }}"  # never from variables

@@ -1,0 +1,109 @@
+"""``mailer sync``: bring back what readers said, into ``suppressions.csv``, idempotently.
+
+This slice reads one source: the one-click requests recorded by ``mailer serve``
+(``MAILER_SERVE_URL`` and ``MAILER_SERVE_API_TOKEN``), page by page after the
+last cursor. Addresses go to the suppression list first; the cursor and the time
+of the last successful sync are written after, atomically, to
+``<ledger dir>/sync-state.json`` (not a ``.jsonl``: never taken for an issue's
+ledger), so a crash between the two only repeats harmless suppressions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailer import suppressions
+from mailer.settings import Settings
+
+STATE_FILE = "sync-state.json"
+PAGE = 1000
+
+
+@dataclass
+class SourceResult:
+    """What one source gave, or why it could not be read."""
+
+    name: str
+    added: list[str] = field(default_factory=list)
+    already: int = 0
+    refused: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.ledger_dir / STATE_FILE
+
+
+def load_state(settings: Settings) -> dict[str, Any]:
+    path = state_path(settings)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_state(settings: Settings, state: dict[str, Any]) -> None:
+    path = state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with temporary.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def sync(settings: Settings, recipients_dir: Path) -> list[SourceResult]:
+    """Read every configured source; returns one result per source."""
+    results = []
+    state = load_state(settings)
+    if settings.serve_url and settings.serve_api_token:
+        results.append(_from_endpoint(settings, recipients_dir, state))
+    return results
+
+
+def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, Any]) -> SourceResult:
+    result = SourceResult("endpoint")
+    source = state.setdefault("endpoint", {})
+    cursor = int(source.get("cursor", 0))
+    assert settings.serve_url and settings.serve_api_token
+    token = settings.serve_api_token.get_secret_value()
+    while True:
+        url = f"{settings.serve_url.rstrip('/')}/suppressions?since={cursor}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=settings.smtp_timeout) as answer:
+                page = json.loads(answer.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "code", None) or type(exc).__name__
+            result.error = (
+                f"the endpoint {settings.serve_url} could not be read ({reason}); check "
+                "MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN."
+            )
+            return result
+        rows = page.get("requests", [])
+        if not rows:
+            break
+        added = suppressions.suppress(
+            recipients_dir, [str(r.get("address", "")) for r in rows], "one-click unsubscribe"
+        )
+        result.added += added.added
+        result.already += len(added.already)
+        result.refused += [address for address, _ in added.refused]
+        cursor = int(page.get("cursor", cursor))
+        source["cursor"] = cursor
+        _save_state(settings, state)  # after the suppressions are written
+        if len(rows) < PAGE:
+            break
+    source["last_success"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _save_state(settings, state)
+    return result

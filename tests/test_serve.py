@@ -1,0 +1,210 @@
+"""The one-click unsubscribe endpoint under uvicorn on 127.0.0.1, and `mailer sync`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from mailer.cli import app
+from mailer.unsubscribe import make_token
+
+from .conftest import SAMPLE
+from .smtp_server import Server, free_port
+from .test_delivery import cli_env, send_cli, write_list
+
+SECRET = "endpoint-test-secret"
+API_TOKEN = "sync-api-token-for-tests"
+
+
+@dataclass
+class Endpoint:
+    url: str  # the unsubscribe URL
+    base: str
+    db: Path
+    process: subprocess.Popen[bytes]
+
+    def link(self, address: str, language: str = "fr") -> str:
+        token = make_token(SECRET.encode(), address)
+        return f"{self.url}?token={token}&issue=2017-03&lang={language}"
+
+    def rows(self) -> list[tuple[str, str]]:
+        with sqlite3.connect(self.db) as db:
+            return db.execute("SELECT address, issue FROM requests ORDER BY id").fetchall()
+
+
+def start(tmp_path: Path) -> Endpoint:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(
+        MAILER_UNSUBSCRIBE_URL=f"{base}/unsubscribe",
+        MAILER_UNSUBSCRIBE_SECRET=SECRET,
+        MAILER_SERVE_DB=str(tmp_path / "requests.sqlite3"),
+        MAILER_SERVE_API_TOKEN=API_TOKEN,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return Endpoint(f"{base}/unsubscribe", base, tmp_path / "requests.sqlite3", process)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(process.stderr.read().decode() if process.stderr else "no start")
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    running = start(tmp_path_factory.mktemp("serve"))
+    yield running
+    running.process.terminate()
+    running.process.wait(10)
+
+
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+def test_an_rfc_8058_post_unsubscribes_in_the_readers_language(endpoint: Endpoint) -> None:
+    answer = httpx.post(endpoint.link("first@example.org"), data=ONE_CLICK)
+    assert answer.status_code == 200 and "désabonné" in answer.text
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    again = httpx.post(endpoint.link("first@example.org"), data=ONE_CLICK)
+    assert again.status_code == 200
+    assert endpoint.rows().count(("first@example.org", "2017-03")) == 1  # repeats harmless
+    multipart = httpx.post(
+        endpoint.link("second@example.org", "es"), files={"List-Unsubscribe": (None, "One-Click")}
+    )
+    assert multipart.status_code == 200 and "baja" in multipart.text
+    assert ("second@example.org", "2017-03") in endpoint.rows()
+
+
+def test_a_get_only_asks_and_never_unsubscribes(endpoint: Endpoint) -> None:
+    page = httpx.get(endpoint.link("scanner@example.org", "en"))
+    assert page.status_code == 200 and '<form method="post"' in page.text
+    assert "scanner@example.org" not in [address for address, _ in endpoint.rows()]
+    confirmed = httpx.post(endpoint.link("scanner@example.org", "en"), data={"confirm": "yes"})
+    assert confirmed.status_code == 200
+    assert "scanner@example.org" in [address for address, _ in endpoint.rows()]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        make_token(b"another secret", "victim@example.org"),  # signed with another key
+        make_token(SECRET.encode(), "victim@example.org")[:-4],  # truncated
+        make_token(SECRET.encode(), "someone@example.org").split(".")[0]
+        + "."
+        + make_token(SECRET.encode(), "victim@example.org").split(".")[1],  # swapped MAC
+        "not-a-token",
+        "",
+    ],
+)
+def test_forged_tokens_are_refused_and_nothing_is_recorded(endpoint: Endpoint, token: str) -> None:
+    before = endpoint.rows()
+    answer = httpx.post(f"{endpoint.url}?token={token}&lang=en", data=ONE_CLICK)
+    assert answer.status_code == 400 and "not valid" in answer.text
+    assert endpoint.rows() == before
+
+
+def test_no_redirect_no_big_body_and_an_authenticated_export(endpoint: Endpoint) -> None:
+    slash = httpx.post(
+        endpoint.link("a@example.org").replace("/unsubscribe?", "/unsubscribe/?"), data=ONE_CLICK
+    )
+    assert not 300 <= slash.status_code < 400
+    big = httpx.post(endpoint.link("b@example.org"), content=b"x" * 100_000)
+    assert big.status_code == 413
+    assert httpx.get(f"{endpoint.base}/suppressions").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(f"{endpoint.base}/suppressions", headers=wrong).status_code == 401
+    good = {"Authorization": f"Bearer {API_TOKEN}"}
+    export = httpx.get(f"{endpoint.base}/suppressions?since=0", headers=good).json()
+    assert [r["address"] for r in export["requests"]] == [a for a, _ in endpoint.rows()]
+
+
+def test_200_concurrent_posts_give_200_records(endpoint: Endpoint) -> None:
+    async def flood() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(endpoint.link(f"crowd{i}@example.org"), data=ONE_CLICK)
+                    for i in range(200)
+                )
+            )
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(flood()) == [200] * 200
+    crowd = [a for a, _ in endpoint.rows() if a.startswith("crowd")]
+    assert len(crowd) == 200
+
+
+def test_every_answered_request_survives_kill_9(tmp_path: Path) -> None:
+    running = start(tmp_path)
+    try:
+        for i in range(20):
+            assert (
+                httpx.post(running.link(f"durable{i}@example.org"), data=ONE_CLICK).status_code
+                == 200
+            )
+    finally:
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait(10)
+    assert len(running.rows()) == 20
+    logs = (running.process.stderr.read() if running.process.stderr else b"").decode()
+    assert "token=" not in logs and "durable" not in logs  # no log line holds a token
+
+
+def test_unsubscribed_by_post_then_synced_is_never_mailed(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    recipients = write_list(tmp_path / "recipients", 6)
+    assert httpx.post(endpoint.link("reader3@example.org"), data=ONE_CLICK).status_code == 200
+    env = {
+        "MAILER_SERVE_URL": endpoint.base,
+        "MAILER_SERVE_API_TOKEN": API_TOKEN,
+        "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+    }
+    synced = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+    assert synced.exit_code == 0, synced.output
+    assert "suppressed: reader3@example.org" in synced.output
+    again = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+    assert "suppressed:" not in again.output  # idempotent: the cursor moved on
+    with Server() as relay:
+        sent = send_cli(recipients, {**cli_env(relay.port, tmp_path / "ledger")})
+        assert sent.exit_code == 0, sent.output
+        assert "reader3@example.org" not in {r.rcpt for r in relay.received}
+        assert len(relay.received) == 5
+    status = CliRunner().invoke(
+        app,
+        ["status", str(SAMPLE), "--recipients", str(recipients)],
+        env=cli_env(relay.port, tmp_path / "ledger"),
+    )
+    assert "in suppressions.csv" in status.output
+
+
+def test_sync_reports_an_unreachable_endpoint_with_exit_1(tmp_path: Path) -> None:
+    env = {
+        "MAILER_SERVE_URL": f"http://127.0.0.1:{free_port()}",
+        "MAILER_SERVE_API_TOKEN": "x",
+        "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+    }
+    result = CliRunner().invoke(
+        app, ["sync", "--recipients", str(write_list(tmp_path / "r", 2))], env=env
+    )
+    assert result.exit_code == 1 and "could not be read" in result.output
