@@ -117,6 +117,13 @@ RecipientsOpt = Annotated[
         show_default="MAILER_RECIPIENTS_DIR, else recipients/",
     ),
 ]
+AllowStaleSyncOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-stale-sync",
+        help="Send although the unsubscribe endpoint was not synced within MAILER_SYNC_MAX_AGE.",
+    ),
+]
 SkipInvalidOpt = Annotated[
     bool, typer.Option("--skip-invalid", help="Leave bad recipient rows out (each is listed).")
 ]
@@ -174,6 +181,7 @@ def send(
             help="Suppress every address refused as a dead mailbox, even beyond 5% of the list.",
         ),
     ] = False,
+    allow_stale_sync: AllowStaleSyncOpt = False,
 ) -> None:
     """Send BULLETIN to its segments (resuming where a run stopped), or preview it."""
     settings = _settings()
@@ -194,6 +202,8 @@ def send(
     elif test_to is not None:
         _test_send(job, settings, test_to)
     else:
+        if not allow_stale_sync:
+            _guarded(lambda: syncing.require_fresh(settings))
         _real_send(job, settings, yes, allow_mass_suppression)
 
 
@@ -425,6 +435,7 @@ def dispatch(
         Path, typer.Option("--bulletins", help="Folder of bulletin folders.")
     ] = Path("bulletins"),
     recipients: RecipientsOpt = None,
+    allow_stale_sync: AllowStaleSyncOpt = False,
 ) -> None:
     """Send every bulletin whose send_at has passed and whose send is not complete."""
     settings = _settings()
@@ -436,6 +447,10 @@ def dispatch(
             bulletins, settings, moment, only=only, recipients_dir=recipients, run=run_id
         )
     )
+    due = [d.issue for d in decisions if d.action is dispatcher.Action.DUE]
+    if due and not dry_run and not allow_stale_sync:
+        # Before claiming too: a claim the send then refused would block the issue.
+        _guarded(lambda: syncing.require_fresh(settings))
     if claim:
         if run_id is None:
             err.print("error: --claim needs --run-id (the scheduled run's id).")
@@ -443,8 +458,7 @@ def dispatch(
         _guarded(lambda: dispatcher.claim(decisions, settings, run_id))
     elif dry_run:
         _guarded(lambda: dispatcher.preview_due(decisions, settings.preview_dir))
-    elif any(d.action is dispatcher.Action.DUE for d in decisions):
-        due = [d.issue for d in decisions if d.action is dispatcher.Action.DUE]
+    elif due:
         if not yes:
             _confirm(f"Send {', '.join(due)} now?")
         _guarded(lambda: dispatcher.send_due(decisions, settings, run=run_id))

@@ -102,13 +102,14 @@ class Settings(BaseSettings):
     serve_db: Path = Path("unsubscribe.sqlite3")
     serve_api_token: SecretStr | None = None
     serve_url: str | None = None
+    sync_max_age: timedelta = timedelta(hours=24)  # a real send refuses an older sync
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: Path | None = None
 
-    @field_validator("dispatch_window", mode="before")
+    @field_validator("dispatch_window", "sync_max_age", mode="before")
     @classmethod
     def _window(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mailer import suppressions
+from mailer.errors import ConfigError
 from mailer.settings import Settings
 
 STATE_FILE = "sync-state.json"
@@ -107,3 +108,24 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
     source["last_success"] = datetime.now(UTC).isoformat(timespec="seconds")
     _save_state(settings, state)
     return result
+
+
+def require_fresh(settings: Settings, now: datetime | None = None) -> None:
+    """Refuse a real send when a configured source was not synced within MAILER_SYNC_MAX_AGE.
+
+    Otherwise a reader who unsubscribed yesterday could be mailed today.
+    """
+    if not (settings.serve_url and settings.serve_api_token):
+        return
+    moment = now or datetime.now(UTC)
+    last = load_state(settings).get("endpoint", {}).get("last_success")
+    when = datetime.fromisoformat(last) if isinstance(last, str) else None
+    if when is None or moment - when > settings.sync_max_age:
+        seen = f"was at {last}" if when else "never happened"
+        raise ConfigError(
+            f"the last sync of the unsubscribe endpoint {seen}, longer ago than "
+            "MAILER_SYNC_MAX_AGE: readers who unsubscribed since could be mailed. Run "
+            "mailer sync first; if the endpoint is down and the issue cannot wait, pass "
+            "--allow-stale-sync.",
+            field="MAILER_SYNC_MAX_AGE",
+        )

@@ -208,3 +208,28 @@ def test_sync_reports_an_unreachable_endpoint_with_exit_1(tmp_path: Path) -> Non
         app, ["sync", "--recipients", str(write_list(tmp_path / "r", 2))], env=env
     )
     assert result.exit_code == 1 and "could not be read" in result.output
+
+
+def test_a_send_refuses_while_the_last_sync_is_too_old(endpoint: Endpoint, tmp_path: Path) -> None:
+    recipients = write_list(tmp_path / "recipients", 3)
+    with Server() as relay:
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_SERVE_URL": endpoint.base,
+            "MAILER_SERVE_API_TOKEN": API_TOKEN,
+        }
+        refused = send_cli(recipients, env)
+        assert refused.exit_code == 2 and "mailer sync first" in refused.output
+        assert relay.received == []
+        forced = send_cli(recipients, env, "--allow-stale-sync", "--limit", "1")
+        assert forced.exit_code in (0, 1) and len(relay.received) == 1
+        assert (
+            CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env).exit_code
+            == 0
+        )
+        fresh = send_cli(recipients, env)
+        assert fresh.exit_code == 0, fresh.output
+        assert len(relay.received) == 3
+        stale = {**env, "MAILER_SYNC_MAX_AGE": "0s"}
+        time.sleep(1.1)
+        assert send_cli(recipients, stale).exit_code == 2

@@ -13,6 +13,13 @@ set -euo pipefail
 run=${RUN_ID:?RUN_ID must name this run}
 here=$(dirname "$0")
 
+# Bring back unsubscribe requests first (when the endpoint is configured). If that
+# fails, mailer refuses to send once the last good sync is older than
+# MAILER_SYNC_MAX_AGE; the sync state is committed with the ledger.
+if [ -n "${MAILER_SERVE_URL:-}" ]; then
+  mailer sync || echo "::warning::mailer sync failed; sending continues only while the last sync is recent"
+fi
+
 # A bulletin with errors (or a stale or blocked one) is reported and skipped; the
 # others still go out. The worst status is the script's.
 claim_status=0
