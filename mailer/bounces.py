@@ -161,6 +161,23 @@ def _by_message_id(message: Message, ledgers: _Ledgers) -> tuple[str, str, bool]
     return None
 
 
+def recipient_behind(
+    message: Message, bounce_address: str | None, ledger_dir: Path, key: bytes | None
+) -> str | None:
+    """The reader the ledger shows behind the message a report is about (a complaint's
+    VERP address or quoted Message-ID), never an address the report merely names."""
+    ledgers = _Ledgers(ledger_dir, key)
+    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(message, ledgers)
+    if found is None and bounce_address:
+        local, _, domain = bounce_address.rpartition("@")
+        pattern = re.escape(local) + r"\+[A-Za-z0-9._-]+@" + re.escape(domain)
+        for address in re.findall(pattern, message.as_string(), re.IGNORECASE):
+            parsed = parse_verp(address, bounce_address)
+            if parsed is not None and (recipient := ledgers.by_tag(*parsed)) is not None:
+                return recipient
+    return found[1] if found else None
+
+
 def process(
     source: Path,
     ledger_dir: Path,
@@ -174,9 +191,29 @@ def process(
 
     ``key`` is the VERP key (``verp.id_key``); without it only Message-IDs attribute.
     """
+    return process_messages(
+        _messages(source),
+        ledger_dir,
+        recipients_dir,
+        bounce_address=bounce_address,
+        soft_limit=soft_limit,
+        key=key,
+    )
+
+
+def process_messages(
+    messages: Iterable[Message],
+    ledger_dir: Path,
+    recipients_dir: Path,
+    *,
+    bounce_address: str | None,
+    soft_limit: int,
+    key: bytes | None = None,
+) -> BounceReport:
+    """``process`` for messages from anywhere (a file, a mailbox over IMAP)."""
     report = BounceReport()
     ledgers = _Ledgers(ledger_dir, key)
-    for message in _messages(source):
+    for message in messages:
         report.read += 1
         label = _label(message, report.read)
         try:

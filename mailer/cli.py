@@ -612,11 +612,14 @@ def serve(
 
 @app.command()
 def sync(recipients: RecipientsOpt = None) -> None:
-    """Bring back unsubscribe requests (the endpoint) into suppressions.csv."""
+    """Bring back what readers and mail servers said (endpoint, mailbox) into suppressions."""
     settings = _settings()
     results = _guarded(lambda: syncing.sync(settings, recipients or settings.recipients_dir))
     if not results:
-        err.print("error: no source to sync: set MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN.")
+        err.print(
+            "error: no source to sync: set MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN, "
+            "or MAILER_IMAP_HOST (and its user and password)."
+        )
         raise typer.Exit(2)
     table = Table(title="sync")
     for column in ("source", "suppressed", "already", "refused", "read"):

@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     serve_api_token: SecretStr | None = None
     serve_url: str | None = None
     sync_max_age: timedelta = timedelta(hours=24)  # a real send refuses an older sync
+    # The inbound mailbox (bounces, unsubscribe mail, complaints), read by mailer sync.
+    imap_host: str | None = None
+    imap_port: int | None = Field(None, ge=1, le=65535)  # default: 993 (tls), else 143
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    imap_username: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = "Processed"
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
     dkim_domain: str | None = None

@@ -1,11 +1,12 @@
 """``mailer sync``: bring back what readers said, into ``suppressions.csv``, idempotently.
 
-This slice reads one source: the one-click requests recorded by ``mailer serve``
-(``MAILER_SERVE_URL`` and ``MAILER_SERVE_API_TOKEN``), page by page after the
-last cursor. Addresses go to the suppression list first; the cursor and the time
-of the last successful sync are written after, atomically, to
-``<ledger dir>/sync-state.json`` (not a ``.jsonl``: never taken for an issue's
-ledger), so a crash between the two only repeats harmless suppressions.
+Two sources: the one-click requests recorded by ``mailer serve``
+(``MAILER_SERVE_URL`` and ``MAILER_SERVE_API_TOKEN``), read page by page after
+the last cursor; and the inbound mailbox over IMAP (``inbox.py``). Addresses go
+to the suppression list first; the cursor and the time of each source's last
+successful sync are written after, atomically, to ``<ledger dir>/sync-state.json``
+(not a ``.jsonl``: never taken for an issue's ledger), so a crash between the
+two only repeats harmless suppressions.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailer import suppressions
 from mailer.errors import ConfigError
 from mailer.settings import Settings
+
+if TYPE_CHECKING:
+    from mailer.inbox import InboxResult
 
 STATE_FILE = "sync-state.json"
 PAGE = 1000
@@ -63,13 +67,25 @@ def _save_state(settings: Settings, state: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def sync(settings: Settings, recipients_dir: Path) -> list[SourceResult]:
+def sync(settings: Settings, recipients_dir: Path) -> list[SourceResult | InboxResult]:
     """Read every configured source; returns one result per source."""
-    results = []
+    results: list[SourceResult | InboxResult] = []
     state = load_state(settings)
     if settings.serve_url and settings.serve_api_token:
         results.append(_from_endpoint(settings, recipients_dir, state))
+    if settings.imap_host:
+        from mailer.inbox import read_mailbox  # imaplib and the bounce reader: only here
+
+        mailbox = read_mailbox(settings, recipients_dir)
+        if mailbox.error is None:
+            state.setdefault("mailbox", {})["last_success"] = _now()
+            _save_state(settings, state)
+        results.append(mailbox)
     return results
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, Any]) -> SourceResult:
@@ -115,17 +131,21 @@ def require_fresh(settings: Settings, now: datetime | None = None) -> None:
 
     Otherwise a reader who unsubscribed yesterday could be mailed today.
     """
-    if not (settings.serve_url and settings.serve_api_token):
-        return
+    sources = []
+    if settings.serve_url and settings.serve_api_token:
+        sources.append(("endpoint", "the unsubscribe endpoint"))
+    if settings.imap_host:
+        sources.append(("mailbox", "the inbound mailbox"))
     moment = now or datetime.now(UTC)
-    last = load_state(settings).get("endpoint", {}).get("last_success")
-    when = datetime.fromisoformat(last) if isinstance(last, str) else None
-    if when is None or moment - when > settings.sync_max_age:
-        seen = f"was at {last}" if when else "never happened"
-        raise ConfigError(
-            f"the last sync of the unsubscribe endpoint {seen}, longer ago than "
-            "MAILER_SYNC_MAX_AGE: readers who unsubscribed since could be mailed. Run "
-            "mailer sync first; if the endpoint is down and the issue cannot wait, pass "
-            "--allow-stale-sync.",
-            field="MAILER_SYNC_MAX_AGE",
-        )
+    state = load_state(settings)
+    for key, label in sources:
+        last = state.get(key, {}).get("last_success")
+        when = datetime.fromisoformat(last) if isinstance(last, str) else None
+        if when is None or moment - when > settings.sync_max_age:
+            seen = f"was at {last}" if when else "never happened"
+            raise ConfigError(
+                f"the last sync of {label} {seen}, longer ago than MAILER_SYNC_MAX_AGE: "
+                "readers who unsubscribed since could be mailed. Run mailer sync first; if "
+                "the source is down and the issue cannot wait, pass --allow-stale-sync.",
+                field="MAILER_SYNC_MAX_AGE",
+            )

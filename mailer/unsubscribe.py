@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import mailbox
+from email.message import Message
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -88,7 +89,13 @@ def requests_in_mbox(path: Path, unreadable: list[str] | None = None) -> list[st
     return senders
 
 
-def _requester(message: mailbox.mboxMessage) -> str | None:
+def requests_in_message(message: Message) -> list[str]:
+    """The sender of ``message`` when it asks to unsubscribe, else nothing."""
+    found = _requester(message)
+    return [found] if found else []
+
+
+def _requester(message: Message) -> str | None:
     """The sender, when ``message`` is an unsubscribe request."""
     subject = str(message.get("Subject", "")).lower()
     payload = message.get_payload(decode=True) if not message.is_multipart() else b""

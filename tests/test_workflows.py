@@ -122,6 +122,7 @@ def test_the_scheduled_workflow_wires_every_setting_a_send_can_use() -> None:
         "MAILER_BOUNCE_SECRET",
         "MAILER_OAUTH_CLIENT_SECRET",
         "MAILER_SERVE_API_TOKEN",
+        "MAILER_IMAP_PASSWORD",
     )
     for name in secrets:
         assert job["env"][name] == "${{ secrets." + name + " }}"  # never from variables

@@ -13,10 +13,11 @@ set -euo pipefail
 run=${RUN_ID:?RUN_ID must name this run}
 here=$(dirname "$0")
 
-# Bring back unsubscribe requests first (when the endpoint is configured). If that
+# Bring back unsubscribe requests, bounces and complaints first (when the endpoint
+# or the mailbox is configured). If that
 # fails, mailer refuses to send once the last good sync is older than
 # MAILER_SYNC_MAX_AGE; the sync state is committed with the ledger.
-if [ -n "${MAILER_SERVE_URL:-}" ]; then
+if [ -n "${MAILER_SERVE_URL:-}" ] || [ -n "${MAILER_IMAP_HOST:-}" ]; then
   mailer sync || echo "::warning::mailer sync failed; sending continues only while the last sync is recent"
 fi
 

@@ -1,0 +1,222 @@
+"""The inbound mailbox, read over IMAP by ``mailer sync``: bounces, unsubscribe mail, complaints.
+
+Each message in ``MAILER_IMAP_FOLDER`` is classed, its effect written (ledger,
+``suppressions.csv``), and only then moved to ``MAILER_IMAP_DONE_FOLDER``: a
+crash never loses a bounce or an unsubscribe, and since every effect is
+idempotent, a message processed twice (a crash between writing and moving)
+changes nothing the second time. The move is UID MOVE (RFC 6851) where the
+server offers it, else UID COPY, UID STORE ``\\Deleted`` and UID EXPUNGE (RFC
+4315), never a plain EXPUNGE that would take other clients' deletions along.
+
+- An ARF complaint (RFC 5965) of type ``abuse`` suppresses the reader at once;
+  ``not-spam`` (RFC 6650) and ``auth-failure`` (RFC 6591) never do. The reader
+  is found by the VERP address or our keyed Message-ID quoted in the report
+  (``Original-Rcpt-To`` is often redacted), never by an address it names.
+- An out-of-office or other automatic reply changes nothing (moved aside).
+- A message to the unsubscribe address asking to unsubscribe is the request of
+  the address it came from, as RFC 2369 intends: this trusts the From header
+  (the relay's SPF/DKIM/DMARC checks are the guard against forged senders).
+- Anything else with failures in it is a bounce (the bounce reader decides).
+- A message that cannot be decoded is moved aside and reported; a human reply
+  that is none of these stays in the folder for staff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import imaplib
+import re
+import ssl
+from dataclasses import dataclass, field
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+
+from mailer import bounces, suppressions
+from mailer.errors import ConfigError
+from mailer.settings import Settings
+from mailer.unsubscribe import requests_in_message
+from mailer.verp import id_key
+
+_AUTO_SUBJECT = re.compile(
+    r"^(out of (the )?office|automatic reply|auto(matic)?[- ]?reply|absence|"
+    r"réponse automatique|respuesta automática)",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class InboxResult:
+    """What reading the mailbox did, by effect."""
+
+    name: str = "mailbox"
+    effects: dict[str, int] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
+    already: int = 0
+    refused: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def count(self, effect: str) -> None:
+        self.effects[effect] = self.effects.get(effect, 0) + 1
+
+
+def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
+    """Process every message of the folder; move each once its effect is on disk."""
+    result = InboxResult()
+    try:
+        connection = _connect(settings)
+    except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+        result.error = (
+            f"the mailbox {settings.imap_host} could not be read ({type(exc).__name__}); "
+            "check MAILER_IMAP_HOST, _PORT, _SECURITY, _USERNAME and _PASSWORD."
+        )
+        return result
+    try:
+        _process_folder(connection, settings, recipients_dir, result)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        result.error = f"reading the mailbox stopped ({type(exc).__name__}: {str(exc)[:120]})"
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            connection.logout()
+    return result
+
+
+def _connect(settings: Settings) -> imaplib.IMAP4:
+    s = settings
+    if not s.imap_host or not s.imap_username or s.imap_password is None:
+        raise ConfigError("reading the mailbox needs these settings.", field="MAILER_IMAP_HOST")
+    port = s.imap_port or (993 if s.imap_security == "tls" else 143)
+    context = ssl.create_default_context()
+    connection: imaplib.IMAP4
+    if s.imap_security == "tls":
+        connection = imaplib.IMAP4_SSL(s.imap_host, port, ssl_context=context, timeout=30)
+    else:
+        connection = imaplib.IMAP4(s.imap_host, port, timeout=30)
+        if s.imap_security == "starttls":
+            connection.starttls(context)
+    connection.login(s.imap_username, s.imap_password.get_secret_value())
+    return connection
+
+
+def _process_folder(
+    connection: imaplib.IMAP4, settings: Settings, recipients_dir: Path, result: InboxResult
+) -> None:
+    folder, done = settings.imap_folder, settings.imap_done_folder
+    connection.create(_quoted(done))  # "already exists" is fine
+    kind, _ = connection.select(_quoted(folder))
+    if kind != "OK":
+        raise imaplib.IMAP4.error(f"no folder {folder}")
+    kind, data = connection.uid("SEARCH", "ALL")
+    uids = [u.decode() for u in data[0].split()] if kind == "OK" and data and data[0] else []
+    can_move = "MOVE" in connection.capabilities
+    for uid in uids:
+        kind, parts = connection.uid("FETCH", uid, "(BODY.PEEK[])")
+        raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
+        if kind != "OK" or raw is None:
+            continue
+        effect = _apply(raw, settings, recipients_dir, result)
+        result.count(effect)
+        if effect != "left for staff":
+            _move(connection, uid, done, can_move)
+
+
+def _apply(raw: bytes, settings: Settings, recipients_dir: Path, result: InboxResult) -> str:
+    """Write one message's effect; returns its name for the report."""
+    try:
+        message = email.message_from_bytes(raw)
+        kind = _kind(message, settings)
+    except Exception as exc:  # an undecodable message is moved aside, never a stop
+        result.problems.append(f"a message cannot be read ({type(exc).__name__})")
+        return "unreadable"
+    if kind == "auto-reply":
+        return "auto-reply"
+    if kind == "complaint":
+        return _complaint(message, settings, recipients_dir, result)
+    if kind == "unsubscribe":
+        added = suppressions.suppress(
+            recipients_dir, requests_in_message(message), "unsubscribe request by mail"
+        )
+        _tally(result, added)
+        return "unsubscribe request"
+    report = bounces.process_messages(
+        [message],
+        settings.ledger_dir,
+        recipients_dir,
+        bounce_address=settings.bounce_address,
+        soft_limit=settings.bounce_soft_limit,
+        key=id_key(settings),
+    )
+    _tally(result, report.suppressed)
+    result.problems += report.skipped
+    if report.bounces:
+        return "bounce"
+    if kind == "bounce":
+        return "bounce not attributed"
+    return "left for staff"
+
+
+def _kind(message: Message, settings: Settings) -> str:
+    content_type = message.get_content_type()
+    report_type = str(message.get_param("report-type", "") or "").lower()
+    if content_type == "multipart/report" and report_type == "feedback-report":
+        return "complaint"
+    if content_type == "multipart/report" and report_type == "delivery-status":
+        return "bounce"
+    auto = str(message.get("Auto-Submitted", "no")).strip().lower()
+    subject = str(message.get("Subject", "")).strip()
+    automatic = auto.startswith("auto-replied") or bool(message.get("X-Autoreply"))
+    if automatic or _AUTO_SUBJECT.match(subject):
+        return "auto-reply"
+    mailto = (settings.unsubscribe_mailto or "").lower()
+    to = {a.lower() for _, a in getaddresses([str(v) for v in message.get_all("To", [])])}
+    if mailto and mailto in to and requests_in_message(message):
+        return "unsubscribe"
+    if parseaddr(str(message.get("From", "")))[1].lower().startswith("mailer-daemon"):
+        return "bounce"
+    return "other"
+
+
+def _complaint(
+    message: Message, settings: Settings, recipients_dir: Path, result: InboxResult
+) -> str:
+    feedback = next(
+        (p for p in message.walk() if p.get_content_type() == "message/feedback-report"), None
+    )
+    text = ""
+    if feedback is not None:
+        payload = feedback.get_payload()
+        text = str(payload[0]) if isinstance(payload, list) and payload else str(payload)
+    kind = re.search(r"^Feedback-Type:\s*([\w-]+)", text, re.IGNORECASE | re.MULTILINE)
+    feedback_type = kind.group(1).lower() if kind else "unknown"
+    if feedback_type != "abuse":
+        return f"complaint ({feedback_type}): nothing done"
+    recipient = bounces.recipient_behind(
+        message, settings.bounce_address, settings.ledger_dir, id_key(settings)
+    )
+    if recipient is None:
+        result.problems.append("an abuse complaint names no message of ours (not attributed)")
+        return "complaint not attributed"
+    _tally(result, suppressions.suppress(recipients_dir, [recipient], "complaint (abuse)"))
+    return "complaint (abuse): suppressed"
+
+
+def _tally(result: InboxResult, added: suppressions.Added) -> None:
+    result.added += added.added
+    result.already += len(added.already)
+    result.refused += [address for address, _ in added.refused]
+
+
+def _move(connection: imaplib.IMAP4, uid: str, done: str, can_move: bool) -> None:
+    """Move one message by UID, never with a plain EXPUNGE (RFC 6851, RFC 4315)."""
+    if can_move:
+        connection.uid("MOVE", uid, _quoted(done))
+        return
+    connection.uid("COPY", uid, _quoted(done))
+    connection.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
+    connection.uid("EXPUNGE", uid)
+
+
+def _quoted(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'

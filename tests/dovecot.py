@@ -1,0 +1,90 @@
+"""A real IMAP server for the tests: Debian's Dovecot 2.3, started as a plain process on
+127.0.0.1 with a temporary configuration and mail folder (never the system service)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .smtp_server import free_port
+
+USER, PASSWORD = "bulletin", "imap-test-password"
+
+CONFIG = """listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:{root}/mail/%u
+default_internal_user = nobody
+default_login_user = nobody
+protocols = imap
+passdb {{
+  driver = passwd-file
+  args = {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={root}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  chroot =
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+class Dovecot:
+    """``with Dovecot(binary) as imap:`` a private IMAP server; ``imap.port``."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="dovecot-", dir="/tmp"))
+
+    def __enter__(self) -> Dovecot:
+        root = self.root
+        root.chmod(0o755)  # nobody must reach the passwd file and the mail folder
+        for name in ("run", "state", "mail"):
+            (root / name).mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(root / "mail", nobody.pw_uid, nobody.pw_gid)
+        (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+        (root / "dovecot.conf").write_text(CONFIG.format(root=root, port=self.port))
+        subprocess.run([self.binary, "-c", str(root / "dovecot.conf")], check=True, timeout=30)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError((root / "dovecot.log").read_text(errors="replace"))
+
+    def __exit__(self, *exc: object) -> None:
+        pid_file = self.root / "run" / "master.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 15)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,194 @@
+"""`mailer sync` empties a real IMAP mailbox (Dovecot on 127.0.0.1): bounces, unsubscribe
+mail and complaints take effect once, then move; automatic replies change nothing."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailer import inbox, pipeline
+from mailer.cli import app
+from mailer.settings import Settings
+from mailer.verp import message_id
+
+from .conftest import SAMPLE, require_tool
+from .dovecot import PASSWORD, USER, Dovecot
+from .smtp_server import Server
+from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, bounce_bytes
+from .test_delivery import FAST, settings_for
+
+ARF = """From: feedback@mailbox-provider.example
+To: abuse@isu.example.org
+Subject: Complaint about a message
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="arf"
+
+--arf
+Content-Type: text/plain
+
+This is an email abuse report for a message received from 192.0.2.1.
+--arf
+Content-Type: message/feedback-report
+
+Feedback-Type: {kind}
+User-Agent: Provider-FBL/1.0
+Version: 1
+Original-Rcpt-To: redacted@example.com
+
+--arf
+Content-Type: text/rfc822-headers
+
+From: ISU-CCM <newsletter@isu.example.org>
+To: redacted
+Message-ID: {message_id}
+Subject: CCM newsletter
+
+--arf--
+"""
+UNSUBSCRIBE = (
+    "From: Lars Eriksen <disarmament.desk@example.org>\r\nTo: unsubscribe@isu.example.org\r\n"
+    "Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
+)
+AUTO_REPLY = (
+    "From: ambassador.moreau@example.org\r\nTo: newsletter@isu.example.org\r\n"
+    "Subject: Automatic reply: CCM newsletter\r\nAuto-Submitted: auto-replied\r\n\r\n"
+    "I am out of the office until Monday.\r\n"
+)
+HUMAN = (
+    "From: focal.point@example.com\r\nTo: newsletter@isu.example.org\r\n"
+    "Subject: Re: CCM newsletter\r\n\r\nThank you, could you send the programme?\r\n"
+)
+
+
+@pytest.fixture
+def imap() -> Iterator[Dovecot]:
+    binary = require_tool("dovecot")
+    if os.geteuid() != 0:
+        if os.environ.get("MAILER_REQUIRE_EXTERNAL") == "1":
+            pytest.fail("the private Dovecot needs root (to run as nobody)")
+        pytest.skip("the private Dovecot needs root to run as nobody")
+    with Dovecot(binary) as running:
+        yield running
+
+
+def _sent(tmp_path: Path, imap: Dovecot) -> Settings:
+    """The sample sent with VERP through a test relay; settings that read ``imap``."""
+    with Server() as relay:
+        settings = settings_for(
+            relay.port,
+            tmp_path,
+            bounce_address=BOUNCE_ADDRESS,
+            bounce_secret=BOUNCE_SECRET,
+            imap_host="127.0.0.1",
+            imap_port=imap.port,
+            imap_security="none",
+            imap_username=USER,
+            imap_password=PASSWORD,
+        )
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+    return settings
+
+
+def _append(imap: Dovecot, *messages: str | bytes) -> None:
+    client = imaplib.IMAP4("127.0.0.1", imap.port)
+    client.login(USER, PASSWORD)
+    for message in messages:
+        data = message.encode() if isinstance(message, str) else message
+        client.append("INBOX", None, None, data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    client.logout()
+
+
+def _count(imap: Dovecot, folder: str) -> int:
+    client = imaplib.IMAP4("127.0.0.1", imap.port)
+    client.login(USER, PASSWORD)
+    kind, data = client.select(f'"{folder}"')
+    client.logout()
+    return int(data[0]) if kind == "OK" else -1
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        "MAILER_IMAP_HOST": "127.0.0.1",
+        "MAILER_IMAP_PORT": str(settings.imap_port),
+        "MAILER_IMAP_SECURITY": "none",
+        "MAILER_IMAP_USERNAME": USER,
+        "MAILER_IMAP_PASSWORD": PASSWORD,
+        "MAILER_LEDGER_DIR": str(settings.ledger_dir),
+        "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+        "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
+        "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@isu.example.org",
+    }
+
+
+def test_sync_empties_the_mailbox_once_and_a_rerun_changes_nothing(
+    tmp_path: Path, imap: Dovecot
+) -> None:
+    settings = _sent(tmp_path, imap)
+    abuse = message_id(KEY, "2017-03", "campaigner@example.org", "isu.example.org")
+    not_spam = message_id(KEY, "2017-03", "seminar.desk@example.net", "isu.example.org")
+    _append(
+        imap,
+        bounce_bytes("01-postfix-rfc3464.eml"),
+        UNSUBSCRIBE,
+        ARF.format(kind="abuse", message_id=abuse),
+        ARF.format(kind="not-spam", message_id=not_spam),
+        AUTO_REPLY,
+        HUMAN,
+    )
+    recipients = ["--recipients", str(settings.recipients_dir)]
+    first = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
+    assert first.exit_code == 0, first.output
+    rows = (settings.recipients_dir / "suppressions.csv").read_text()
+    for address in (
+        "research@example.com",
+        "disarmament.desk@example.org",
+        "campaigner@example.org",
+    ):
+        assert address in rows, address
+    assert "seminar.desk@example.net" not in rows  # not-spam never suppresses
+    assert "ambassador.moreau@example.org" not in rows  # an auto-reply changes nothing
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 5)  # the human reply stays
+    second = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
+    assert second.exit_code == 0 and "suppressed:" not in second.output
+    assert (settings.recipients_dir / "suppressions.csv").read_text() == rows
+
+
+def test_a_crash_between_recording_and_moving_processes_nothing_twice(
+    tmp_path: Path, imap: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _sent(tmp_path, imap)
+    _append(imap, bounce_bytes("01-postfix-rfc3464.eml"))
+
+    def crash(*args: object) -> None:
+        raise OSError("connection lost before the move")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(inbox, "_move", crash)
+        crashed = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert crashed.error is not None and _count(imap, "INBOX") == 1
+    ledger = settings.ledger_dir / "2017-03.jsonl"
+    bounces_before = ledger.read_text().count('"outcome": "bounce"')
+    rerun = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert rerun.error is None and rerun.added == []  # suppressed the first time
+    assert ledger.read_text().count('"outcome": "bounce"') == bounces_before == 1
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (0, 1)
+
+
+def test_an_unreachable_mailbox_exits_1(tmp_path: Path) -> None:
+    env = {
+        "MAILER_IMAP_HOST": "127.0.0.1",
+        "MAILER_IMAP_PORT": "1",
+        "MAILER_IMAP_SECURITY": "none",
+        "MAILER_IMAP_USERNAME": USER,
+        "MAILER_IMAP_PASSWORD": PASSWORD,
+        "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+    }
+    result = CliRunner().invoke(app, ["sync", "--recipients", str(tmp_path)], env=env)
+    assert result.exit_code == 1 and "could not be read" in result.output
