@@ -120,9 +120,7 @@ def _attribute(
     temporary, permanent = all_failures(message)
     failed = {a.decode("utf-8", "replace").lower(): True for a in permanent}
     failed.update({a.decode("utf-8", "replace").lower(): False for a in temporary - permanent})
-    bounce_id = str(message.get("Message-ID", "")).strip()[:200] or (
-        "<sha256:" + hashlib.sha256(message.as_bytes()).hexdigest()[:24] + ">"
-    )
+    bounce_id = report_id(message)
     found = _by_verp(message, bounce_address, ledgers) or _by_message_id(message, ledgers)
     if found is None:
         return "no VERP address or Message-ID of a message our ledgers show was sent"
@@ -138,6 +136,13 @@ def _attribute(
         return f"issue {issue}: no failed recipient found in the report"
     detail = "permanent" if is_permanent else "temporary"
     return [Bounce(issue, recipient, is_permanent, detail, bounce_id)]
+
+
+def report_id(message: Message) -> str:
+    """A report's identity, to record each bounce once: its Message-ID, else a hash."""
+    return str(message.get("Message-ID", "")).strip()[:200] or (
+        "<sha256:" + hashlib.sha256(message.as_bytes()).hexdigest()[:24] + ">"
+    )
 
 
 def _by_verp(

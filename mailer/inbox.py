@@ -100,6 +100,9 @@ def _connect(settings: Settings) -> imaplib.IMAP4:
     return connection
 
 
+BATCH = 500  # messages fetched, written and moved together
+
+
 def _process_folder(
     connection: imaplib.IMAP4, settings: Settings, recipients_dir: Path, result: InboxResult
 ) -> None:
@@ -111,50 +114,78 @@ def _process_folder(
     kind, data = connection.uid("SEARCH", "ALL")
     uids = [u.decode() for u in data[0].split()] if kind == "OK" and data and data[0] else []
     can_move = "MOVE" in connection.capabilities
-    for uid in uids:
-        kind, parts = connection.uid("FETCH", uid, "(BODY.PEEK[])")
-        raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
-        if kind != "OK" or raw is None:
-            continue
-        effect = _apply(raw, settings, recipients_dir, result)
+    for start in range(0, len(uids), BATCH):
+        batch = _fetch(connection, uids[start : start + BATCH])
+        handled = _apply(batch, settings, recipients_dir, result)  # effects on disk first
+        if handled:
+            _move(connection, handled, done, can_move)
+
+
+def _fetch(connection: imaplib.IMAP4, uids: list[str]) -> list[tuple[str, bytes]]:
+    """(UID, message bytes) of ``uids``, in one UID FETCH."""
+    kind, parts = connection.uid("FETCH", ",".join(uids), "(UID BODY.PEEK[])")
+    fetched = []
+    for part in parts if kind == "OK" else []:
+        if isinstance(part, tuple):
+            found = re.search(rb"UID (\d+)", part[0])
+            if found:
+                fetched.append((found.group(1).decode(), part[1]))
+    return fetched
+
+
+def _apply(
+    batch: list[tuple[str, bytes]], settings: Settings, recipients_dir: Path, result: InboxResult
+) -> list[str]:
+    """Write the effects of a batch; returns the UIDs to move (all but staff's mail)."""
+    handled: list[str] = []
+    requests: list[str] = []
+    complaints: list[str] = []
+    maybe_bounces: dict[str, tuple[str, Message, str]] = {}  # report id -> (uid, msg, kind)
+    for uid, raw in batch:
+        try:
+            message = email.message_from_bytes(raw)
+            kind = _kind(message, settings)
+        except Exception as exc:  # an undecodable message is moved aside, never a stop
+            result.problems.append(f"UID {uid}: cannot be read ({type(exc).__name__})")
+            effect = "unreadable"
+        else:
+            if kind == "auto-reply":
+                effect = "auto-reply"
+            elif kind == "complaint":
+                effect = _complaint(message, settings, complaints, result)
+            elif kind == "unsubscribe":
+                requests += requests_in_message(message)
+                effect = "unsubscribe request"
+            else:
+                maybe_bounces[f"{bounces.report_id(message)}#{uid}"] = (uid, message, kind)
+                continue
         result.count(effect)
-        if effect != "left for staff":
-            _move(connection, uid, done, can_move)
-
-
-def _apply(raw: bytes, settings: Settings, recipients_dir: Path, result: InboxResult) -> str:
-    """Write one message's effect; returns its name for the report."""
-    try:
-        message = email.message_from_bytes(raw)
-        kind = _kind(message, settings)
-    except Exception as exc:  # an undecodable message is moved aside, never a stop
-        result.problems.append(f"a message cannot be read ({type(exc).__name__})")
-        return "unreadable"
-    if kind == "auto-reply":
-        return "auto-reply"
-    if kind == "complaint":
-        return _complaint(message, settings, recipients_dir, result)
-    if kind == "unsubscribe":
-        added = suppressions.suppress(
-            recipients_dir, requests_in_message(message), "unsubscribe request by mail"
+        handled.append(uid)
+    _tally(result, suppressions.suppress(recipients_dir, requests, "unsubscribe request by mail"))
+    _tally(result, suppressions.suppress(recipients_dir, complaints, "complaint (abuse)"))
+    if maybe_bounces:
+        report = bounces.process_messages(
+            [message for _, message, _ in maybe_bounces.values()],
+            settings.ledger_dir,
+            recipients_dir,
+            bounce_address=settings.bounce_address,
+            soft_limit=settings.bounce_soft_limit,
+            key=id_key(settings),
         )
-        _tally(result, added)
-        return "unsubscribe request"
-    report = bounces.process_messages(
-        [message],
-        settings.ledger_dir,
-        recipients_dir,
-        bounce_address=settings.bounce_address,
-        soft_limit=settings.bounce_soft_limit,
-        key=id_key(settings),
-    )
-    _tally(result, report.suppressed)
-    result.problems += report.skipped
-    if report.bounces:
-        return "bounce"
-    if kind == "bounce":
-        return "bounce not attributed"
-    return "left for staff"
+        _tally(result, report.suppressed)
+        result.problems += report.skipped
+        attributed = {bounce.bounce_id for bounce in report.bounces}
+        for uid, message, kind in maybe_bounces.values():
+            if bounces.report_id(message) in attributed:
+                effect = "bounce"
+            elif kind == "bounce":
+                effect = "bounce not attributed"
+            else:
+                result.count("left for staff")
+                continue
+            result.count(effect)
+            handled.append(uid)
+    return handled
 
 
 def _kind(message: Message, settings: Settings) -> str:
@@ -179,7 +210,7 @@ def _kind(message: Message, settings: Settings) -> str:
 
 
 def _complaint(
-    message: Message, settings: Settings, recipients_dir: Path, result: InboxResult
+    message: Message, settings: Settings, complaints: list[str], result: InboxResult
 ) -> str:
     feedback = next(
         (p for p in message.walk() if p.get_content_type() == "message/feedback-report"), None
@@ -198,7 +229,7 @@ def _complaint(
     if recipient is None:
         result.problems.append("an abuse complaint names no message of ours (not attributed)")
         return "complaint not attributed"
-    _tally(result, suppressions.suppress(recipients_dir, [recipient], "complaint (abuse)"))
+    complaints.append(recipient)
     return "complaint (abuse): suppressed"
 
 
@@ -208,14 +239,15 @@ def _tally(result: InboxResult, added: suppressions.Added) -> None:
     result.refused += [address for address, _ in added.refused]
 
 
-def _move(connection: imaplib.IMAP4, uid: str, done: str, can_move: bool) -> None:
-    """Move one message by UID, never with a plain EXPUNGE (RFC 6851, RFC 4315)."""
+def _move(connection: imaplib.IMAP4, uids: list[str], done: str, can_move: bool) -> None:
+    """Move messages by UID, never with a plain EXPUNGE (RFC 6851, RFC 4315)."""
+    selection = ",".join(uids)
     if can_move:
-        connection.uid("MOVE", uid, _quoted(done))
+        connection.uid("MOVE", selection, _quoted(done))
         return
-    connection.uid("COPY", uid, _quoted(done))
-    connection.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
-    connection.uid("EXPUNGE", uid)
+    connection.uid("COPY", selection, _quoted(done))
+    connection.uid("STORE", selection, "+FLAGS.SILENT", "(\\Deleted)")
+    connection.uid("EXPUNGE", selection)
 
 
 def _quoted(folder: str) -> str:
