@@ -14,7 +14,8 @@ served by uvicorn. At the path of ``MAILER_UNSUBSCRIBE_URL``:
 
 ``GET /suppressions?since=CURSOR`` with ``Authorization: Bearer
 <MAILER_SERVE_API_TOKEN>`` (compared in constant time) returns the requests
-recorded after the cursor, for ``mailer sync``; ``GET /health`` answers the
+recorded after the cursor, for ``mailer sync``, and deletes the rows up to the
+cursor once they are older than ``RETENTION`` (30 days); ``GET /health`` answers the
 host's monitoring. No log line holds a token (uvicorn's access log is off),
 and every answer sends ``Referrer-Policy: no-referrer`` and ``Cache-Control:
 no-store``. The SQLite file (``MAILER_SERVE_DB``) is the app's only state.
@@ -27,7 +28,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +48,7 @@ from mailer.settings import Settings
 from mailer.unsubscribe import verify_token
 
 MAX_BODY = 16 * 1024  # a one-click POST is a few dozen bytes
+RETENTION = timedelta(days=30)  # synced rows are deleted after this grace period
 HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -97,6 +99,16 @@ class Store:
                 (cursor, limit),
             ).fetchall()
         return [{"id": r[0], "address": r[1], "issue": r[2], "received": r[3]} for r in rows]
+
+    def forget(self, acknowledged: int, before: datetime) -> int:
+        """Delete rows sync has acknowledged (id ≤ its cursor) and older than ``before``:
+        the endpoint keeps addresses no longer than it needs them."""
+        with self._lock, self._connection() as db:
+            gone = db.execute(
+                "DELETE FROM requests WHERE id <= ? AND received < ?",
+                (acknowledged, before.isoformat(timespec="seconds")),
+            )
+            return int(gone.rowcount)
 
     def healthy(self) -> bool:
         with self._connection() as db:
@@ -154,6 +166,8 @@ def create_app(settings: Settings) -> Starlette:
         except ValueError:
             return PlainTextResponse("since must be a number.", 400, headers=HEADERS)
         rows = await run_in_threadpool(store.since, cursor)
+        # A cursor is the caller saying it has everything up to there.
+        await run_in_threadpool(store.forget, cursor, datetime.now(UTC) - RETENTION)
         next_cursor = rows[-1]["id"] if rows else cursor
         return JSONResponse({"requests": rows, "cursor": next_cursor}, headers=HEADERS)
 

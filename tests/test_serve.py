@@ -233,3 +233,25 @@ def test_a_send_refuses_while_the_last_sync_is_too_old(endpoint: Endpoint, tmp_p
         stale = {**env, "MAILER_SYNC_MAX_AGE": "0s"}
         time.sleep(1.1)
         assert send_cli(recipients, stale).exit_code == 2
+
+
+def test_synced_rows_are_deleted_after_the_grace_period(tmp_path: Path) -> None:
+    running = start(tmp_path)
+    try:
+        for name in ("old", "recent"):
+            assert (
+                httpx.post(running.link(f"{name}@example.org"), data=ONE_CLICK).status_code == 200
+            )
+        with sqlite3.connect(running.db) as db:
+            db.execute(
+                "UPDATE requests SET received = '2020-01-01T00:00:00+00:00' "
+                "WHERE address LIKE 'old%'"
+            )
+        good = {"Authorization": f"Bearer {API_TOKEN}"}
+        first = httpx.get(f"{running.base}/suppressions?since=0", headers=good).json()
+        assert len(first["requests"]) == 2 and len(running.rows()) == 2  # not acknowledged yet
+        httpx.get(f"{running.base}/suppressions?since={first['cursor']}", headers=good)
+        assert running.rows() == [("recent@example.org", "2017-03")]  # old and synced: gone
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
