@@ -68,9 +68,11 @@ def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
     try:
         connection = _connect(settings)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+        detail = str(exc)[:300] if "OAuth2" in str(exc) else type(exc).__name__
         result.error = (
-            f"the mailbox {settings.imap_host} could not be read ({type(exc).__name__}); "
-            "check MAILER_IMAP_HOST, _PORT, _SECURITY, _USERNAME and _PASSWORD."
+            f"the mailbox {settings.imap_host} could not be read ({detail}); check "
+            "MAILER_IMAP_HOST, _PORT, _SECURITY, _USERNAME and _PASSWORD (or, with "
+            "MAILER_IMAP_AUTH=xoauth2, the MAILER_OAUTH_* settings)."
         )
         return result
     try:
@@ -85,8 +87,10 @@ def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
 
 def _connect(settings: Settings) -> imaplib.IMAP4:
     s = settings
-    if not s.imap_host or not s.imap_username or s.imap_password is None:
+    if not s.imap_host or not s.imap_username:
         raise ConfigError("reading the mailbox needs these settings.", field="MAILER_IMAP_HOST")
+    if s.imap_auth == "password" and s.imap_password is None:
+        raise ConfigError("reading the mailbox needs its password.", field="MAILER_IMAP_PASSWORD")
     port = s.imap_port or (993 if s.imap_security == "tls" else 143)
     context = ssl.create_default_context()
     connection: imaplib.IMAP4
@@ -96,8 +100,28 @@ def _connect(settings: Settings) -> imaplib.IMAP4:
         connection = imaplib.IMAP4(s.imap_host, port, timeout=30)
         if s.imap_security == "starttls":
             connection.starttls(context)
-    connection.login(s.imap_username, s.imap_password.get_secret_value())
+    if s.imap_auth == "xoauth2":
+        _sign_in_by_token(connection, s)
+    else:
+        assert s.imap_password is not None
+        connection.login(s.imap_username, s.imap_password.get_secret_value())
     return connection
+
+
+def _sign_in_by_token(connection: imaplib.IMAP4, settings: Settings) -> None:
+    """AUTHENTICATE XOAUTH2 with a client-credentials token (the same MAILER_OAUTH_*
+    settings as SMTP; Microsoft 365 needs the application's IMAP.AccessAsApp)."""
+    import asyncio
+
+    from mailer.oauth import TokenSource, TokenUnavailable
+
+    assert settings.imap_username
+    try:
+        token = asyncio.run(TokenSource(settings).token())
+    except TokenUnavailable as exc:
+        raise imaplib.IMAP4.error(f"no OAuth2 token: {exc}") from None
+    answer = f"user={settings.imap_username}\x01auth=Bearer {token.value}\x01\x01".encode()
+    connection.authenticate("XOAUTH2", lambda _: answer)
 
 
 BATCH = 500  # messages fetched, written and moved together

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     imap_security: Literal["tls", "starttls", "none"] = "tls"
     imap_username: str | None = None
     imap_password: SecretStr | None = None
+    # password, or xoauth2 with the MAILER_OAUTH_* settings (Microsoft 365: IMAP.AccessAsApp).
+    imap_auth: Literal["password", "xoauth2"] = "password"
     imap_folder: str = "INBOX"
     imap_done_folder: str = "Processed"
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).

@@ -26,7 +26,8 @@ mail_location = maildir:{root}/mail/%u
 default_internal_user = nobody
 default_login_user = nobody
 protocols = imap
-passdb {{
+auth_mechanisms = plain login xoauth2
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = {root}/passwd
 }}
@@ -53,8 +54,10 @@ service anvil {{
 class Dovecot:
     """``with Dovecot(binary) as imap:`` a private IMAP server; ``imap.port``."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, introspection_url: str | None = None) -> None:
+        """With ``introspection_url``, XOAUTH2 sign-ins are checked there (RFC 7662)."""
         self.binary = binary
+        self.introspection_url = introspection_url
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="dovecot-", dir="/tmp"))
 
@@ -66,7 +69,19 @@ class Dovecot:
         nobody = pwd.getpwnam("nobody")
         os.chown(root / "mail", nobody.pw_uid, nobody.pw_gid)
         (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-        (root / "dovecot.conf").write_text(CONFIG.format(root=root, port=self.port))
+        oauth = ""
+        if self.introspection_url:
+            (root / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.introspection_url}\n"
+                "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+            )
+            oauth = (
+                "passdb {\n  driver = oauth2\n  mechanisms = xoauth2\n"
+                f"  args = {root}/oauth2.conf.ext\n}}\n"
+            )
+        (root / "dovecot.conf").write_text(
+            CONFIG.format(root=root, port=self.port, oauth_passdb=oauth)
+        )
         subprocess.run([self.binary, "-c", str(root / "dovecot.conf")], check=True, timeout=30)
         for _ in range(100):
             try:

@@ -39,14 +39,19 @@ class TokenEndpoint:
         self.issued: dict[str, float] = {}  # token -> expiry (time.time())
         self.requests: list[dict[str, str]] = []
         self.refusal: str | None = None  # an error description to answer with
+        self.username = MAILBOX  # whom a valid token signs in (RFC 7662 introspection)
         endpoint = self
 
         class Answer(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                endpoint.requests.append(form)
-                status, body = endpoint.answer(form)
+                if self.path.endswith("/introspect"):  # RFC 7662, as Dovecot asks it
+                    active = endpoint.valid(form.get("token", ""))
+                    status, body = 200, {"active": active, "username": endpoint.username}
+                else:
+                    endpoint.requests.append(form)
+                    status, body = endpoint.answer(form)
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -64,6 +69,10 @@ class TokenEndpoint:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/tenant/oauth2/v2.0/token"
+
+    @property
+    def introspection_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/introspect"
 
     def answer(self, form: dict[str, str]) -> tuple[int, dict[str, object]]:
         genuine = (

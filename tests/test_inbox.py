@@ -18,6 +18,7 @@ from mailer.verp import message_id
 
 from .conftest import SAMPLE, require_tool
 from .dovecot import PASSWORD, USER, Dovecot
+from .oauth_server import CLIENT_ID, CLIENT_SECRET, EXPIRED_SECRET, TokenEndpoint
 from .smtp_server import Server
 from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, bounce_bytes
 from .test_delivery import FAST, settings_for
@@ -192,3 +193,35 @@ def test_an_unreachable_mailbox_exits_1(tmp_path: Path) -> None:
     }
     result = CliRunner().invoke(app, ["sync", "--recipients", str(tmp_path)], env=env)
     assert result.exit_code == 1 and "could not be read" in result.output
+
+
+def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
+    tmp_path: Path,
+) -> None:
+    binary = require_tool("dovecot")
+    if os.geteuid() != 0:
+        pytest.skip("the private Dovecot needs root to run as nobody")
+    with TokenEndpoint() as tokens:
+        tokens.username = USER  # the mailbox a valid token opens
+        with Dovecot(binary, tokens.introspection_url) as imap:
+            _append(imap, UNSUBSCRIBE)
+            settings = settings_for(
+                25,  # no SMTP in this test
+                tmp_path,
+                imap_host="127.0.0.1",
+                imap_port=imap.port,
+                imap_security="none",
+                imap_username=USER,
+                imap_auth="xoauth2",
+                oauth_token_url=tokens.url,
+                oauth_client_id=CLIENT_ID,
+                oauth_client_secret=CLIENT_SECRET,
+                oauth_scope="https://outlook.office365.com/.default",
+            )
+            done = inbox.read_mailbox(settings, settings.recipients_dir)
+            assert done.error is None and done.added == ["disarmament.desk@example.org"]
+            assert _count(imap, "Processed") == 1 and len(tokens.requests) == 1
+            tokens.refusal = EXPIRED_SECRET
+            refused = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert refused.error is not None and "client secret has expired" in refused.error
+    assert CLIENT_SECRET not in refused.error
