@@ -634,6 +634,10 @@ def sync(recipients: RecipientsOpt = None) -> None:
         )
     out.print(table)
     for result in results:
+        for effect, count in getattr(result, "effects", {}).items():
+            out.print(f"{result.name}: {count} × {effect}")
+        for problem in getattr(result, "problems", []):
+            err.print(_label("skipped:", "yellow", f"{result.name}: {problem}"), soft_wrap=True)
         if result.error:
             err.print(
                 _label("error:", "bold red", f"{result.name}: {result.error}"), soft_wrap=True

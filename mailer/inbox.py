@@ -138,11 +138,22 @@ def _process_folder(
     kind, data = connection.uid("SEARCH", "ALL")
     uids = [u.decode() for u in data[0].split()] if kind == "OK" and data and data[0] else []
     can_move = "MOVE" in connection.capabilities
+    validity = _uid_validity(connection, folder)
     for start in range(0, len(uids), BATCH):
         batch = _fetch(connection, uids[start : start + BATCH])
         handled = _apply(batch, settings, recipients_dir, result)  # effects on disk first
         if handled:
+            # UIDs name the same messages only while UIDVALIDITY holds (RFC 3501 2.3.1.1):
+            # a folder recreated meanwhile must not have other messages moved.
+            if _uid_validity(connection, folder) != validity:
+                raise imaplib.IMAP4.error("the folder's UIDVALIDITY changed; run sync again")
             _move(connection, handled, done, can_move)
+
+
+def _uid_validity(connection: imaplib.IMAP4, folder: str) -> str:
+    kind, data = connection.status(_quoted(folder), "(UIDVALIDITY)")
+    found = re.search(rb"UIDVALIDITY (\d+)", data[0] or b"") if kind == "OK" and data else None
+    return found.group(1).decode() if found else ""
 
 
 def _fetch(connection: imaplib.IMAP4, uids: list[str]) -> list[tuple[str, bytes]]:

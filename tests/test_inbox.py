@@ -156,6 +156,8 @@ def test_sync_empties_the_mailbox_once_and_a_rerun_changes_nothing(
     assert "seminar.desk@example.net" not in rows  # not-spam never suppresses
     assert "ambassador.moreau@example.org" not in rows  # an auto-reply changes nothing
     assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 5)  # the human reply stays
+    assert "mailbox: 1 × auto-reply" in first.output  # effects reported by kind
+    assert "mailbox: 1 × left for staff" in first.output
     second = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
     assert second.exit_code == 0 and "suppressed:" not in second.output
     assert (settings.recipients_dir / "suppressions.csv").read_text() == rows
@@ -225,3 +227,15 @@ def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
             refused = inbox.read_mailbox(settings, settings.recipients_dir)
     assert refused.error is not None and "client secret has expired" in refused.error
     assert CLIENT_SECRET not in refused.error
+
+
+def test_a_folder_recreated_during_sync_moves_nothing(
+    tmp_path: Path, imap: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _sent(tmp_path, imap)
+    _append(imap, UNSUBSCRIBE)
+    answers = iter(["1", "2"])  # the UIDVALIDITY before, then after the effects
+    monkeypatch.setattr(inbox, "_uid_validity", lambda *args: next(answers))
+    result = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert result.error is not None and "UIDVALIDITY" in result.error
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 0)
