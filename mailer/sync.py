@@ -99,7 +99,7 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(request, timeout=settings.smtp_timeout) as answer:
-                page = json.loads(answer.read())
+                rows, next_cursor = _page(json.loads(answer.read()), cursor)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "code", None) or type(exc).__name__
             result.error = (
@@ -107,16 +107,13 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
                 "MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN."
             )
             return result
-        rows = page.get("requests", [])
         if not rows:
             break
-        added = suppressions.suppress(
-            recipients_dir, [str(r.get("address", "")) for r in rows], "one-click unsubscribe"
-        )
+        added = suppressions.suppress(recipients_dir, rows, "one-click unsubscribe")
         result.added += added.added
         result.already += len(added.already)
         result.refused += [address for address, _ in added.refused]
-        cursor = int(page.get("cursor", cursor))
+        cursor = next_cursor
         source["cursor"] = cursor
         _save_state(settings, state)  # after the suppressions are written
         if len(rows) < PAGE:
@@ -124,6 +121,20 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
     source["last_success"] = datetime.now(UTC).isoformat(timespec="seconds")
     _save_state(settings, state)
     return result
+
+
+def _page(data: object, cursor: int) -> tuple[list[str], int]:
+    """The addresses and the next cursor of one export page; ValueError when it is not one
+    (a proxy's error page, a wrong URL): nothing is suppressed from a page not understood."""
+    if not isinstance(data, dict) or not isinstance(data.get("requests", []), list):
+        raise ValueError("not an export page")
+    rows = data.get("requests", [])
+    if not all(isinstance(r, dict) and isinstance(r.get("address"), str) for r in rows):
+        raise ValueError("not an export page")
+    next_cursor = data.get("cursor", cursor)
+    if not isinstance(next_cursor, int) or next_cursor < cursor:
+        raise ValueError("not an export page")
+    return [r["address"] for r in rows], next_cursor
 
 
 def require_fresh(settings: Settings, now: datetime | None = None) -> None:

@@ -255,3 +255,44 @@ def test_synced_rows_are_deleted_after_the_grace_period(tmp_path: Path) -> None:
     finally:
         running.process.terminate()
         running.process.wait(10)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>502 Bad Gateway</html>",
+        b"[1, 2]",
+        b'{"requests": "x"}',
+        b'{"requests": [{"address": "a@example.org"}], "cursor": "abc"}',
+    ],
+)
+def test_sync_refuses_an_export_it_does_not_understand(tmp_path: Path, body: bytes) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Broken)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "MAILER_SERVE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "MAILER_SERVE_API_TOKEN": "x",
+            "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+        }
+        recipients = write_list(tmp_path / "r", 2)
+        result = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1 and "could not be read" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (recipients / "suppressions.csv").exists()
