@@ -31,7 +31,7 @@ def archive_urls(composer: Composer, recipients: RecipientList) -> list[str]:
     if not base:
         return []
     pattern = re.compile(re.escape(base.rstrip("/")) + "/" + _URL)
-    keys = dict.fromkeys(VariantKey(r.segments, r.language) for r in recipients)
+    keys = [VariantKey(segments, language) for segments, language in sorted(recipients.variants())]
     found: dict[str, None] = {}
     for key in keys:
         variant = composer.variant(key)

@@ -156,6 +156,14 @@ class RecipientList:
     def __len__(self) -> int:
         return self.count
 
+    def variants(self) -> set[tuple[tuple[str, ...], str]]:
+        """Each distinct (segments, language) of the list, from pass one alone (no row
+        is re-read): the language packed per address is its first row's, the one mailed."""
+        return {
+            (self.segments_of(packed & _MASK), LANGUAGES[(packed >> 64) & 3])
+            for packed in self._masks.values()
+        }
+
     def memberships(self) -> Iterator[tuple[str, tuple[str, ...]]]:
         """Each address (lower case) with its segments, without re-reading any row."""
         for key, packed in self._masks.items():
