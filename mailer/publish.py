@@ -23,7 +23,7 @@ date), never from the build clock.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
@@ -94,8 +94,7 @@ def publish(
 ) -> Published:
     """Build the site into ``out`` (replaced whole, so nothing unpublished lingers)."""
     issues = published_issues(root, settings, now, include)
-    known = available_segments(settings.recipients_dir)
-    site = _Site(settings, known, issues)
+    site = _Site(settings, issues)
     if out.exists():
         shutil.rmtree(out)
     result = Published(out, [b.id for b in issues])
@@ -113,9 +112,8 @@ def publish(
 class _Site:
     """Renders every file of the site, as (relative path, bytes or a source file)."""
 
-    def __init__(self, settings: Settings, known: Sequence[str], issues: list[Bulletin]) -> None:
+    def __init__(self, settings: Settings, issues: list[Bulletin]) -> None:
         self.settings = settings
-        self.known = tuple(known)
         self.issues = issues
         templates = settings.templates_dir or default_templates()
         self.locale = templates / "locale"
@@ -136,7 +134,7 @@ class _Site:
         )
         self.organization = name or self.domain
         self.base = (settings.archive_url or "").rstrip("/")
-        self.sequences = _event_sequences(issues, self.known)
+        self.sequences = _event_sequences(issues)
 
     def files(self) -> Iterable[tuple[str, bytes | Path]]:
         yield "index.html", self._languages_page()
@@ -363,18 +361,14 @@ def _alternates(href: Any, label: Any = None) -> list[dict[str, str]]:
     ]
 
 
-def _event_sequences(issues: list[Bulletin], known: tuple[str, ...]) -> dict[tuple[str, str], int]:
+def _event_sequences(issues: list[Bulletin]) -> dict[tuple[str, str], int]:
     """SEQUENCE per (issue, item): how many distinct (dates, venue) versions of its event
     came before, in issue order, so readers' calendars update one entry."""
     versions: dict[str, list[tuple[object, ...]]] = {}
     found: dict[tuple[str, str], int] = {}
     for issue in sorted(issues, key=lambda b: (b.date, b.id)):
-        for item in issue.items:
-            if (
-                item.event is None
-                or item.starts is None
-                or not item.is_public(issue.segments or known)
-            ):
+        for item in issue.public_items():
+            if item.event is None or item.starts is None:
                 continue
             seen = versions.setdefault(item.event, [])
             version = (item.starts, item.ends, item.location)
