@@ -1,26 +1,30 @@
-"""Bounces: who could not be reached, recorded in the ledger and fed to suppressions.
+"""Bounces and complaints: who could not be reached, recorded in the ledger, fed to suppressions.
 
-A bounce counts only for the recipient the issue's ledger shows behind the
-message it names, found either way (``verp.py``):
+``inbound.py`` says what each message is; this module acts on delivery reports
+and complaints. A report counts only for the reader the issue's ledger shows
+behind the message it names, found either way (``verp.py``):
 
 - the VERP address it came back to, ``bounces+<issue>.<tag>@domain``, whose tag
   is keyed with a secret; or
-- our Message-ID quoted in the report, which the ledger records per recipient
+- our Message-ID quoted in the report, which the ledger records per reader
   (also keyed).
 
 So a forged report cannot suppress an address the issue never mailed, nor one
 whose tag or Message-ID the forger cannot compute; and a report naming an issue
-with no ledger creates none. The addresses the report lists are used only to
-tell how final the failure is (flufl.bounce reads RFC 3464 and the common
-non-standard formats), never to choose whom to suppress.
+with no ledger creates none. A report is judged by the entry for our reader
+(the address it lists that is the reader's; or its only entry, when the reader
+forwards elsewhere), never by the worst entry it holds; a report listing
+several addresses, none the reader's, is not judged.
 
-Permanent failures are suppressed; a temporary failure is suppressed once the
-address bounced temporarily in each of the last ``MAILER_BOUNCE_SOFT_LIMIT``
-issues it was sent. A message that cannot be read (an unknown charset, broken
-MIME) or names an unusable address is skipped and reported; the rest of the
-batch is read. Suppression follows every attributed bounce, recorded before or
-not, so a run interrupted between the ledger and the suppression list is made
-good by the next. Refusals at send time are classed in ``replies.py``.
+Each entry is classed by ``replies.read_returned`` (the one reply table):
+*hard* (a dead address) is suppressed at once; *soft* is recorded, and a reader
+with soft bounces on ``MAILER_BOUNCE_SOFT_LIMIT`` issues in a row is suppressed
+(``soft_failures``); *refused* (policy, reputation, size, content) is recorded
+for staff and never suppressed; ``Action: delayed`` and the like change
+nothing. An ARF ``abuse`` complaint suppresses its reader; ``not-spam`` and
+``auth-failure`` never do. Suppression follows every recorded bounce, written
+before or not, so a run interrupted between the ledger and the suppression list
+is made good by the next.
 """
 
 from __future__ import annotations
@@ -28,56 +32,70 @@ from __future__ import annotations
 import hashlib
 import mailbox
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.message import Message
-from email.utils import getaddresses
 from pathlib import Path
 
-from flufl.bounce import all_failures
-
+from mailer import inbound
 from mailer.errors import InputError
+from mailer.inbound import Kind
 from mailer.ledger import BOUNCE, Ledger, Outcome, Record, ledger_path, read_records
+from mailer.replies import Returned
 from mailer.suppressions import Added, normalize_address, suppress
+from mailer.unsubscribe import mailed_request
 from mailer.verp import parse_verp, tag
 
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._-]*)\.[0-9a-f]{24}@[^>\s]+>")
-_ADDRESS_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Cc")
+LEFT_FOR_STAFF = "left for staff"
 _MAILED = (Outcome.ATTEMPT, Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED)
+# Ledger bounce records written before the reply table (``permanent``/``temporary``).
+_OLD_WORDS = {"permanent": Returned.HARD, "temporary": Returned.SOFT}
 
 
 @dataclass
 class Bounce:
-    """One bounce, attributed."""
+    """One failed reader of one issue, attributed and classed."""
 
     issue: str
     recipient: str
-    permanent: bool
+    verdict: Returned
     detail: str
     bounce_id: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.verdict is Returned.HARD
 
 
 @dataclass
 class BounceReport:
-    """What ``mailer bounces`` did."""
+    """What reading a batch of inbound messages did; ``effects`` has one line per message."""
 
     read: int = 0
     bounces: list[Bounce] = field(default_factory=list)
     unattributed: list[str] = field(default_factory=list)  # read, but not ours (or forged)
     skipped: list[str] = field(default_factory=list)  # could not be read at all
+    ignored: list[str] = field(default_factory=list)  # not a report (auto-reply, person …)
+    complaints: list[str] = field(default_factory=list)  # readers behind abuse complaints
+    requests: list[str] = field(default_factory=list)  # readers behind trusted unsubscribe mail
     duplicates: int = 0
     suppressed: Added = field(default_factory=Added)
+    effects: list[str] = field(default_factory=list)
 
 
-def _messages(source: Path) -> Iterator[Message]:
+def _messages(source: Path) -> Iterator[bytes]:
     if source.is_dir():
         if not (source / "cur").is_dir() and not (source / "new").is_dir():
             raise InputError("not a Maildir (no cur/ or new/ folder).", file=source)
-        yield from mailbox.Maildir(str(source), factory=None, create=False)
+        box: mailbox.Mailbox[mailbox.Message] = mailbox.Maildir(str(source), create=False)
     elif source.is_file():
-        yield from mailbox.mbox(str(source))
+        box = mailbox.mbox(str(source))
     else:
         raise InputError("no such mbox file or Maildir folder.", file=source)
+    for key in box.iterkeys():
+        yield box.get_bytes(key)
 
 
 class _Ledgers:
@@ -114,69 +132,71 @@ class _Ledgers:
 
 
 def _attribute(
-    message: Message, bounce_address: str | None, ledgers: _Ledgers
-) -> list[Bounce] | str:
-    """The bounce a report tells of, or why it cannot be attributed."""
-    temporary, permanent = all_failures(message)
-    failed = {a.decode("utf-8", "replace").lower(): True for a in permanent}
-    failed.update({a.decode("utf-8", "replace").lower(): False for a in temporary - permanent})
-    bounce_id = report_id(message)
-    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(message, ledgers)
+    message: Message, text: str, bounce_id: str, bounce_address: str | None, ledgers: _Ledgers
+) -> Bounce | str:
+    """The bounce a report tells of for our reader, or why it changes nothing."""
+    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(text, ledgers)
     if found is None:
         return "no VERP address or Message-ID of a message our ledgers show was sent"
-    issue, recipient, by_verp = found
-    if by_verp:
-        # VERP names our recipient; the report (if readable) says how final it is.
-        is_permanent = any(failed.values()) or not failed
-    elif recipient.lower() in failed:
-        is_permanent = failed[recipient.lower()]
-    elif failed:
-        is_permanent = any(failed.values())  # forwarded: the report names the final address
-    else:
-        return f"issue {issue}: no failed recipient found in the report"
-    detail = "permanent" if is_permanent else "temporary"
-    return [Bounce(issue, recipient, is_permanent, detail, bounce_id)]
+    issue, recipient = found
+    entries = inbound.failures(message)
+    mine = [entry for entry in entries if entry.names(recipient)]
+    if not mine and len(entries) == 1:
+        mine = entries  # forwarded: the report names the address mail went on to
+    if not mine:
+        listed = (
+            f"lists {len(entries)} addresses, none the reader's"
+            if entries
+            else ("names no failed recipient")
+        )
+        return f"issue {issue}: the report {listed}; nothing done"
+    entry = next((e for e in mine if e.verdict is not Returned.NONE), mine[0])
+    if entry.verdict is Returned.NONE:
+        return f"issue {issue}: {entry.action} (not a failure); nothing done"
+    code = ".".join(map(str, entry.status)) if entry.status else ""
+    detail = " ".join(f"{entry.verdict}: {code} {entry.text}".split())[:300]
+    return Bounce(issue, recipient, entry.verdict, detail, bounce_id)
 
 
-def report_id(message: Message) -> str:
+def report_id(message: Message, raw: bytes | None = None) -> str:
     """A report's identity, to record each bounce once: its Message-ID, else a hash."""
-    return str(message.get("Message-ID", "")).strip()[:200] or (
-        "<sha256:" + hashlib.sha256(message.as_bytes()).hexdigest()[:24] + ">"
-    )
+    found = str(message.get("Message-ID", "") or "").strip()[:200]
+    if found:
+        return found
+    data = raw if raw is not None else inbound.raw_text(message).encode("latin-1", "replace")
+    return "<sha256:" + hashlib.sha256(data).hexdigest()[:24] + ">"
 
 
 def _by_verp(
     message: Message, bounce_address: str | None, ledgers: _Ledgers
-) -> tuple[str, str, bool] | None:
+) -> tuple[str, str] | None:
     if not bounce_address:
         return None
-    values = [str(v) for h in _ADDRESS_HEADERS for v in message.get_all(h, [])]
-    for _, address in getaddresses(values):
+    for address in inbound.delivered_to(message):
         parsed = parse_verp(address, bounce_address)
         if parsed is not None and (recipient := ledgers.by_tag(*parsed)) is not None:
-            return parsed[0], recipient, True
+            return parsed[0], recipient
     return None
 
 
-def _by_message_id(message: Message, ledgers: _Ledgers) -> tuple[str, str, bool] | None:
-    for quoted in _MESSAGE_ID.finditer(message.as_string()):
+def _by_message_id(text: str, ledgers: _Ledgers) -> tuple[str, str] | None:
+    for quoted in _MESSAGE_ID.finditer(text):
         recipient = ledgers.by_message_id(quoted.group(1), quoted.group(0))
         if recipient is not None:
-            return quoted.group(1), recipient, False
+            return quoted.group(1), recipient
     return None
 
 
-def recipient_behind(
-    message: Message, bounce_address: str | None, ledger_dir: Path, key: bytes | None
+def _complaint_reader(
+    message: Message, text: str, bounce_address: str | None, ledgers: _Ledgers
 ) -> str | None:
-    """The reader the ledger shows behind the message a report is about (a complaint's
-    VERP address or quoted Message-ID), never an address the report merely names."""
-    ledgers = _Ledgers(ledger_dir, key)
-    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(message, ledgers)
+    """The reader the ledger shows behind the message a complaint is about (its VERP
+    address or quoted Message-ID), never an address the complaint merely names."""
+    found = _by_verp(message, bounce_address, ledgers) or _by_message_id(text, ledgers)
     if found is None and bounce_address:
         local, _, domain = bounce_address.rpartition("@")
         pattern = re.escape(local) + r"\+[A-Za-z0-9._-]+@" + re.escape(domain)
-        for address in re.findall(pattern, message.as_string(), re.IGNORECASE):
+        for address in re.findall(pattern, text, re.IGNORECASE):
             parsed = parse_verp(address, bounce_address)
             if parsed is not None and (recipient := ledgers.by_tag(*parsed)) is not None:
                 return recipient
@@ -191,11 +211,10 @@ def process(
     bounce_address: str | None,
     soft_limit: int,
     key: bytes | None = None,
+    window: timedelta | None = None,
 ) -> BounceReport:
-    """Read bounce reports; record each once in its issue's ledger; suppress the dead.
-
-    ``key`` is the VERP key (``verp.id_key``); without it only Message-IDs attribute.
-    """
+    """Read an mbox or Maildir: record each report once in its issue's ledger, suppress
+    the dead and complaints of abuse. ``key`` is the VERP key (``verp.id_key``)."""
     return process_messages(
         _messages(source),
         ledger_dir,
@@ -203,47 +222,136 @@ def process(
         bounce_address=bounce_address,
         soft_limit=soft_limit,
         key=key,
+        window=window,
     )
 
 
 def process_messages(
-    messages: Iterable[Message],
+    messages: Iterable[bytes],
     ledger_dir: Path,
     recipients_dir: Path,
     *,
     bounce_address: str | None,
     soft_limit: int,
     key: bytes | None = None,
+    window: timedelta | None = None,
+    unsubscribe_address: str | None = None,
+    authserv_id: str | None = None,
 ) -> BounceReport:
-    """``process`` for messages from anywhere (a file, a mailbox over IMAP)."""
+    """``process`` for raw messages from anywhere (a file, a mailbox over IMAP).
+
+    With ``unsubscribe_address``, mail to it (or to a reader's subaddress of it)
+    is an unsubscribe request, trusted as ``unsubscribe.mailed_request`` says.
+    ``report.effects`` says, per message in order, what it was and what it did;
+    ``LEFT_FOR_STAFF`` marks the ones a person should read.
+    """
     report = BounceReport()
     ledgers = _Ledgers(ledger_dir, key)
-    for message in messages:
+
+    def trust(message: Message) -> str | None:
+        assert unsubscribe_address
+        return mailed_request(message, unsubscribe_address, ledgers.by_tag, authserv_id)
+
+    for raw in messages:
         report.read += 1
-        label = _label(message, report.read)
-        try:
-            found = _attribute(message, bounce_address, ledgers)
-        except Exception as exc:  # a mangled report is skipped, never the batch
-            report.skipped.append(f"{label}: cannot be read ({type(exc).__name__}: {exc})"[:300])
-            continue
-        if isinstance(found, str):
-            report.unattributed.append(f"{label}: {found}")
-            continue
-        for bounce in found:
-            try:
-                bounce.recipient = normalize_address(bounce.recipient)
-            except ValueError as exc:
-                report.skipped.append(f"{label}: unusable address {bounce.recipient!r} ({exc})")
-                continue
-            report.bounces.append(bounce)
+        report.effects.append(
+            _one(raw, report, ledgers, bounce_address, unsubscribe_address, trust)
+        )
     fresh = _record(report.bounces, ledger_dir)
     report.duplicates = len(report.bounces) - len(fresh)
-    to_suppress = [b.recipient for b in report.bounces if b.permanent]
-    to_suppress += soft_failures(
-        ledger_dir, {b.recipient for b in fresh if not b.permanent}, soft_limit
+    hard = [b.recipient for b in report.bounces if b.verdict is Returned.HARD]
+    soft = soft_failures(
+        ledger_dir,
+        {b.recipient for b in report.bounces if b.verdict is Returned.SOFT},
+        soft_limit,
+        window,
     )
-    report.suppressed = suppress(recipients_dir, dict.fromkeys(to_suppress), "bounced")
+    added = suppress(recipients_dir, dict.fromkeys(hard), "bounced (no such address)")
+    added_soft = suppress(recipients_dir, dict.fromkeys(soft), "soft-bounces")
+    added_abuse = suppress(recipients_dir, dict.fromkeys(report.complaints), "complaint (abuse)")
+    added_mail = suppress(
+        recipients_dir, dict.fromkeys(report.requests), "unsubscribe request by mail"
+    )
+    parts = (added, added_soft, added_abuse, added_mail)
+    report.suppressed = Added(
+        tuple(a for part in parts for a in part.added),
+        tuple(a for part in parts for a in part.already),
+        tuple(a for part in parts for a in part.refused),
+    )
     return report
+
+
+def _one(
+    raw: bytes,
+    report: BounceReport,
+    ledgers: _Ledgers,
+    bounce_address: str | None,
+    unsubscribe_address: str | None,
+    trust: Callable[[Message], str | None],
+) -> str:
+    """Read one message and note what it is; returns its effect in a few words."""
+    try:
+        message = inbound.parse(raw)
+        label = _label(message, report.read)
+        kind = inbound.classify(message, unsubscribe_address=unsubscribe_address)
+    except Exception as exc:  # not even a message: skipped, never the batch
+        report.skipped.append(f"message {report.read}: cannot be read ({type(exc).__name__})")
+        return Kind.UNREADABLE
+    if kind is Kind.UNREADABLE:
+        report.skipped.append(f"{label}: cannot be read")
+        return kind
+    text = raw.decode("latin-1")
+    if kind is Kind.COMPLAINT:
+        return _complaint(message, text, label, report, ledgers, bounce_address)
+    if kind is Kind.UNSUBSCRIBE:
+        reader = trust(message)
+        if reader is None:
+            report.ignored.append(f"{label}: an unsubscribe mail without proof; left for staff")
+            return LEFT_FOR_STAFF
+        report.requests.append(reader)
+        return "unsubscribe request"
+    if kind is Kind.PERSONAL:
+        report.ignored.append(f"{label}: a person's reply; left for staff")
+        return LEFT_FOR_STAFF
+    if kind is not Kind.REPORT:
+        report.ignored.append(f"{label}: {kind}, nothing done")
+        return kind
+    try:
+        found = _attribute(message, text, report_id(message, raw), bounce_address, ledgers)
+    except Exception as exc:  # a mangled report is skipped, never the batch
+        report.skipped.append(f"{label}: cannot be read ({type(exc).__name__}: {exc})"[:300])
+        return Kind.UNREADABLE
+    if isinstance(found, str):
+        report.unattributed.append(f"{label}: {found}")
+        return "delivery report: nothing done"
+    try:
+        found.recipient = normalize_address(found.recipient)
+    except ValueError as exc:
+        report.skipped.append(f"{label}: unusable address {found.recipient!r} ({exc})")
+        return "delivery report: nothing done"
+    report.bounces.append(found)
+    return f"bounce ({found.verdict})"
+
+
+def _complaint(
+    message: Message,
+    text: str,
+    label: str,
+    report: BounceReport,
+    ledgers: _Ledgers,
+    bounce_address: str | None,
+) -> str:
+    """An ARF complaint: ``abuse``, ``fraud`` and ``virus`` suppress their reader;
+    ``opt-out`` is an unsubscribe; ``not-spam`` and ``auth-failure`` never do."""
+    kind = inbound.feedback_type(message)
+    if kind not in ("abuse", "fraud", "virus", "opt-out"):
+        return f"complaint ({kind}): nothing done"
+    reader = _complaint_reader(message, text, bounce_address, ledgers)
+    if reader is None:
+        report.unattributed.append(f"{label}: a complaint that names no message of ours")
+        return "complaint not attributed"
+    report.complaints.append(reader)
+    return f"complaint ({kind}): suppressed"
 
 
 def _label(message: Message, number: int) -> str:
@@ -256,61 +364,115 @@ def _label(message: Message, number: int) -> str:
 
 
 def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
-    """Append each bounce to its issue's (existing) ledger unless it is already there."""
+    """Append each bounce to its issue's (existing) ledger unless it is already there.
+
+    A bounce of an issue being sent is written beside the send: the ledger's
+    appends take an exclusive lock per write, so the two never tear a line.
+    """
     fresh: list[Bounce] = []
     by_issue: dict[str, list[Bounce]] = {}
     for bounce in bounces:
         by_issue.setdefault(bounce.issue, []).append(bounce)
     for issue, items in by_issue.items():
-        if not ledger_path(ledger_dir, issue).is_file():
+        path = ledger_path(ledger_dir, issue)
+        if not path.is_file():
             continue  # attribution needs the ledger; never create one here
-        with Ledger(ledger_dir, issue) as ledger:
-            seen = {
-                (r.recipient.lower(), r.run)
-                for r in read_records(ledger.path)
-                if r.outcome == BOUNCE
-            }
-            records = []
-            for bounce in items:
-                key = (bounce.recipient.lower(), bounce.bounce_id)
-                if key in seen:
-                    continue
-                seen.add(key)
-                fresh.append(bounce)
-                records.append(
-                    Record(
-                        recipient=bounce.recipient,
-                        outcome=BOUNCE,
-                        message_id="",
-                        segments=(),
-                        attempt=0,
-                        reply=bounce.detail,
-                        run=bounce.bounce_id,
-                    )
+        seen = {(r.recipient.lower(), r.run) for r in read_records(path) if r.outcome == BOUNCE}
+        records = []
+        for bounce in items:
+            key = (bounce.recipient.lower(), bounce.bounce_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            fresh.append(bounce)
+            records.append(
+                Record(
+                    recipient=bounce.recipient,
+                    outcome=BOUNCE,
+                    message_id="",
+                    segments=(),
+                    attempt=0,
+                    reply=bounce.detail,
+                    run=bounce.bounce_id,
                 )
-            ledger.write_now(records)
+            )
+        if records:
+            Ledger.append_beside(ledger_dir, issue, records)
     return fresh
 
 
-def soft_failures(ledger_dir: Path, addresses: set[str], limit: int) -> list[str]:
-    """Addresses that bounced temporarily in each of the last ``limit`` issues sent to them."""
-    if not addresses:
+def returned(record: Record) -> Returned:
+    """The class of a ``bounce`` ledger record (older records said permanent/temporary)."""
+    word = (record.reply or "").partition(":")[0].strip()
+    if word in _OLD_WORDS:
+        return _OLD_WORDS[word]
+    try:
+        return Returned(word)
+    except ValueError:
+        return Returned.REFUSED
+
+
+def soft_failures(
+    ledger_dir: Path,
+    addresses: set[str] | None,
+    limit: int,
+    window: timedelta | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Readers with soft bounces on the last ``limit`` issues mailed to them (0: never).
+
+    An issue counts as a soft bounce for a reader when a report said so, or when
+    the reader was still deferred once the issue's dispatch window (``window``
+    from its first record) ended; a delivery in between resets the count.
+    ``addresses`` None looks at every reader the ledgers know.
+    """
+    if limit <= 0 or (addresses is not None and not addresses):
         return []
-    history: dict[str, list[tuple[str, bool]]] = {a.lower(): [] for a in addresses}
+    wanted = None if addresses is None else {a.lower() for a in addresses}
+    history: dict[str, list[bool]] = {}
+    moment = now or datetime.now(UTC)
     for path in sorted(ledger_dir.glob("*.jsonl")):
-        sent: set[str] = set()
-        soft: set[str] = set()
-        for record in read_records(path):
-            address = record.recipient.lower()
-            if address in history:
-                if record.outcome == "sent":
-                    sent.add(address)
-                elif record.outcome == BOUNCE and record.reply == "temporary":
-                    soft.add(address)
-        for address in sent:
-            history[address].append((path.stem, address in soft))
+        for address, soft in _standing(path, wanted, window, moment).items():
+            history.setdefault(address, []).append(soft)
     return [
         address
         for address, issues in history.items()
-        if len(issues) >= limit and all(bounced for _, bounced in issues[-limit:])
+        if len(issues) >= limit and all(issues[-limit:])
     ]
+
+
+def _standing(
+    path: Path, wanted: set[str] | None, window: timedelta | None, moment: datetime
+) -> dict[str, bool]:
+    """Per reader mailed in one issue: True when it was a soft bounce, False if delivered."""
+    last: dict[str, str] = {}
+    bounced: dict[str, Returned] = {}
+    first = ""
+    for record in read_records(path):
+        first = first or record.time
+        address = record.recipient.lower()
+        if not address or (wanted is not None and address not in wanted):
+            continue
+        if record.outcome == BOUNCE:
+            verdict = returned(record)
+            if verdict is Returned.SOFT or address not in bounced:
+                bounced[address] = verdict
+        elif record.outcome in _MAILED or record.outcome == Outcome.HELD:
+            last[address] = record.outcome
+    over = window is not None and _ended(first, window, moment)
+    standing: dict[str, bool] = {}
+    for address, outcome in last.items():
+        said = bounced.get(address)
+        if said is Returned.SOFT or (outcome == Outcome.DEFERRED and over):
+            standing[address] = True
+        elif outcome == Outcome.SENT and said is None:
+            standing[address] = False
+    return standing
+
+
+def _ended(first: str, window: timedelta, moment: datetime) -> bool:
+    try:
+        started = datetime.fromisoformat(first)
+    except ValueError:
+        return False
+    return moment - started > window

@@ -550,6 +550,7 @@ def bounces(
             bounce_address=settings.bounce_address,
             soft_limit=settings.bounce_soft_limit,
             key=verp.id_key(settings),
+            window=settings.dispatch_window,
         )
     )
     table = Table(title=f"{report.read} message(s) read")
@@ -564,6 +565,8 @@ def bounces(
         err.print(_label("not attributed:", "yellow", line), soft_wrap=True)
     for line in report.skipped:
         err.print(_label("skipped:", "yellow", line), soft_wrap=True)
+    for line in report.ignored:
+        out.print(_label("not a report:", "cyan", line), soft_wrap=True)
     for address in report.suppressed.added:
         out.print(f"suppressed: {address}")
 

@@ -271,6 +271,7 @@ class Variant:
     ) -> dict[str, str]:
         """The values for this recipient's holes, in their language."""
         link = unsubscribe_link(identity, recipient, issue)
+        mailto = unsubscribe_mailto(identity, recipient, issue)
         values = {
             "email": recipient.email,
             "name": recipient.name,
@@ -280,7 +281,9 @@ class Variant:
             "unsubscribe_url": link,
             "message_id": message_id(identity.id_key, issue, recipient.email, identity.domain),
             "to": encode_address(recipient.name, recipient.email),
-            "list_unsubscribe": list_unsubscribe(identity, link),
+            "list_unsubscribe": list_unsubscribe(
+                mailto, identity.unsubscribe_url and link, personal=identity.id_key is not None
+            ),
         }
         for name in self.hole_names.values():
             if name not in values:
@@ -309,18 +312,30 @@ def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> st
             f"{identity.unsubscribe_url}{joiner}token={token}&issue={quote(issue)}"
             f"&lang={recipient.language}"
         )
-    return f"mailto:{identity.unsubscribe_mailto}?subject=unsubscribe"
+    return f"mailto:{unsubscribe_mailto(identity, recipient, issue)}?subject=unsubscribe"
 
 
-def list_unsubscribe(identity: Identity, link: str) -> str:
-    """RFC 2369 List-Unsubscribe value: mailto and/or https targets, folded.
+def unsubscribe_mailto(identity: Identity, recipient: Recipient, issue: str) -> str | None:
+    """The reader's own unsubscribe address, ``unsubscribe+<issue>.<tag>@domain``.
 
-    ``link`` is the reader's own from :func:`unsubscribe_link`.
+    Mail clients drop or blank a mailto's subject, so the proof of who asks goes
+    in the address: the keyed tag of the VERP scheme, resolved through the
+    ledger (``unsubscribe.py``). Without a key, the bare address.
     """
+    base = identity.unsubscribe_mailto
+    if base is None or identity.id_key is None:
+        return base
+    return verp_address(base, identity.id_key, issue, recipient.email)
+
+
+def list_unsubscribe(mailto: str | None, link: str | None, *, personal: bool = False) -> str:
+    """RFC 2369 List-Unsubscribe value: the reader's mailto and/or https targets, folded."""
     targets = []
-    if identity.unsubscribe_mailto:
-        targets.append(f"<mailto:{identity.unsubscribe_mailto}?subject=unsubscribe>")
-    if identity.unsubscribe_url:
+    if mailto and personal:
+        targets.append(f"<mailto:{mailto}>")  # the address itself says who asks
+    elif mailto:
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
+    if link:
         targets.append(f"<{link}>")
     return ",\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
 

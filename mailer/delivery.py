@@ -456,7 +456,7 @@ class Sender:
             if reading.verdict is Verdict.FATAL:
                 self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
                 raise self._fatal(problem) from None
-        reading = reading or read_reply(code, text)
+        reading = reading or read_reply(code, text, "data")
         if reading.verdict is Verdict.RELAY:
             self._record(message, Outcome.HELD, item.attempt, code, text, unsettled)
             if reading.cause is Cause.QUOTA:

@@ -8,42 +8,27 @@ changes nothing the second time. The move is UID MOVE (RFC 6851) where the
 server offers it, else UID COPY, UID STORE ``\\Deleted`` and UID EXPUNGE (RFC
 4315), never a plain EXPUNGE that would take other clients' deletions along.
 
-- An ARF complaint (RFC 5965) of type ``abuse`` suppresses the reader at once;
-  ``not-spam`` (RFC 6650) and ``auth-failure`` (RFC 6591) never do. The reader
-  is found by the VERP address or our keyed Message-ID quoted in the report
-  (``Original-Rcpt-To`` is often redacted), never by an address it names.
-- An out-of-office or other automatic reply changes nothing (moved aside).
-- A message to the unsubscribe address asking to unsubscribe is the request of
-  the address it came from, as RFC 2369 intends: this trusts the From header
-  (the relay's SPF/DKIM/DMARC checks are the guard against forged senders).
-- Anything else with failures in it is a bounce (the bounce reader decides).
-- A message that cannot be decoded is moved aside and reported; a human reply
-  that is none of these stays in the folder for staff.
+What each message is and does is decided by ``inbound.py`` (the one reader)
+and ``bounces.py``: delivery reports and complaints take effect, automatic
+replies change nothing and are moved aside, an unsubscribe mail with proof
+(``unsubscribe.mailed_request``) suppresses its reader, and a person's reply
+(or an unsubscribe mail without proof) stays in the folder for staff. Folder
+names go to the server in modified UTF-7 (``Traités``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import email
 import imaplib
 import re
 import ssl
 from dataclasses import dataclass, field
-from email.message import Message
-from email.utils import getaddresses, parseaddr
 from pathlib import Path
 
 from mailer import bounces, suppressions
 from mailer.errors import ConfigError
 from mailer.settings import Settings
-from mailer.unsubscribe import requests_in_message
 from mailer.verp import id_key
-
-_AUTO_SUBJECT = re.compile(
-    r"^(out of (the )?office|automatic reply|auto(matic)?[- ]?reply|absence|"
-    r"réponse automatique|respuesta automática)",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -172,100 +157,25 @@ def _apply(
     batch: list[tuple[str, bytes]], settings: Settings, recipients_dir: Path, result: InboxResult
 ) -> list[str]:
     """Write the effects of a batch; returns the UIDs to move (all but staff's mail)."""
-    handled: list[str] = []
-    requests: list[str] = []
-    complaints: list[str] = []
-    maybe_bounces: dict[str, tuple[str, Message, str]] = {}  # report id -> (uid, msg, kind)
-    for uid, raw in batch:
-        try:
-            message = email.message_from_bytes(raw)
-            kind = _kind(message, settings)
-        except Exception as exc:  # an undecodable message is moved aside, never a stop
-            result.problems.append(f"UID {uid}: cannot be read ({type(exc).__name__})")
-            effect = "unreadable"
-        else:
-            if kind == "auto-reply":
-                effect = "auto-reply"
-            elif kind == "complaint":
-                effect = _complaint(message, settings, complaints, result)
-            elif kind == "unsubscribe":
-                requests += requests_in_message(message)
-                effect = "unsubscribe request"
-            else:
-                maybe_bounces[f"{bounces.report_id(message)}#{uid}"] = (uid, message, kind)
-                continue
+    report = bounces.process_messages(
+        [raw for _, raw in batch],
+        settings.ledger_dir,
+        recipients_dir,
+        bounce_address=settings.bounce_address,
+        soft_limit=settings.bounce_soft_limit,
+        key=id_key(settings),
+        window=settings.dispatch_window,
+        unsubscribe_address=settings.unsubscribe_mailto,
+        authserv_id=settings.imap_authserv_id,
+    )
+    _tally(result, report.suppressed)
+    result.problems += report.skipped
+    handled = []
+    for (uid, _), effect in zip(batch, report.effects, strict=True):
         result.count(effect)
-        handled.append(uid)
-    _tally(result, suppressions.suppress(recipients_dir, requests, "unsubscribe request by mail"))
-    _tally(result, suppressions.suppress(recipients_dir, complaints, "complaint (abuse)"))
-    if maybe_bounces:
-        report = bounces.process_messages(
-            [message for _, message, _ in maybe_bounces.values()],
-            settings.ledger_dir,
-            recipients_dir,
-            bounce_address=settings.bounce_address,
-            soft_limit=settings.bounce_soft_limit,
-            key=id_key(settings),
-        )
-        _tally(result, report.suppressed)
-        result.problems += report.skipped
-        attributed = {bounce.bounce_id for bounce in report.bounces}
-        for uid, message, kind in maybe_bounces.values():
-            if bounces.report_id(message) in attributed:
-                effect = "bounce"
-            elif kind == "bounce":
-                effect = "bounce not attributed"
-            else:
-                result.count("left for staff")
-                continue
-            result.count(effect)
+        if effect != bounces.LEFT_FOR_STAFF:
             handled.append(uid)
     return handled
-
-
-def _kind(message: Message, settings: Settings) -> str:
-    content_type = message.get_content_type()
-    report_type = str(message.get_param("report-type", "") or "").lower()
-    if content_type == "multipart/report" and report_type == "feedback-report":
-        return "complaint"
-    if content_type == "multipart/report" and report_type == "delivery-status":
-        return "bounce"
-    auto = str(message.get("Auto-Submitted", "no")).strip().lower()
-    subject = str(message.get("Subject", "")).strip()
-    automatic = auto.startswith("auto-replied") or bool(message.get("X-Autoreply"))
-    if automatic or _AUTO_SUBJECT.match(subject):
-        return "auto-reply"
-    mailto = (settings.unsubscribe_mailto or "").lower()
-    to = {a.lower() for _, a in getaddresses([str(v) for v in message.get_all("To", [])])}
-    if mailto and mailto in to and requests_in_message(message):
-        return "unsubscribe"
-    if parseaddr(str(message.get("From", "")))[1].lower().startswith("mailer-daemon"):
-        return "bounce"
-    return "other"
-
-
-def _complaint(
-    message: Message, settings: Settings, complaints: list[str], result: InboxResult
-) -> str:
-    feedback = next(
-        (p for p in message.walk() if p.get_content_type() == "message/feedback-report"), None
-    )
-    text = ""
-    if feedback is not None:
-        payload = feedback.get_payload()
-        text = str(payload[0]) if isinstance(payload, list) and payload else str(payload)
-    kind = re.search(r"^Feedback-Type:\s*([\w-]+)", text, re.IGNORECASE | re.MULTILINE)
-    feedback_type = kind.group(1).lower() if kind else "unknown"
-    if feedback_type != "abuse":
-        return f"complaint ({feedback_type}): nothing done"
-    recipient = bounces.recipient_behind(
-        message, settings.bounce_address, settings.ledger_dir, id_key(settings)
-    )
-    if recipient is None:
-        result.problems.append("an abuse complaint names no message of ours (not attributed)")
-        return "complaint not attributed"
-    complaints.append(recipient)
-    return "complaint (abuse): suppressed"
 
 
 def _tally(result: InboxResult, added: suppressions.Added) -> None:
@@ -286,4 +196,8 @@ def _move(connection: imaplib.IMAP4, uids: list[str], done: str, can_move: bool)
 
 
 def _quoted(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A folder name as IMAP wants it: modified UTF-7 (RFC 3501 §5.1.3), quoted."""
+    from imapclient import imap_utf7
+
+    name = bytes(imap_utf7.encode(folder)).decode("ascii")
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -327,6 +327,32 @@ class Ledger:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
+    @staticmethod
+    def append_beside(directory: Path, issue: str, records: Iterable[Record]) -> None:
+        """Append records that are not part of a send (bounces), durable on return.
+
+        When no run holds the issue, the ledger is opened as usual. While a send
+        holds it, the lines go in with one ``O_APPEND`` write: the send opened the
+        file itself (a torn tail was cut then) and writes whole lines the same way,
+        so the two never mix within a line, and a bounce never waits for a send.
+        """
+        records = list(records)
+        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+        if not data:
+            return
+        try:
+            with Ledger(directory, issue) as ledger:
+                ledger.write_now(records)
+            return
+        except LedgerLocked:
+            pass
+        descriptor = os.open(ledger_path(directory, issue), os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(descriptor, data)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
     def append(self, *records: Record) -> asyncio.Future[None]:
         """Queue ``records`` for the next group commit; the future resolves once durable."""
         if self._wake is None:

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     unsubscribe_secret: SecretStr | None = None
     bounce_address: str | None = None
     bounce_secret: SecretStr | None = None
-    bounce_soft_limit: int = Field(3, ge=1, le=100)
+    bounce_soft_limit: int = Field(3, ge=0, le=100)  # 0: soft bounces never suppress
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
     # The unsubscribe endpoint (mailer serve) and its export, read by mailer sync.
@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     imap_auth: Literal["password", "xoauth2"] = "password"
     imap_folder: str = "INBOX"
     imap_done_folder: str = "Processed"
+    # The receiving server's name in Authentication-Results (RFC 8601): only its results
+    # vouch for a mailed unsubscribe's sender. Unset: the topmost header is taken.
+    imap_authserv_id: str | None = None
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
     dkim_domain: str | None = None

@@ -92,7 +92,7 @@ def classify(problem: SmtpProblem) -> Reading:
             return Reading(Verdict.RELAY, cause=Cause.SENDER)  # about us, whatever it says
         if problem.stage == "greeting":
             return Reading(Verdict.TRANSIENT)  # a relay not taking connections now
-        return read_reply(problem.code, problem.text)
+        return read_reply(problem.code, problem.text, problem.stage)
     return Reading(Verdict.TRANSIENT)  # Lost, and anything else a connection raises
 
 

@@ -16,7 +16,11 @@ import base64
 import hashlib
 import hmac
 import mailbox
+import re
+from collections.abc import Callable
+from email import policy
 from email.message import Message
+from email.parser import BytesParser
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -67,19 +71,26 @@ def verify_token(secret: bytes, token: str) -> str:
     return address
 
 
-def requests_in_mbox(path: Path, unreadable: list[str] | None = None) -> list[str]:
-    """Senders of the unsubscribe requests in an mbox (mail sent to the mailto target).
+def requests_in_mbox(
+    path: Path,
+    unreadable: list[str] | None = None,
+    trust: Callable[[Message], str | None] | None = None,
+) -> list[str]:
+    """The readers behind the unsubscribe requests in an mbox (mail to the mailto target).
 
-    A request is any message whose subject or first text line says "unsubscribe"
-    (what mail clients send for a List-Unsubscribe mailto); others are ignored.
-    A message that cannot be read is skipped and described in ``unreadable``.
+    ``trust`` (see :func:`mailed_request`) decides whom each message may
+    unsubscribe; without it, the sender of any message saying "unsubscribe"
+    (staff exported these by hand). A message that cannot be read is skipped
+    and described in ``unreadable``.
     """
     if not path.is_file():
         raise InputError("no such mbox file.", file=path)
+    box = mailbox.mbox(str(path))
     senders = []
-    for number, message in enumerate(mailbox.mbox(str(path)), start=1):
+    for number, key in enumerate(box.iterkeys(), start=1):
         try:
-            address = _requester(message)
+            message = BytesParser(policy=policy.compat32).parsebytes(box.get_bytes(key))
+            address = trust(message) if trust is not None else _requester(message)
         except Exception as exc:  # a mangled message is skipped, never the whole batch
             if unreadable is not None:
                 unreadable.append(f"message {number}: cannot be read ({type(exc).__name__})")
@@ -87,6 +98,80 @@ def requests_in_mbox(path: Path, unreadable: list[str] | None = None) -> list[st
         if address:
             senders.append(address)
     return senders
+
+
+def mailed_request(
+    message: Message,
+    mailto: str,
+    reader_of: Callable[[str, str], str | None],
+    authserv_id: str | None = None,
+) -> str | None:
+    """Whom an unsubscribe mail may unsubscribe, trusted by proof, never by its From alone.
+
+    - Sent to the reader's own address ``unsubscribe+<issue>.<tag>@domain``
+      (``compose.unsubscribe_mailto``) with a genuine keyed tag: the reader the
+      ledger shows behind it (``reader_of(issue, tag)``), whatever From says and
+      whatever the subject (mail clients blank it).
+    - Otherwise (the bare address, typed by a person): its From, only when it
+      says "unsubscribe" and the topmost ``Authentication-Results`` (the one the
+      receiving server prepends, RFC 8601 §5; the one of ``authserv_id`` when
+      set) shows ``dmarc=pass``, or ``dkim=pass`` whose ``header.d`` aligns
+      with the From domain.
+
+    None: not trusted; the message stays for staff.
+    """
+    from mailer.inbound import sent_to_base
+    from mailer.verp import parse_verp
+
+    reached = sent_to_base(message, mailto)
+    parsed = parse_verp(reached, mailto) if reached else None
+    if parsed is not None:
+        reader = reader_of(*parsed)
+        if reader is not None:
+            return reader
+    sender = _requester(message)
+    if sender and authenticated(message, sender, authserv_id):
+        return sender
+    return None
+
+
+def authenticated(message: Message, sender: str, authserv_id: str | None = None) -> bool:
+    """Whether the receiving server's ``Authentication-Results`` vouch for ``sender``'s domain."""
+    domain = sender.rpartition("@")[2].lower()
+    for value in message.get_all("Authentication-Results", []):
+        server, _, results = str(value).partition(";")
+        name = server.split()[0].lower() if server.split() else ""
+        if authserv_id and name != authserv_id.lower():
+            continue  # another server's results (or a forged header below ours)
+        methods = _results(results)
+        if methods.get("dmarc", {}).get("result") == "pass":
+            return True
+        dkim = methods.get("dkim", {})
+        signer = dkim.get("header.d", "").lower()
+        return dkim.get("result") == "pass" and bool(signer) and _aligned(signer, domain)
+    return False
+
+
+def _results(text: str) -> dict[str, dict[str, str]]:
+    """``dkim=pass header.d=x; dmarc=fail`` as {method: {result, properties}} (first of each)."""
+    found: dict[str, dict[str, str]] = {}
+    for clause in re.sub(r"\([^)]*\)", " ", text).split(";"):
+        words = clause.split()
+        if not words or "=" not in words[0]:
+            continue
+        method, _, result = words[0].partition("=")
+        entry = {"result": result.lower()}
+        for word in words[1:]:
+            name, _, value = word.partition("=")
+            entry[name.lower()] = value.strip('"')
+        found.setdefault(method.lower(), entry)
+    return found
+
+
+def _aligned(signer: str, domain: str) -> bool:
+    """Relaxed alignment (RFC 7489 §3.1.1), approximated without the public suffix list:
+    the same domain, or one inside the other."""
+    return signer == domain or domain.endswith("." + signer) or signer.endswith("." + domain)
 
 
 def requests_in_message(message: Message) -> list[str]:

@@ -15,7 +15,7 @@ import dkim
 import pytest
 from typer.testing import CliRunner, Result
 
-from mailer import pipeline
+from mailer import bounces, pipeline
 from mailer import status as standing
 from mailer.bounces import BounceReport, process
 from mailer.cli import app
@@ -263,23 +263,27 @@ def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_pat
     settings = _sent_with_verp(server, tmp_path)
     source = _mbox_of(sorted(p.name for p in BOUNCES.glob("*.eml")), tmp_path / "bounces.mbox")
     report = _process(source, settings.ledger_dir, settings.recipients_dir)
-    assert report.read == 7 and report.unattributed == []
+    assert report.read == 7 and report.skipped == []
+    # 05 reached the VERP address but names no failed recipient; 06 is a delay notice.
+    assert len(report.unattributed) == 2
     assert report.duplicates == 1  # 07 repeats 01
-    permanent = {
-        "research@example.com",  # RFC 3464 from Postfix, VERP
+    dead = {
+        "research@example.com",  # RFC 3464 from Postfix, VERP, 5.1.1
         "delegation@example.net",  # RFC 3464 without VERP: issue from the quoted Message-ID
-        "campaigner@example.org",  # Exim's own format
-        "focal.point@example.com",  # qmail's own format
-        "survivors@example.com",  # nothing readable but the VERP address
+        "focal.point@example.com",  # qmail's own format, (#5.1.1)
     }
-    assert set(report.suppressed.added) == permanent
-    assert "seminar.desk@example.net" not in _suppressed(settings.recipients_dir)  # temporary
+    assert set(report.suppressed.added) == dead
+    suppressed = _suppressed(settings.recipients_dir)
+    assert "campaigner@example.org" not in suppressed  # Exim: mailbox full is soft
+    assert "survivors@example.com" not in suppressed  # nothing readable: never a reason
+    assert "seminar.desk@example.net" not in suppressed  # Action: delayed never counts
     ledger = (settings.ledger_dir / "2017-03.jsonl").read_text(encoding="utf-8")
-    assert ledger.count('"outcome": "bounce"') == 6
+    assert ledger.count('"outcome": "bounce"') == 4
+    assert '"reply": "soft: campaigner@example.org mailbox is full' in ledger
     again = _process(source, settings.ledger_dir, settings.recipients_dir)
-    assert again.suppressed.added == () and again.duplicates == 7
+    assert again.suppressed.added == () and again.duplicates == 5
     rows = _suppressed(settings.recipients_dir)
-    assert sorted(rows) == sorted({*rows}) and permanent <= set(rows)
+    assert sorted(rows) == sorted({*rows}) and dead <= set(rows)
     status = standing.status(pipeline.prepare(SAMPLE, settings), settings)
     # The ledger is the truth: suppressed since, they were still sent (a bounce undoes nothing).
     assert status.total == {"sent": 13, "failed": 0, "deferred": 0, "pending": 0}
@@ -338,7 +342,7 @@ def test_real_world_bounces_from_many_servers_never_stop_the_batch(
     result = _bounces_cli(tmp_path / "mixed.mbox", settings)
     assert result.exit_code == 0, result.output
     assert f"{len(corpus) + 1} message(s) read" in result.output
-    assert "skipped:" in result.output  # qmail_08: an unknown charset
+    assert "skipped:" not in result.output  # qmail_08's unknown charset is read as Latin-1
     assert _suppressed(settings.recipients_dir)[-1:] == ["research@example.com"]
     assert sorted(p.name for p in settings.ledger_dir.glob("*.jsonl")) == ["2017-03.jsonl"]
 
@@ -365,27 +369,58 @@ def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> N
     assert "suppressed: focal.point@example.com" in result.output
 
 
-def test_temporary_bounces_in_three_issues_in_a_row_suppress(
+def _soft_bounce(issue: str, action: str) -> bytes:
+    """06 (a 4.2.2 mailbox-full report) for ``issue``, with ``action``."""
+    template = bounce_bytes("06-rfc3464-temporary.eml", issue).decode()
+    bounce = template.replace("2017-03.", f"{issue}.").replace(
+        "<20170328-delay-1@", f"<{issue}-{action}@"
+    )
+    return bounce.replace("Action: delayed", f"Action: {action}").encode()
+
+
+def _copy_ledger(ledger: Path, *issues: str) -> None:
+    """Later issues that went to the same readers, all sent."""
+    for issue in issues:
+        text = (ledger / "2017-03.jsonl").read_text(encoding="utf-8")
+        (ledger / f"{issue}.jsonl").write_text(text.replace("2017-03", issue), encoding="utf-8")
+
+
+def _one_report(tmp_path: Path, name: str, data: bytes) -> Path:
+    box = mailbox.mbox(str(tmp_path / f"{name}.mbox"))
+    box.add(data)
+    box.flush()
+    return tmp_path / f"{name}.mbox"
+
+
+def test_soft_bounces_on_three_issues_in_a_row_suppress_and_delays_never_count(
     server: Server, tmp_path: Path
 ) -> None:
     settings = _sent_with_verp(server, tmp_path)
     ledger = settings.ledger_dir
-    for issue in ("2017-06", "2017-09"):  # two more issues went to the same reader
-        text = (ledger / "2017-03.jsonl").read_text(encoding="utf-8")
-        (ledger / f"{issue}.jsonl").write_text(text.replace("2017-03", issue), encoding="utf-8")
+    _copy_ledger(ledger, "2017-06", "2017-09")
     for count, issue in enumerate(("2017-03", "2017-06", "2017-09"), start=1):
-        template = bounce_bytes("06-rfc3464-temporary.eml", issue).decode()
-        bounce = template.replace("2017-03.", f"{issue}.").replace(
-            "<20170328-delay-1@", f"<{issue}-delay@"
-        )
-        (tmp_path / "b.eml").write_text(bounce)
-        source = tmp_path / f"soft-{issue}.mbox"
-        box = mailbox.mbox(str(source))
-        box.add((tmp_path / "b.eml").read_bytes())
-        box.flush()
-        report = _process(source, ledger, settings.recipients_dir)
+        delayed = _one_report(tmp_path, f"delayed-{issue}", _soft_bounce(issue, "delayed"))
+        assert _process(delayed, ledger, settings.recipients_dir).suppressed.added == ()
+        failed = _one_report(tmp_path, f"failed-{issue}", _soft_bounce(issue, "failed"))
+        report = _process(failed, ledger, settings.recipients_dir)
         suppressed = "seminar.desk@example.net" in report.suppressed.added
         assert suppressed == (count == 3), issue
+    rows = (settings.recipients_dir / "suppressions.csv").read_text()
+    assert "seminar.desk@example.net,soft-bounces," in rows
+
+
+def test_a_delivery_between_soft_bounces_resets_the_count(server: Server, tmp_path: Path) -> None:
+    settings = _sent_with_verp(server, tmp_path)
+    ledger = settings.ledger_dir
+    _copy_ledger(ledger, "2017-06", "2017-09", "2017-12")
+    for issue in ("2017-03", "2017-09", "2017-12"):  # 2017-06 was delivered
+        failed = _one_report(tmp_path, issue, _soft_bounce(issue, "failed"))
+        report = _process(failed, ledger, settings.recipients_dir)
+        assert report.suppressed.added == (), issue
+    assert bounces.soft_failures(ledger, {"seminar.desk@example.net"}, 2) == [
+        "seminar.desk@example.net"
+    ]
+    assert bounces.soft_failures(ledger, {"seminar.desk@example.net"}, 0) == []
 
 
 # -- the spam judge ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mailer import inbox, pipeline
 from mailer.cli import app
 from mailer.settings import Settings
-from mailer.verp import message_id
+from mailer.verp import message_id, verp_address
 
 from .conftest import SAMPLE, require_tool
 from .dovecot import PASSWORD, USER, Dovecot
@@ -51,7 +51,10 @@ Subject: CCM newsletter
 
 --arf--
 """
+# Typed by a person to the bare address; the receiving server vouches for the sender.
 UNSUBSCRIBE = (
+    "Authentication-Results: mx.isu.example.org; spf=pass smtp.mailfrom=example.org;\r\n"
+    " dkim=pass header.d=example.org; dmarc=pass header.from=example.org\r\n"
     "From: Lars Eriksen <disarmament.desk@example.org>\r\nTo: unsubscribe@isu.example.org\r\n"
     "Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
 )
@@ -156,11 +159,59 @@ def test_sync_empties_the_mailbox_once_and_a_rerun_changes_nothing(
     assert "seminar.desk@example.net" not in rows  # not-spam never suppresses
     assert "ambassador.moreau@example.org" not in rows  # an auto-reply changes nothing
     assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 5)  # the human reply stays
-    assert "mailbox: 1 × auto-reply" in first.output  # effects reported by kind
+    assert "mailbox: 1 × automatic reply" in first.output  # effects reported by kind
     assert "mailbox: 1 × left for staff" in first.output
     second = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
     assert second.exit_code == 0 and "suppressed:" not in second.output
     assert (settings.recipients_dir / "suppressions.csv").read_text() == rows
+
+
+def _tagged(reader: str, tag_of: str | None = None) -> str:
+    """An unsubscribe as Apple Mail sends it from List-Unsubscribe's mailto: to the reader's
+    own address, an empty subject, marked automatic, From whoever forwards the reader's mail."""
+    to = verp_address("unsubscribe@isu.example.org", KEY, "2017-03", tag_of or reader)
+    return (
+        f"From: Secretariat Assistant <assistant@other.example>\r\nTo: {to}\r\n"
+        "Subject: \r\nAuto-Submitted: auto-replied\r\nX-Apple-Unsubscribe: true\r\n\r\n"
+        "Apple Mail sent this email to unsubscribe from the message.\r\n"
+    )
+
+
+FORGED = (
+    "Authentication-Results: mx.isu.example.org; spf=fail smtp.mailfrom=example.com;\r\n"
+    " dkim=fail header.d=example.com; dmarc=fail (p=none) header.from=example.com\r\n"
+    "From: Ana Lucia Perez <mision.ginebra@example.com>\r\nTo: unsubscribe@isu.example.org\r\n"
+    "Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
+)
+# A forger adds a passing header below the receiving server's own (RFC 8601 §5).
+FORGED_BELOW = (
+    "Authentication-Results: mx.isu.example.org; dmarc=fail header.from=example.net\r\n"
+    "Authentication-Results: mx.isu.example.org; dmarc=pass header.from=example.net\r\n"
+    "From: geneva.mission@example.net\r\nTo: unsubscribe@isu.example.org\r\n"
+    "Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
+)
+
+
+def test_a_mailed_unsubscribe_is_trusted_by_proof_never_by_its_from_alone(
+    tmp_path: Path, imap: Dovecot
+) -> None:
+    settings = _sent(tmp_path, imap)
+    _append(
+        imap,
+        _tagged("ambassador.moreau@example.org"),  # genuine tag: unsubscribes the reader
+        _tagged("focal.point@example.com").replace("2017-03.", "2017-03.0"),  # broken tag
+        FORGED,  # dmarc=fail: a domain with p=none delivers it
+        FORGED_BELOW,
+        UNSUBSCRIBE,  # dmarc=pass at our own server
+    )
+    result = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert result.error is None, result
+    assert sorted(result.added) == ["ambassador.moreau@example.org", "disarmament.desk@example.org"]
+    rows = (settings.recipients_dir / "suppressions.csv").read_text()
+    for kept in ("focal.point@", "mision.ginebra@", "geneva.mission@", "assistant@"):
+        assert kept not in rows, kept
+    assert result.effects == {"unsubscribe request": 2, "left for staff": 3}
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (3, 2)
 
 
 def test_a_crash_between_recording_and_moving_processes_nothing_twice(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from mailer import verp
 from mailer.compose import OutgoingMessage
 from mailer.unsubscribe import verify_token
 
@@ -13,6 +14,7 @@ from .conftest import (
     by_address,
     compose_sample,
     html_of,
+    make_settings,
     parse,
     text_of,
 )
@@ -96,7 +98,12 @@ def test_list_headers_name_the_list_and_the_unsubscribe_targets(
     parsed = by_address(sample_messages)["research@example.com"]
     assert parsed["List-Id"].endswith("<bulletin.isu.example.org>")
     targets = re.findall(r"<([^>]+)>", str(parsed["List-Unsubscribe"]))
-    assert targets[0] == "mailto:unsubscribe@isu.example.org?subject=unsubscribe"
+    # The reader's own keyed subaddress: the proof of who asks, since mail clients blank
+    # or drop a mailto's subject.
+    key = verp.id_key(make_settings(**SEND_SETTINGS))
+    assert key is not None
+    reader_tag = verp.tag(key, "2017-03", "research@example.com")
+    assert targets[0] == f"mailto:unsubscribe+2017-03.{reader_tag}@isu.example.org"
     url = targets[1]
     assert url.startswith("https://isu.example.org/unsubscribe?token=")
     token = url.split("token=")[1].split("&")[0]

@@ -23,33 +23,74 @@ from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
 
 
 @pytest.mark.parametrize(
-    ("code", "text", "verdict", "gone", "cause"),
+    ("code", "text", "stage", "verdict", "gone", "cause"),
     [
-        (250, "2.0.0 Queued", Verdict.SENT, False, None),
-        (451, "4.3.0 Try again later", Verdict.TRANSIENT, False, None),
-        (None, "timed out", Verdict.TRANSIENT, False, None),
-        (550, "5.1.1 No such user", Verdict.FAILED, True, None),
-        (550, "5.1.10 Recipient address has null MX", Verdict.FAILED, True, None),
-        (550, "5.2.1 Mailbox disabled", Verdict.FAILED, True, None),
-        (553, "5.1.3 Bad recipient address syntax", Verdict.FAILED, True, None),
-        (550, "5.1.6 Mailbox has moved", Verdict.FAILED, True, None),
-        (550, "No such user here", Verdict.FAILED, False, None),  # bare: never suppresses
-        (550, "5.1.2 Bad destination system", Verdict.FAILED, False, None),
-        (550, "relay not permitted", Verdict.RELAY, False, Cause.RELAY),
-        (550, "5.1.7 Invalid sender", Verdict.RELAY, False, Cause.SENDER),
-        (550, "5.1.8 Access denied, bad outbound sender", Verdict.RELAY, False, Cause.SENDER),
-        (550, "5.1.90 You've reached your daily limit", Verdict.RELAY, False, Cause.QUOTA),
-        (552, "5.2.2 Mailbox quota exceeded", Verdict.RELAY, False, Cause.QUOTA),
-        (554, "5.2.0 STOREDRV.Submission.Exception:QuotaExceeded", Verdict.RELAY, False, None),
-        (552, "5.3.4 Message too big for system", Verdict.RELAY, False, Cause.SIZE),
-        (550, "5.7.1 Message rejected as spam", Verdict.RELAY, False, Cause.POLICY),
-        (535, "5.7.30 Basic authentication is not supported", Verdict.RELAY, False, None),
+        (250, "2.0.0 Queued", "data", Verdict.SENT, False, None),
+        (451, "4.3.0 Try again later", "rcpt", Verdict.TRANSIENT, False, None),
+        (None, "timed out", "data", Verdict.TRANSIENT, False, None),
+        (550, "5.1.1 No such user", "rcpt", Verdict.FAILED, True, None),
+        (550, "5.1.2 Bad destination system", "rcpt", Verdict.FAILED, True, None),
+        (553, "5.1.3 Bad recipient address syntax", "rcpt", Verdict.FAILED, True, None),
+        (550, "5.1.6 Mailbox has moved", "rcpt", Verdict.FAILED, True, None),
+        (550, "5.1.10 Recipient address has null MX", "rcpt", Verdict.FAILED, True, None),
+        # Exchange Online's front door refuses a recipient that does not exist with 5.4.1.
+        (
+            550,
+            "5.4.1 Recipient address rejected: Access denied",
+            "rcpt",
+            Verdict.FAILED,
+            True,
+            None,
+        ),
+        (550, "No such user here", "rcpt", Verdict.FAILED, False, None),  # bare: never suppresses
+        # One reader's mailbox: deferred and retried, never the relay's quota.
+        (552, "5.2.2 Mailbox full", "rcpt", Verdict.TRANSIENT, False, None),
+        (552, "5.2.2 Mailbox quota exceeded", "data", Verdict.TRANSIENT, False, None),
+        (550, "5.2.1 Mailbox disabled", "rcpt", Verdict.TRANSIENT, False, None),
+        (554, "5.4.4 Unable to route", "rcpt", Verdict.TRANSIENT, False, None),
+        (552, "5.2.3 Message too large for this mailbox", "data", Verdict.FAILED, False, None),
+        # Exchange's own submission store at DATA: our sending mailbox is full.
+        (
+            554,
+            "5.2.2 STOREDRV.Submission.Exception:QuotaExceededException",
+            "data",
+            Verdict.RELAY,
+            False,
+            Cause.OWN_MAILBOX,
+        ),
+        (550, "relay not permitted", "rcpt", Verdict.RELAY, False, Cause.RELAY),
+        (550, "5.1.7 Invalid sender", "rcpt", Verdict.RELAY, False, Cause.SENDER),
+        (
+            550,
+            "5.1.8 Access denied, bad outbound sender",
+            "rcpt",
+            Verdict.RELAY,
+            False,
+            Cause.SENDER,
+        ),
+        (550, "5.1.90 You've reached your daily limit", "rcpt", Verdict.RELAY, False, Cause.QUOTA),
+        (
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceeded",
+            "data",
+            Verdict.RELAY,
+            False,
+            Cause.QUOTA,
+        ),
+        (552, "5.3.4 Message too big for system", "data", Verdict.RELAY, False, Cause.SIZE),
+        (550, "5.7.1 Message rejected as spam", "data", Verdict.RELAY, False, Cause.POLICY),
+        (535, "5.7.30 Basic authentication is not supported", "auth", Verdict.RELAY, False, None),
     ],
 )
 def test_each_reply_is_classed_as_a_mail_engineer_would(
-    code: int | None, text: str, verdict: Verdict, gone: bool, cause: Cause | None
+    code: int | None,
+    text: str,
+    stage: str,
+    verdict: Verdict,
+    gone: bool,
+    cause: Cause | None,
 ) -> None:
-    reading = read_reply(code, text)
+    reading = read_reply(code, text, stage)
     assert (reading.verdict, reading.mailbox_gone) == (verdict, gone)
     if cause is not None:
         assert reading.cause is cause
