@@ -237,6 +237,7 @@ def process_messages(
     window: timedelta | None = None,
     unsubscribe_address: str | None = None,
     authserv_id: str | None = None,
+    now: datetime | None = None,
 ) -> BounceReport:
     """``process`` for raw messages from anywhere (a file, a mailbox over IMAP).
 
@@ -257,14 +258,12 @@ def process_messages(
         report.effects.append(
             _one(raw, report, ledgers, bounce_address, unsubscribe_address, trust)
         )
+    report.bounces += windows_ended(ledger_dir, window, now)
     fresh = _record(report.bounces, ledger_dir)
     report.duplicates = len(report.bounces) - len(fresh)
     hard = [b.recipient for b in report.bounces if b.verdict is Returned.HARD]
     soft = soft_failures(
-        ledger_dir,
-        {b.recipient for b in report.bounces if b.verdict is Returned.SOFT},
-        soft_limit,
-        window,
+        ledger_dir, {b.recipient for b in fresh if b.verdict is Returned.SOFT}, soft_limit
     )
     added = suppress(recipients_dir, dict.fromkeys(hard), "bounced (no such address)")
     added_soft = suppress(recipients_dir, dict.fromkeys(soft), "soft-bounces")
@@ -401,6 +400,41 @@ def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
     return fresh
 
 
+WINDOW_ENDED = "<dispatch-window-ended>"  # the ``run`` of a deferral counted as a soft bounce
+
+
+def windows_ended(
+    ledger_dir: Path, window: timedelta | None, now: datetime | None = None
+) -> list[Bounce]:
+    """Soft bounces for readers still deferred when their issue's dispatch window ended.
+
+    A deferred reader is retried on later runs while the window lasts; after it,
+    the deferral is counted once as a soft bounce (``_record`` keeps it once).
+    The window runs from the issue's first ledger record.
+    """
+    if window is None:
+        return []
+    moment = now or datetime.now(UTC)
+    found = []
+    for path in sorted(ledger_dir.glob("*.jsonl")):
+        records = list(read_records(path))
+        if not records or not _ended(records[0].time, window, moment):
+            continue
+        last: dict[str, str] = {}
+        counted: set[str] = set()
+        for record in records:
+            address = record.recipient.lower()
+            if record.outcome == BOUNCE and record.run == WINDOW_ENDED:
+                counted.add(address)
+            elif address and record.outcome in (*_MAILED, Outcome.HELD):
+                last[address] = record.outcome
+        for address, outcome in last.items():
+            if outcome == Outcome.DEFERRED and address not in counted:
+                detail = "soft: still deferred when the dispatch window ended"
+                found.append(Bounce(path.stem, address, Returned.SOFT, detail, WINDOW_ENDED))
+    return found
+
+
 def returned(record: Record) -> Returned:
     """The class of a ``bounce`` ledger record (older records said permanent/temporary)."""
     word = (record.reply or "").partition(":")[0].strip()
@@ -412,27 +446,19 @@ def returned(record: Record) -> Returned:
         return Returned.REFUSED
 
 
-def soft_failures(
-    ledger_dir: Path,
-    addresses: set[str] | None,
-    limit: int,
-    window: timedelta | None = None,
-    now: datetime | None = None,
-) -> list[str]:
+def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> list[str]:
     """Readers with soft bounces on the last ``limit`` issues mailed to them (0: never).
 
-    An issue counts as a soft bounce for a reader when a report said so, or when
-    the reader was still deferred once the issue's dispatch window (``window``
-    from its first record) ended; a delivery in between resets the count.
-    ``addresses`` None looks at every reader the ledgers know.
+    An issue counts as a soft bounce for a reader when its ledger holds a soft
+    ``bounce`` record (a report, or a deferral counted by ``windows_ended``); a
+    delivery in between resets the count. ``addresses`` None looks at everyone.
     """
     if limit <= 0 or (addresses is not None and not addresses):
         return []
     wanted = None if addresses is None else {a.lower() for a in addresses}
     history: dict[str, list[bool]] = {}
-    moment = now or datetime.now(UTC)
     for path in sorted(ledger_dir.glob("*.jsonl")):
-        for address, soft in _standing(path, wanted, window, moment).items():
+        for address, soft in _standing(path, wanted).items():
             history.setdefault(address, []).append(soft)
     return [
         address
@@ -441,15 +467,12 @@ def soft_failures(
     ]
 
 
-def _standing(
-    path: Path, wanted: set[str] | None, window: timedelta | None, moment: datetime
-) -> dict[str, bool]:
+def _standing(path: Path, wanted: set[str] | None) -> dict[str, bool]:
     """Per reader mailed in one issue: True when it was a soft bounce, False if delivered."""
     last: dict[str, str] = {}
     bounced: dict[str, Returned] = {}
-    first = ""
+    late: set[str] = set()
     for record in read_records(path):
-        first = first or record.time
         address = record.recipient.lower()
         if not address or (wanted is not None and address not in wanted):
             continue
@@ -457,13 +480,14 @@ def _standing(
             verdict = returned(record)
             if verdict is Returned.SOFT or address not in bounced:
                 bounced[address] = verdict
+            if record.run == WINDOW_ENDED:
+                late.add(address)  # a deferral: a later delivery in the issue undoes it
         elif record.outcome in _MAILED or record.outcome == Outcome.HELD:
             last[address] = record.outcome
-    over = window is not None and _ended(first, window, moment)
     standing: dict[str, bool] = {}
     for address, outcome in last.items():
         said = bounced.get(address)
-        if said is Returned.SOFT or (outcome == Outcome.DEFERRED and over):
+        if said is Returned.SOFT and (address not in late or outcome != Outcome.SENT):
             standing[address] = True
         elif outcome == Outcome.SENT and said is None:
             standing[address] = False

@@ -17,8 +17,8 @@ reply                      at send time (``read_reply``)          returned later
 X.2.1 disabled, X.2.2      deferred (retried on later runs until  soft bounce
 full, X.4.x routing        the dispatch window ends, then one
                            soft bounce)
-X.2.2 at DATA naming       relay: the run stops, "empty the       soft bounce
-Exchange's store
+X.2.2 naming Exchange's    relay: the run stops, "empty the       soft bounce
+submission store           sending mailbox"
 (STOREDRV, Submission,
 QuotaExceeded)
 X.1.7 X.1.8, 5.1.90,       relay: the run stops with advice,      refused: recorded, never
@@ -154,7 +154,7 @@ def read_reply(code: int | None, text: str | None, stage: str | None = None) -> 
     if proves_dead(enhanced, text):
         return Reading(Verdict.FAILED, mailbox_gone=True)
     if enhanced is not None and enhanced[1:] in _SOFT_MAILBOX:
-        if enhanced[1:] == (2, 2) and stage == "data" and _OWN_STORE.search(text or ""):
+        if enhanced[1:] == (2, 2) and _OWN_STORE.search(text or ""):
             return Reading(Verdict.RELAY, cause=Cause.OWN_MAILBOX)
         return Reading(Verdict.TRANSIENT)  # this reader's mailbox: deferred, retried later
     if enhanced is not None and enhanced[1] == 4:

@@ -21,6 +21,7 @@ from mailer.bounces import BounceReport, process
 from mailer.cli import app
 from mailer.compose import OutgoingMessage
 from mailer.errors import InputError
+from mailer.ledger import Ledger, read_records
 from mailer.settings import Settings
 from mailer.signing import generate_key
 from mailer.suppressions import suppress
@@ -501,3 +502,17 @@ def test_check_warns_about_what_inbox_providers_dislike(
         app, ["check", str(SAMPLE), "--recipients", str(recipients)], env=env
     )
     assert configured.exit_code == 0 and "warning" not in configured.output
+
+
+def test_a_bounce_for_an_issue_being_sent_is_recorded_without_waiting(
+    server: Server, tmp_path: Path
+) -> None:
+    """Sync used to stop with exit 2 ("another run is already sending this issue")."""
+    settings = _sent_with_verp(server, tmp_path)
+    source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "one.mbox")
+    with Ledger(settings.ledger_dir, "2017-03") as sending:  # a send holds the issue
+        report = _process(source, settings.ledger_dir, settings.recipients_dir)
+        sending.write_now([])  # the send goes on writing to the same file
+    assert report.suppressed.added == ("research@example.com",)
+    records = list(read_records(settings.ledger_dir / "2017-03.jsonl"))
+    assert [r.recipient for r in records if r.outcome == "bounce"] == ["research@example.com"]

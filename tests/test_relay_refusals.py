@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mailer import pipeline
+from mailer import bounces, pipeline
 from mailer import status as standing
 from mailer.cli import app
 from mailer.errors import DeliveryError
 from mailer.ledger import State, ledger_path
-from mailer.replies import Cause, Verdict, read_reply
+from mailer.replies import Cause, Returned, Verdict, read_reply
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .smtp_server import Behaviour, Server
@@ -242,3 +243,52 @@ def test_the_relays_own_quota_pauses_the_send_with_everyone_pending(
     assert not (recipients / "suppressions.csv").exists()
     state = State.load(ledger_path(settings.ledger_dir, "2017-03"))
     assert not any(state.is_done(f"reader{i}@example.org") for i in range(20))
+
+
+def test_one_full_mailbox_defers_that_reader_and_counts_once_as_a_soft_bounce(
+    tmp_path: Path,
+) -> None:
+    """552 5.2.2 at RCPT is one reader's mailbox, not the relay's quota."""
+    full = {"reader4@example.org": "552 5.2.2 Mailbox full"}
+    recipients = write_list(tmp_path / "recipients", 12)
+    with Server(Behaviour(reject_rcpt=full)) as server:
+        env = cli_env(server.port, tmp_path / "ledger")
+        result = send_cli(recipients, env)
+    assert result.exit_code == 1, result.output  # a deferral: the issue is not complete
+    assert "quota" not in result.output and "To fix:" not in result.output
+    assert len(server.received) == 11
+    ledger = tmp_path / "ledger"
+    state = State.load(ledger_path(ledger, "2017-03"))
+    assert state.outcome("reader4@example.org") == "deferred"
+    started = datetime.fromisoformat(next(bounces.read_records(ledger / "2017-03.jsonl")).time)
+    window = timedelta(hours=72)
+
+    def close(hours: float) -> bounces.BounceReport:
+        return bounces.process_messages(
+            [],
+            ledger,
+            recipients,
+            bounce_address=None,
+            soft_limit=3,
+            window=window,
+            now=started + timedelta(hours=hours),
+        )
+
+    assert close(71).bounces == []  # still retried by later runs within the window
+    ended = close(73)
+    assert [(b.recipient, b.verdict) for b in ended.bounces] == [
+        ("reader4@example.org", Returned.SOFT)
+    ]
+    assert close(100).bounces == []  # counted once
+    assert bounces.soft_failures(ledger, {"reader4@example.org"}, 1) == ["reader4@example.org"]
+    assert not (recipients / "suppressions.csv").exists()  # one soft bounce of three
+
+
+def test_the_sending_mailbox_full_at_exchange_stops_with_that_advice(tmp_path: Path) -> None:
+    recipients = write_list(tmp_path / "recipients", 6)
+    reply = "554 5.2.2 STOREDRV.Submission.Exception:QuotaExceededException; mailbox full"
+    with Server(Behaviour(reject_every_rcpt=reply)) as server:
+        result = send_cli(recipients, cli_env(server.port, tmp_path / "ledger"))
+    assert result.exit_code == 2, result.output
+    assert "empty the sending mailbox" in " ".join(result.output.split())
+    assert not (recipients / "suppressions.csv").exists()
