@@ -641,6 +641,8 @@ def sync(recipients: RecipientsOpt = None) -> None:
             out.print(f"{result.name}: {count} × {effect}")
         for problem in getattr(result, "problems", []):
             err.print(_label("skipped:", "yellow", f"{result.name}: {problem}"), soft_wrap=True)
+        for note in getattr(result, "notes", []):
+            out.print(_label("note:", "cyan", f"{result.name}: {note}"), soft_wrap=True)
         if result.error:
             err.print(
                 _label("error:", "bold red", f"{result.name}: {result.error}"), soft_wrap=True

@@ -24,14 +24,17 @@ no-store``. The SQLite file (``MAILER_SERVE_DB``) is the app's only state.
 from __future__ import annotations
 
 import hmac
+import json
+import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import jinja2
 from starlette.applications import Starlette
@@ -48,7 +51,9 @@ from mailer.settings import Settings
 from mailer.unsubscribe import verify_token
 
 MAX_BODY = 16 * 1024  # a one-click POST is a few dozen bytes
-RETENTION = timedelta(days=30)  # synced rows are deleted after this grace period
+RETENTION = timedelta(days=30)  # acknowledged rows are deleted after this grace period
+PAGE = 1000  # rows an export page holds at most
+HEARTBEAT = 10.0  # seconds between /health's test writes
 HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -58,20 +63,67 @@ HEADERS = {
 
 
 class Store:
-    """The endpoint's requests, in SQLite: durable before the reply, one row per address."""
+    """The endpoint's requests, in SQLite: durable before the reply, one row per request.
+
+    Each request is a row of its own (a reader who unsubscribes again after staff
+    removed the suppression is a new event); a repeat while the first is not yet
+    acknowledged adds nothing. ``mailer sync`` reads the unacknowledged rows and
+    acknowledges, in a separate request, exactly the ids whose effect it wrote to
+    disk; only acknowledged rows older than ``RETENTION`` are deleted. So a
+    database recreated or restored from a backup loses nothing a sync has not
+    written. The database has an identity, a random id made with it, which
+    every export page carries.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # one writer at a time inside this process
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        self._heartbeat: tuple[float, bool] = (0.0, False)
+        try:
+            with self._connection() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", (_now(),))
+                found = db.execute("SELECT value FROM meta WHERE key = 'database'").fetchone()
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"the endpoint's database cannot be used ({exc}); it must be a writable "
+                "SQLite file (or a new path).",
+                file=path,
+                field="MAILER_SERVE_DB",
+            ) from None
+        self.identity = str(found[0])
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Create the tables, or bring an older database (one row per address) up to date."""
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('database', ?), ('heartbeat', '')",
+            (secrets.token_hex(16),),
+        )
+        old = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+        ).fetchone()
+        if old is not None and "acknowledged" not in old[0]:
+            db.execute("ALTER TABLE requests RENAME TO requests_before")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS requests ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " address TEXT NOT NULL COLLATE NOCASE,"
+            " issue TEXT NOT NULL,"
+            " received TEXT NOT NULL,"
+            " acknowledged TEXT)"
+        )
+        if old is not None and "acknowledged" not in old[0]:
             db.execute(
-                "CREATE TABLE IF NOT EXISTS requests ("
-                " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " address TEXT NOT NULL UNIQUE COLLATE NOCASE,"
-                " issue TEXT NOT NULL,"
-                " received TEXT NOT NULL)"
+                "INSERT INTO requests (id, address, issue, received) "
+                "SELECT id, address, issue, received FROM requests_before"
             )
+            db.execute("DROP TABLE requests_before")
+        db.execute("CREATE INDEX IF NOT EXISTS unacknowledged ON requests (acknowledged, id)")
+        db.execute("COMMIT")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -83,36 +135,59 @@ class Store:
             db.close()
 
     def record(self, address: str, issue: str) -> None:
-        """Record a request (a repeat changes nothing); durable when this returns."""
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        """Record a request (a repeat not yet synced adds nothing); durable on return."""
         with self._lock, self._connection() as db:
             db.execute(
-                "INSERT OR IGNORE INTO requests (address, issue, received) VALUES (?, ?, ?)",
-                (address, issue[:100], now),
+                "INSERT INTO requests (address, issue, received) SELECT ?, ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM requests WHERE address = ? AND acknowledged IS NULL)",
+                (address, issue[:100], _now(), address),
             )
 
-    def since(self, cursor: int, limit: int = 1000) -> list[dict[str, Any]]:
+    def unacknowledged(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Rows not yet acknowledged, with ids above ``after``, oldest first."""
         with self._connection() as db:
             rows = db.execute(
-                "SELECT id, address, issue, received FROM requests WHERE id > ? "
-                "ORDER BY id LIMIT ?",
-                (cursor, limit),
+                "SELECT id, address, issue, received FROM requests "
+                "WHERE acknowledged IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [{"id": r[0], "address": r[1], "issue": r[2], "received": r[3]} for r in rows]
 
-    def forget(self, acknowledged: int, before: datetime) -> int:
-        """Delete rows sync has acknowledged (id ≤ its cursor) and older than ``before``:
-        the endpoint keeps addresses no longer than it needs them."""
-        with self._lock, self._connection() as db:
-            gone = db.execute(
-                "DELETE FROM requests WHERE id <= ? AND received < ?",
-                (acknowledged, before.isoformat(timespec="seconds")),
-            )
-            return int(gone.rowcount)
+    def acknowledge(self, ids: list[int], before: datetime) -> tuple[int, int]:
+        """Mark ``ids`` as written by a sync; delete acknowledged rows older than ``before``.
 
-    def healthy(self) -> bool:
-        with self._connection() as db:
-            return db.execute("SELECT count(*) FROM requests").fetchone() is not None
+        Returns (acknowledged now, deleted).
+        """
+        with self._lock, self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            done = db.executemany(
+                "UPDATE requests SET acknowledged = ? WHERE id = ? AND acknowledged IS NULL",
+                [(_now(), i) for i in ids],
+            ).rowcount
+            gone = db.execute(
+                "DELETE FROM requests WHERE acknowledged IS NOT NULL AND received < ?",
+                (before.isoformat(timespec="seconds"),),
+            ).rowcount
+            db.execute("COMMIT")
+        return int(done), int(gone)
+
+    def healthy(self, clock: Callable[[], float] = time.monotonic) -> bool:
+        """Whether a write commits (a one-row heartbeat, at most every 10 s; cached)."""
+        last, ok = self._heartbeat
+        if clock() - last < HEARTBEAT and last:
+            return ok
+        try:
+            with self._lock, self._connection() as db:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", (_now(),))
+            ok = True
+        except sqlite3.Error:
+            ok = False
+        self._heartbeat = (clock(), ok)
+        return ok
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -151,33 +226,53 @@ def create_app(settings: Settings) -> Starlette:
         body = await _body(request)
         if body is None:
             return PlainTextResponse("Request body too large.", 413, headers=HEADERS)
-        if not _asks_to_unsubscribe(body, request.headers.get("content-type", "")):
+        if not await _asks_to_unsubscribe(request, body):
             return pages.answer("confirm", language, 400)
         address, issue, _ = found
         await run_in_threadpool(store.record, address, issue)
         return pages.answer("done", language, 200)
 
-    async def export(request: Request) -> Response:
+    def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
-        if not api_token or not hmac.compare_digest(given, api_token):
+        return bool(api_token) and hmac.compare_digest(given, api_token)
+
+    async def export(request: Request) -> Response:
+        if not authorized(request):
             return PlainTextResponse("Unauthorized.", 401, headers=HEADERS)
         try:
-            cursor = int(request.query_params.get("since", "0"))
+            after = int(request.query_params.get("after", "0"))
+            limit = min(PAGE, max(1, int(request.query_params.get("limit", str(PAGE)))))
         except ValueError:
-            return PlainTextResponse("since must be a number.", 400, headers=HEADERS)
-        rows = await run_in_threadpool(store.since, cursor)
-        # A cursor is the caller saying it has everything up to there.
-        await run_in_threadpool(store.forget, cursor, datetime.now(UTC) - RETENTION)
-        next_cursor = rows[-1]["id"] if rows else cursor
-        return JSONResponse({"requests": rows, "cursor": next_cursor}, headers=HEADERS)
+            return PlainTextResponse("after and limit must be numbers.", 400, headers=HEADERS)
+        rows = await run_in_threadpool(store.unacknowledged, after, limit)
+        page = {"database": store.identity, "requests": rows}
+        return JSONResponse(page, headers=HEADERS)
+
+    async def acknowledge(request: Request) -> Response:
+        if not authorized(request):
+            return PlainTextResponse("Unauthorized.", 401, headers=HEADERS)
+        body = await _body(request, limit=PAGE * 24)
+        try:
+            data = json.loads(body or b"")
+            ids = data["ids"]
+            if data.get("database") != store.identity or not all(isinstance(i, int) for i in ids):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse(
+                "expected {database, ids} for this database.", 409, headers=HEADERS
+            )
+        done, _ = await run_in_threadpool(store.acknowledge, ids, datetime.now(UTC) - RETENTION)
+        return JSONResponse({"acknowledged": done}, headers=HEADERS)
 
     async def health(request: Request) -> Response:
         ok = await run_in_threadpool(store.healthy)
-        return PlainTextResponse("ok" if ok else "database unavailable", 200 if ok else 503)
+        text, status = ("ok", 200) if ok else ("the database does not accept writes", 503)
+        return PlainTextResponse(text, status, headers=HEADERS)
 
     routes = [
         Route(path, unsubscribe, methods=["GET", "POST"]),
         Route("/suppressions", export, methods=["GET"]),
+        Route("/suppressions/acknowledge", acknowledge, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
     ]
     app = Starlette(routes=routes)
@@ -185,45 +280,35 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-async def _body(request: Request) -> bytes | None:
-    """The request body, or None when it is larger than MAX_BODY (read no further)."""
+async def _body(request: Request, limit: int = MAX_BODY) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` (read no further)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isdigit() and int(declared) > limit:
         return None
     data = bytearray()
     async for chunk in request.stream():
         data.extend(chunk)
-        if len(data) > MAX_BODY:
+        if len(data) > limit:
             return None
     return bytes(data)
 
 
-def _asks_to_unsubscribe(body: bytes, content_type: str) -> bool:
+async def _asks_to_unsubscribe(request: Request, body: bytes) -> bool:
     """RFC 8058's ``List-Unsubscribe=One-Click``, or our confirmation form's field.
 
-    Read from urlencoded or multipart/form-data bodies (RFC 8058 §3.2 allows both).
+    The body (already read within MAX_BODY) goes through Starlette's own form
+    parser (python-multipart): urlencoded or multipart/form-data in every form
+    real clients send (a quoted boundary, ``BOUNDARY=``, ``; charset=``).
     """
-    text = body.decode("utf-8", "replace")
-    if content_type.startswith("multipart/form-data"):
-        fields = _multipart_fields(text, content_type)
-    else:
-        fields = {k: v[0] for k, v in parse_qs(text).items() if v}
-    return fields.get("List-Unsubscribe") == "One-Click" or fields.get("confirm") == "yes"
 
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
 
-def _multipart_fields(text: str, content_type: str) -> dict[str, str]:
-    """The small text fields of a multipart/form-data body (enough for RFC 8058)."""
-    boundary = content_type.partition("boundary=")[2].strip().strip('"')
-    fields: dict[str, str] = {}
-    if not boundary:
-        return fields
-    for part in text.split(f"--{boundary}"):
-        head, _, value = part.partition("\r\n\r\n")
-        marker = 'name="'
-        if marker in head:
-            name = head.split(marker, 1)[1].split('"', 1)[0]
-            fields[name] = value.removesuffix("\r\n")
-    return fields
+    try:
+        form = await Request(request.scope, replay).form()
+    except Exception:  # a body that is not a form at all
+        return False
+    return form.get("List-Unsubscribe") == "One-Click" or form.get("confirm") == "yes"
 
 
 class _Pages:

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from mailer.inbox import InboxResult
 
 STATE_FILE = "sync-state.json"
-PAGE = 1000
+PAGE = 1000  # rows asked for per export page
+MAX_PAGES = 1000  # a bound on one sync: a million requests
+MAX_ANSWER = 2 * 1024 * 1024  # bytes: a full page is about 150 KB
 
 
 @dataclass
@@ -39,6 +41,7 @@ class SourceResult:
     added: list[str] = field(default_factory=list)
     already: int = 0
     refused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -88,53 +91,121 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, Any]) -> SourceResult:
-    result = SourceResult("endpoint")
-    source = state.setdefault("endpoint", {})
-    cursor = int(source.get("cursor", 0))
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the bearer token must reach no other host (the endpoint
+    never redirects, by design)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class _Refused(Exception):
+    """The endpoint's answer cannot be used; the text says why, for staff."""
+
+
+def _call(settings: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST ``body`` as JSON) ``path`` of the endpoint; its JSON answer, size-capped."""
     assert settings.serve_url and settings.serve_api_token
     token = settings.serve_api_token.get_secret_value()
-    while True:
-        url = f"{settings.serve_url.rstrip('/')}/suppressions?since={cursor}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=settings.smtp_timeout) as answer:
-                rows, next_cursor = _page(json.loads(answer.read()), cursor)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "code", None) or type(exc).__name__
-            result.error = (
-                f"the endpoint {settings.serve_url} could not be read ({reason}); check "
-                "MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN."
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    url = settings.serve_url.rstrip("/") + path
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with _OPENER.open(request, timeout=settings.smtp_timeout) as answer:
+            raw = answer.read(MAX_ANSWER + 1)
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise _Refused(
+                f"it answered with a redirect ({exc.code}); credentials never follow one: "
+                "set MAILER_SERVE_URL to the endpoint's own https address"
+            ) from None
+        raise _Refused(f"HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _Refused(type(exc).__name__) from None
+    if len(raw) > MAX_ANSWER:
+        raise _Refused(f"an answer over {MAX_ANSWER:,} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _Refused("an answer that is not JSON") from None
+
+
+def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, Any]) -> SourceResult:
+    """Apply every unacknowledged request, page by page, then acknowledge each page's ids.
+
+    Only rows whose suppression is on disk are acknowledged; the endpoint deletes
+    nothing else. A page that is not valid (not an export, larger than asked,
+    ids that do not advance) stops the sync before anything from it is applied.
+    """
+    result = SourceResult("endpoint")
+    source = state.setdefault("endpoint", {})
+    after = 0
+    try:
+        for _ in range(MAX_PAGES):
+            database, rows = _page(
+                _call(settings, f"/suppressions?after={after}&limit={PAGE}"), after
             )
-            return result
-        if not rows:
-            break
-        added = suppressions.suppress(recipients_dir, rows, "one-click unsubscribe")
-        result.added += added.added
-        result.already += len(added.already)
-        result.refused += [address for address, _ in added.refused]
-        cursor = next_cursor
-        source["cursor"] = cursor
-        _save_state(settings, state)  # after the suppressions are written
-        if len(rows) < PAGE:
-            break
-    source["last_success"] = datetime.now(UTC).isoformat(timespec="seconds")
+            if source.get("database") not in (None, database):
+                result.notes.append(
+                    "the endpoint's database is not the one seen before (recreated or restored "
+                    "from a backup): every request it holds that no sync acknowledged was read"
+                )
+            source["database"] = database
+            if not rows:
+                break
+            added = suppressions.suppress(
+                recipients_dir, [r["address"] for r in rows], "one-click unsubscribe"
+            )
+            result.added += added.added
+            result.already += len(added.already)
+            result.refused += [address for address, _ in added.refused]
+            ids = [r["id"] for r in rows]
+            _call(settings, "/suppressions/acknowledge", {"database": database, "ids": ids})
+            after = ids[-1]
+            if len(rows) < PAGE:
+                break
+        else:
+            raise _Refused(f"more than {MAX_PAGES * PAGE:,} requests in one sync")
+    except _Refused as exc:
+        result.error = (
+            f"the endpoint {settings.serve_url} could not be read ({exc}); check "
+            "MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN."
+        )
+        return result
+    source.pop("cursor", None)  # from before acknowledgements: never trusted again
+    source["last_success"] = _now()
     _save_state(settings, state)
     return result
 
 
-def _page(data: object, cursor: int) -> tuple[list[str], int]:
-    """The addresses and the next cursor of one export page; ValueError when it is not one
-    (a proxy's error page, a wrong URL): nothing is suppressed from a page not understood."""
-    if not isinstance(data, dict) or not isinstance(data.get("requests", []), list):
-        raise ValueError("not an export page")
-    rows = data.get("requests", [])
-    if not all(isinstance(r, dict) and isinstance(r.get("address"), str) for r in rows):
-        raise ValueError("not an export page")
-    next_cursor = data.get("cursor", cursor)
-    if not isinstance(next_cursor, int) or next_cursor < cursor:
-        raise ValueError("not an export page")
-    return [r["address"] for r in rows], next_cursor
+def _page(data: object, after: int) -> tuple[str, list[dict[str, Any]]]:
+    """The database id and rows of one export page; refused when it is not one (a proxy's
+    error page, a wrong URL, a hostile server): nothing is suppressed from such a page."""
+    if not isinstance(data, dict) or not isinstance(data.get("requests"), list):
+        raise _Refused("not an export page")
+    database, rows = data.get("database"), data["requests"]
+    if not isinstance(database, str) or not database:
+        raise _Refused("an export without the database's id (an endpoint older than this mailer?)")
+    if len(rows) > PAGE:
+        raise _Refused(f"a page of {len(rows)} rows where {PAGE} were asked for")
+    previous = after
+    for row in rows:
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("address"), str)
+            and isinstance(row.get("id"), int)
+            and row["id"] > previous
+        ):
+            raise _Refused("a page whose rows are not requests after the cursor")
+        previous = row["id"]
+    return database, rows
 
 
 def require_fresh(settings: Settings, now: datetime | None = None) -> None:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from mailer.cli import app
+from mailer.serve import Store
 from mailer.unsubscribe import make_token
 
 from .conftest import SAMPLE
@@ -134,7 +138,7 @@ def test_no_redirect_no_big_body_and_an_authenticated_export(endpoint: Endpoint)
     wrong = {"Authorization": "Bearer nope"}
     assert httpx.get(f"{endpoint.base}/suppressions", headers=wrong).status_code == 401
     good = {"Authorization": f"Bearer {API_TOKEN}"}
-    export = httpx.get(f"{endpoint.base}/suppressions?since=0", headers=good).json()
+    export = httpx.get(f"{endpoint.base}/suppressions?after=0", headers=good).json()
     assert [r["address"] for r in export["requests"]] == [a for a, _ in endpoint.rows()]
 
 
@@ -235,26 +239,247 @@ def test_a_send_refuses_while_the_last_sync_is_too_old(endpoint: Endpoint, tmp_p
         assert send_cli(recipients, stale).exit_code == 2
 
 
-def test_synced_rows_are_deleted_after_the_grace_period(tmp_path: Path) -> None:
+def _sync(running: Endpoint, recipients: Path, ledger: Path) -> Result:
+    env = {
+        "MAILER_SERVE_URL": running.base,
+        "MAILER_SERVE_API_TOKEN": API_TOKEN,
+        "MAILER_LEDGER_DIR": str(ledger),
+    }
+    return CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+
+
+def _suppressed(recipients: Path) -> list[str]:
+    path = recipients / "suppressions.csv"
+    return (
+        [line.split(",")[0] for line in path.read_text().splitlines()[1:]] if path.exists() else []
+    )
+
+
+def test_only_acknowledged_rows_are_deleted_after_the_grace_period(tmp_path: Path) -> None:
     running = start(tmp_path)
     try:
-        for name in ("old", "recent"):
+        for name in ("old", "recent", "unsynced"):
             assert (
                 httpx.post(running.link(f"{name}@example.org"), data=ONE_CLICK).status_code == 200
             )
         with sqlite3.connect(running.db) as db:
             db.execute(
                 "UPDATE requests SET received = '2020-01-01T00:00:00+00:00' "
-                "WHERE address LIKE 'old%'"
+                "WHERE address != 'recent@example.org'"
             )
         good = {"Authorization": f"Bearer {API_TOKEN}"}
-        first = httpx.get(f"{running.base}/suppressions?since=0", headers=good).json()
-        assert len(first["requests"]) == 2 and len(running.rows()) == 2  # not acknowledged yet
-        httpx.get(f"{running.base}/suppressions?since={first['cursor']}", headers=good)
-        assert running.rows() == [("recent@example.org", "2017-03")]  # old and synced: gone
+        page = httpx.get(f"{running.base}/suppressions?after=0", headers=good).json()
+        assert len(page["requests"]) == 3 and len(running.rows()) == 3  # reading deletes nothing
+        ids = [r["id"] for r in page["requests"] if r["address"] != "unsynced@example.org"]
+        ack = {"database": page["database"], "ids": ids}
+        answer = httpx.post(f"{running.base}/suppressions/acknowledge", json=ack, headers=good)
+        assert answer.status_code == 200 and answer.json() == {"acknowledged": 2}
+        # old: acknowledged and past the grace period, gone; recent: kept 30 days;
+        # unsynced: never acknowledged, kept however old.
+        assert sorted(a for a, _ in running.rows()) == [
+            "recent@example.org",
+            "unsynced@example.org",
+        ]
+        forged = {"database": "another", "ids": ids}
+        refused = httpx.post(f"{running.base}/suppressions/acknowledge", json=forged, headers=good)
+        assert refused.status_code == 409
     finally:
         running.process.terminate()
         running.process.wait(10)
+
+
+@pytest.mark.parametrize("how", ["recreated", "restored"])
+def test_a_recreated_or_restored_database_loses_no_unsubscribe(tmp_path: Path, how: str) -> None:
+    """Sync used to keep a cursor: rows of a new database, ids from 1 again, were skipped
+    ("nothing new") and deleted 30 days later without reaching suppressions.csv."""
+    recipients, ledger = write_list(tmp_path / "recipients", 3), tmp_path / "ledger"
+    running = start(tmp_path)
+    try:
+        for i in range(5):
+            httpx.post(running.link(f"early{i}@example.org"), data=ONE_CLICK)
+        backup = tmp_path / "backup.sqlite3"
+        with sqlite3.connect(running.db) as db, sqlite3.connect(backup) as copy:
+            db.backup(copy)
+        assert _sync(running, recipients, ledger).exit_code == 0
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
+    running.db.unlink()
+    for extra in running.db.parent.glob("requests.sqlite3-*"):
+        extra.unlink()
+    if how == "restored":
+        backup.rename(running.db)
+    running = start(tmp_path)
+    try:
+        assert httpx.post(running.link("late@example.org"), data=ONE_CLICK).status_code == 200
+        again = _sync(running, recipients, ledger)
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
+    assert again.exit_code == 0, again.output
+    assert "late@example.org" in _suppressed(recipients)
+    assert len(_suppressed(recipients)) == 6
+    if how == "recreated":
+        assert "not the one seen before" in " ".join(again.output.split())
+
+
+def test_unsubscribing_again_after_staff_re_added_the_reader_takes_effect_again(
+    endpoint: Endpoint, tmp_path: Path
+) -> None:
+    recipients, ledger = write_list(tmp_path / "recipients", 3), tmp_path / "ledger"
+    httpx.post(endpoint.link("reader1@example.org"), data=ONE_CLICK)
+    assert _sync(endpoint, recipients, ledger).exit_code == 0
+    assert "reader1@example.org" in _suppressed(recipients)
+    (recipients / "suppressions.csv").write_text("email,reason,date\n")  # staff re-add them
+    httpx.post(endpoint.link("reader1@example.org"), data=ONE_CLICK)
+    assert _sync(endpoint, recipients, ledger).exit_code == 0
+    assert _suppressed(recipients) == ["reader1@example.org"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=XyZ; charset=utf-8",
+        'multipart/form-data; boundary="XyZ"',
+        "multipart/form-data; BOUNDARY=XyZ",
+        "Multipart/Form-Data; boundary=XyZ",
+    ],
+)
+def test_every_multipart_form_real_clients_send_unsubscribes(
+    endpoint: Endpoint, content_type: str
+) -> None:
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+        b"One-Click\r\n--XyZ--\r\n"
+    )
+    address = f"form{abs(hash(content_type))}@example.org"
+    answer = httpx.post(
+        endpoint.link(address), content=body, headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 200
+    assert address in [a for a, _ in endpoint.rows()]
+
+
+def test_health_commits_a_write_and_says_503_when_the_database_cannot_take_one(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "requests.sqlite3")
+    now = [100.0]
+    assert store.healthy(lambda: now[0])
+    for extra in tmp_path.glob("requests.sqlite3*"):
+        extra.unlink()
+    (tmp_path / "requests.sqlite3").mkdir()  # the file is gone, as on a failed disk
+    assert store.healthy(lambda: now[0])  # cached for 10 s
+    now[0] += 11
+    assert not store.healthy(lambda: now[0])
+
+
+def test_serve_refuses_a_database_that_is_not_sqlite_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("these are not the requests\n" * 100)
+    env = {
+        "MAILER_UNSUBSCRIBE_URL": "https://isu.example.org/unsubscribe",
+        "MAILER_UNSUBSCRIBE_SECRET": SECRET,
+        "MAILER_SERVE_DB": str(tmp_path / "notes.txt"),
+    }
+    result = CliRunner().invoke(app, ["serve", "--port", str(free_port())], env=env)
+    assert result.exit_code == 2 and "MAILER_SERVE_DB" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _hostile(
+    answer: Callable[[BaseHTTPRequestHandler], None],
+) -> tuple[ThreadingHTTPServer, list[str]]:
+    """A server on 127.0.0.1 answering every request with ``answer``; it records the
+    Authorization header of each request it gets."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            answer(self)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def _json(handler: BaseHTTPRequestHandler, data: object) -> None:
+    body = json.dumps(data).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _sync_from(port: int, tmp_path: Path) -> tuple[Result, Path]:
+    env = {
+        "MAILER_SERVE_URL": f"http://127.0.0.1:{port}",
+        "MAILER_SERVE_API_TOKEN": API_TOKEN,
+        "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+    }
+    recipients = write_list(tmp_path / "r", 2)
+    result = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+    return result, recipients
+
+
+def test_an_endpoint_whose_pages_never_advance_stops_the_sync_before_anything_applies(
+    tmp_path: Path,
+) -> None:
+    """Sync used to loop until the job's time limit, appending addresses never listed."""
+    counter = iter(range(10**6))
+
+    def same_ids(handler: BaseHTTPRequestHandler) -> None:
+        n = next(counter)  # new addresses each time, the same ids
+        rows = [{"id": i, "address": f"never{n}.{i}@example.org"} for i in range(1, 1001)]
+        _json(handler, {"database": "db", "requests": rows})
+
+    server, seen = _hostile(same_ids)
+    try:
+        result, recipients = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    # The first full page applies and is acknowledged; the next repeats its ids: stop.
+    assert result.exit_code == 1, result.output
+    assert "not requests after the cursor" in " ".join(result.output.split())
+    assert len(seen) == 3 and len(_suppressed(recipients)) == 1000
+
+
+def test_a_page_larger_than_asked_is_refused_whole(tmp_path: Path) -> None:
+    rows = [{"id": i, "address": f"flood{i}@example.org"} for i in range(1, 1502)]
+    server, _ = _hostile(lambda h: _json(h, {"database": "db", "requests": rows}))
+    try:
+        result, recipients = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1 and "where 1000 were asked" in " ".join(result.output.split())
+    assert _suppressed(recipients) == []
+
+
+def test_no_credential_follows_a_redirect(tmp_path: Path) -> None:
+    other, to_other = _hostile(lambda h: _json(h, {"database": "x", "requests": []}))
+
+    def moved(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(307)
+        handler.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/x")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server, _ = _hostile(moved)
+    try:
+        result, _ = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        for running in (server, other):
+            running.shutdown()
+            running.server_close()
+    assert result.exit_code == 1 and "redirect (307)" in result.output
+    assert "MAILER_SERVE_URL" in result.output and to_other == []
 
 
 @pytest.mark.parametrize(
@@ -264,12 +489,11 @@ def test_synced_rows_are_deleted_after_the_grace_period(tmp_path: Path) -> None:
         b"[1, 2]",
         b'{"requests": "x"}',
         b'{"requests": [{"address": "a@example.org"}], "cursor": "abc"}',
+        b'{"database": "d", "requests": [{"id": "1", "address": "a@example.org"}]}',
+        b"x" * 3_000_000,
     ],
 )
 def test_sync_refuses_an_export_it_does_not_understand(tmp_path: Path, body: bytes) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
     class Broken(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
