@@ -649,6 +649,8 @@ def sync(recipients: RecipientsOpt = None) -> None:
             )
     for address in (a for r in results for a in r.added):
         out.print(f"suppressed: {address}")
+    if any(getattr(r, "fatal", False) for r in results):
+        raise typer.Exit(2)  # a setting must change
     raise typer.Exit(1 if any(r.error for r in results) else 0)
 
 

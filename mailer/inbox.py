@@ -42,6 +42,7 @@ class InboxResult:
     refused: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     error: str | None = None
+    fatal: bool = False  # a setting must change (sign-in refused): exit 2, not 1
 
     def count(self, effect: str) -> None:
         self.effects[effect] = self.effects.get(effect, 0) + 1
@@ -52,12 +53,13 @@ def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
     result = InboxResult()
     try:
         connection = _connect(settings)
+    except _SignInRefused as exc:
+        result.error, result.fatal = str(exc), True
+        return result
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
-        detail = str(exc)[:300] if "OAuth2" in str(exc) else type(exc).__name__
         result.error = (
-            f"the mailbox {settings.imap_host} could not be read ({detail}); check "
-            "MAILER_IMAP_HOST, _PORT, _SECURITY, _USERNAME and _PASSWORD (or, with "
-            "MAILER_IMAP_AUTH=xoauth2, the MAILER_OAUTH_* settings)."
+            f"the mailbox {settings.imap_host} could not be read ({type(exc).__name__}); "
+            "check MAILER_IMAP_HOST, _PORT and _SECURITY."
         )
         return result
     try:
@@ -85,12 +87,30 @@ def _connect(settings: Settings) -> imaplib.IMAP4:
         connection = imaplib.IMAP4(s.imap_host, port, timeout=30)
         if s.imap_security == "starttls":
             connection.starttls(context)
-    if s.imap_auth == "xoauth2":
-        _sign_in_by_token(connection, s)
-    else:
-        assert s.imap_password is not None
-        connection.login(s.imap_username, s.imap_password.get_secret_value())
+    try:
+        if s.imap_auth == "xoauth2":
+            _sign_in_by_token(connection, s)
+        else:
+            assert s.imap_password is not None
+            connection.login(s.imap_username, s.imap_password.get_secret_value())
+    except imaplib.IMAP4.error as exc:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            connection.logout()
+        names = (
+            "MAILER_IMAP_USERNAME and the MAILER_OAUTH_* settings (and the application's "
+            "IMAP.AccessAsApp permission)"
+            if s.imap_auth == "xoauth2"
+            else "MAILER_IMAP_USERNAME and MAILER_IMAP_PASSWORD"
+        )
+        reply = " ".join(str(exc).split())[:200]
+        raise _SignInRefused(
+            f"the mailbox {s.imap_host} refused the sign-in ({reply}); check {names}."
+        ) from None
     return connection
+
+
+class _SignInRefused(Exception):
+    """The mailbox, or the token endpoint before it, refused us: a setting must change."""
 
 
 def _sign_in_by_token(connection: imaplib.IMAP4, settings: Settings) -> None:
@@ -104,9 +124,11 @@ def _sign_in_by_token(connection: imaplib.IMAP4, settings: Settings) -> None:
     try:
         token = asyncio.run(TokenSource(settings).token())
     except TokenUnavailable as exc:
-        raise imaplib.IMAP4.error(f"no OAuth2 token: {exc}") from None
-    answer = f"user={settings.imap_username}\x01auth=Bearer {token.value}\x01\x01".encode()
-    connection.authenticate("XOAUTH2", lambda _: answer)
+        raise _SignInRefused(f"no OAuth2 token for the mailbox: {exc}") from None
+    answers = [f"user={settings.imap_username}\x01auth=Bearer {token.value}\x01\x01".encode()]
+    # The first challenge gets the token; an error challenge (base64 JSON) gets an
+    # empty response, as the XOAUTH2 protocol asks, and the server then says no.
+    connection.authenticate("XOAUTH2", lambda _: answers.pop() if answers else b"")
 
 
 BATCH = 500  # messages fetched, written and moved together

@@ -3,11 +3,13 @@
 Microsoft 365 is retiring password sign-in for SMTP; its app-only alternative
 is a token from the tenant's token endpoint (``MAILER_OAUTH_TOKEN_URL``) for an
 application (``MAILER_OAUTH_CLIENT_ID`` and ``_CLIENT_SECRET``) with the scope
-``https://outlook.office365.com/.default``. The token request and its error
-responses are Authlib's (``OAuth2Session``, over requests): a well-kept
-implementation of RFC 6749 that parses token responses, ``expires_in`` and
-error codes, so we do not. A token is fetched rarely (about once an hour), so
-the blocking request runs in a thread.
+``https://outlook.office365.com/.default``. The token request is one form POST
+(requests; the client secret in the body, ``client_secret_post``), never
+following a redirect, and its answer is validated as RFC 6749 §5 says: JSON
+whatever the Content-Type, an error with or without a description,
+``token_type`` Bearer, ``expires_in`` a number or a numeric string. Every odd
+answer is one clear line (:class:`TokenUnavailable`). A token is fetched
+rarely (about once an hour), so the blocking request runs in a thread.
 
 :class:`TokenSource` caches the token and renews it before it expires (with a
 margin of a tenth of its life, at most five minutes) and whenever the relay
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,45 +69,97 @@ class TokenSource:
             self._token = None
 
     def _fetch(self) -> Token:
-        from authlib.common.errors import AuthlibBaseError  # only when signing in by OAuth
-        from authlib.integrations.requests_client import OAuth2Session
-        from requests import RequestException
+        import requests  # only when signing in by OAuth
 
         s = self.settings
         assert s.oauth_token_url and s.oauth_client_id and s.oauth_client_secret
-        session = OAuth2Session(
-            client_id=s.oauth_client_id,
-            client_secret=s.oauth_client_secret.get_secret_value(),
-            scope=s.oauth_scope,
-            token_endpoint_auth_method="client_secret_post",
-        )
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": s.oauth_client_id,
+            "client_secret": s.oauth_client_secret.get_secret_value(),
+        }
+        if s.oauth_scope:
+            form["scope"] = s.oauth_scope
         started = self.clock()
         try:
-            answer = session.fetch_token(
-                s.oauth_token_url, grant_type="client_credentials", timeout=s.smtp_timeout
-            )
-        except AuthlibBaseError as exc:
-            raise TokenUnavailable(_refusal(exc.error, exc.description)) from None
-        except RequestException as exc:
+            with requests.post(
+                s.oauth_token_url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=s.smtp_timeout,
+                allow_redirects=False,  # the client secret must reach no other host
+                stream=True,
+            ) as answer:
+                body = answer.raw.read(MAX_ANSWER + 1, decode_content=True)
+                status = answer.status_code
+        except requests.RequestException as exc:
             raise TokenUnavailable(
                 f"the token endpoint could not be reached ({type(exc).__name__}); check "
                 "MAILER_OAUTH_TOKEN_URL and the network."
             ) from None
-        finally:
-            session.close()
-        value = answer.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise TokenUnavailable(
-                "the token endpoint answered without an access token; check MAILER_OAUTH_TOKEN_URL."
-            )
-        life = float(answer.get("expires_in") or 3600)
-        margin = min(300.0, life / 10)
-        return Token(value, started + life - margin, started + life)
+        return token_from_answer(status, body, started)
+
+
+MAX_ANSWER = 64 * 1024  # a token answer is a few kilobytes
+
+
+def token_from_answer(status: int, body: bytes, started: float) -> Token:
+    """A token from the endpoint's answer, validated as RFC 6749 §5 says; else a clear
+    TokenUnavailable (never a traceback, never the secret)."""
+    if 300 <= status < 400:
+        raise TokenUnavailable(
+            f"the token endpoint answered with a redirect ({status}); the client secret never "
+            "follows one: set MAILER_OAUTH_TOKEN_URL to the endpoint's own https address."
+        )
+    try:
+        data = json.loads(body) if len(body) <= MAX_ANSWER else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise TokenUnavailable(
+            f"the token endpoint answered something that is not a token response (HTTP "
+            f"{status}); check MAILER_OAUTH_TOKEN_URL."
+        )
+    if "error" in data:
+        error, description = data.get("error"), data.get("error_description")
+        raise TokenUnavailable(
+            _refusal(str(error), description if isinstance(description, str) else None)
+        )
+    value = data.get("access_token")
+    if status != 200 or not isinstance(value, str) or not value:
+        raise TokenUnavailable(
+            f"the token endpoint answered without an access token (HTTP {status}); check "
+            "MAILER_OAUTH_TOKEN_URL."
+        )
+    kind = data.get("token_type")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise TokenUnavailable(
+            f"the token endpoint gave a token of type {str(kind)[:20]!r}, not Bearer; check "
+            "MAILER_OAUTH_TOKEN_URL and MAILER_OAUTH_SCOPE."
+        )
+    life = _seconds(data.get("expires_in", 3600))
+    margin = min(300.0, life / 10)
+    return Token(value, started + life - margin, started + life)
+
+
+def _seconds(value: object) -> float:
+    """``expires_in``: a JSON number or a numeric string (some endpoints send "3599")."""
+    try:
+        seconds = float(value) if isinstance(value, int | float | str) else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 10**7:
+        raise TokenUnavailable(
+            f"the token endpoint gave an expires_in that is not a number of seconds "
+            f"({str(value)[:20]!r}); check MAILER_OAUTH_TOKEN_URL."
+        )
+    return seconds
 
 
 def _refusal(error: str | None, description: str | None) -> str:
     """What to tell staff when the token endpoint refuses (never the secret)."""
-    text = f"{error or 'refused'}: {(description or '').splitlines()[0][:200]}".rstrip(": ")
+    first_line = next(iter((description or "").splitlines()), "")[:200]
+    text = f"{error or 'refused'}: {first_line}".rstrip(": ")
     if "AADSTS7000222" in (description or ""):
         return (
             f"the client secret has expired ({text}). Create a new secret for the "

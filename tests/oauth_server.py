@@ -39,6 +39,8 @@ class TokenEndpoint:
         self.issued: dict[str, float] = {}  # token -> expiry (time.time())
         self.requests: list[dict[str, str]] = []
         self.refusal: str | None = None  # an error description to answer with
+        # An answer to give as it is: (status, body, extra headers), odd ones included.
+        self.raw: tuple[int, bytes, dict[str, str]] | None = None
         self.username = MAILBOX  # whom a valid token signs in (RFC 7662 introspection)
         endpoint = self
 
@@ -52,8 +54,14 @@ class TokenEndpoint:
                 else:
                     endpoint.requests.append(form)
                     status, body = endpoint.answer(form)
-                data = json.dumps(body).encode()
+                extra: dict[str, str] = {}
+                if endpoint.raw is not None and not self.path.endswith("/introspect"):
+                    status, data, extra = endpoint.raw
+                else:
+                    data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

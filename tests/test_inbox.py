@@ -277,7 +277,7 @@ def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
             tokens.refusal = EXPIRED_SECRET
             refused = inbox.read_mailbox(settings, settings.recipients_dir)
     assert refused.error is not None and "client secret has expired" in refused.error
-    assert CLIENT_SECRET not in refused.error
+    assert CLIENT_SECRET not in refused.error and refused.fatal
 
 
 def test_a_folder_recreated_during_sync_moves_nothing(
@@ -290,3 +290,27 @@ def test_a_folder_recreated_during_sync_moves_nothing(
     result = inbox.read_mailbox(settings, settings.recipients_dir)
     assert result.error is not None and "UIDVALIDITY" in result.error
     assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 0)
+
+
+def test_a_refused_password_is_one_line_and_exit_2(tmp_path: Path, imap: Dovecot) -> None:
+    settings = _sent(tmp_path, imap)
+    env = {**_env(settings), "MAILER_IMAP_PASSWORD": "not-the-password"}
+    result = CliRunner().invoke(
+        app, ["sync", "--recipients", str(settings.recipients_dir)], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "refused the sign-in" in result.output and "MAILER_IMAP_PASSWORD" in result.output
+    assert "not-the-password" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_done_folder_named_in_french_is_created_and_used(tmp_path: Path, imap: Dovecot) -> None:
+    """``Traités`` crashed: IMAP folder names are modified UTF-7 (RFC 3501 §5.1.3)."""
+    settings = _sent(tmp_path, imap)
+    _append(imap, bounce_bytes("01-postfix-rfc3464.eml"), AUTO_REPLY)
+    env = {**_env(settings), "MAILER_IMAP_DONE_FOLDER": "Traités"}
+    result = CliRunner().invoke(
+        app, ["sync", "--recipients", str(settings.recipients_dir)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert (_count(imap, "INBOX"), _count(imap, "Trait&AOk-s")) == (0, 2)

@@ -12,6 +12,7 @@ from mailer import pipeline
 from mailer.cli import app
 from mailer.errors import DeliveryError
 from mailer.ledger import read_records
+from mailer.oauth import token_from_answer
 from mailer.settings import Settings
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
@@ -133,3 +134,59 @@ def test_a_token_url_must_be_https_except_on_loopback() -> None:
         env={"MAILER_OAUTH_TOKEN_URL": "http://login.example.org/token"},
     )
     assert result.exit_code == 2 and "MAILER_OAUTH_TOKEN_URL" in result.output
+
+
+def _xoauth2_env(endpoint: TokenEndpoint, port: int, ledger: Path) -> dict[str, str]:
+    return {
+        **cli_env(port, ledger),
+        "MAILER_SMTP_AUTH": "xoauth2",
+        "MAILER_SMTP_USERNAME": MAILBOX,
+        "MAILER_OAUTH_TOKEN_URL": endpoint.url,
+        "MAILER_OAUTH_CLIENT_ID": CLIENT_ID,
+        "MAILER_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+        "MAILER_OAUTH_SCOPE": "https://outlook.office365.com/.default",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "says"),
+    [
+        # RFC 6749 §5.2: error_description is optional (this gave an IndexError).
+        (401, b'{"error": "invalid_client"}', "refused the application (invalid_client)"),
+        (400, b'{"error": "invalid_scope", "error_description": ""}', "MAILER_OAUTH_SCOPE"),
+        (200, b'{"access_token": "t", "token_type": "Bearer", "expires_in": "soon"}', "expires_in"),
+        (200, b'{"access_token": "t", "token_type": "mac", "expires_in": 3600}', "not Bearer"),
+        (200, b"<html><body>Sign in to your account</body></html>", "not a token response"),
+        (502, b"Bad Gateway", "not a token response (HTTP 502)"),
+        (200, b'{"access_token": "", "token_type": "Bearer"}', "without an access token"),
+    ],
+)
+def test_every_odd_token_answer_is_one_clear_line_and_exit_2(
+    tmp_path: Path, status: int, body: bytes, says: str
+) -> None:
+    with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
+        endpoint.raw = (status, body, {})
+        result = send_cli(
+            write_list(tmp_path / "recipients", 3), _xoauth2_env(endpoint, relay.port, tmp_path)
+        )
+        assert relay.received == []
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert says in " ".join(result.output.split())
+    assert CLIENT_SECRET not in result.output
+
+
+def test_the_client_secret_never_follows_a_redirect(tmp_path: Path) -> None:
+    with TokenEndpoint() as elsewhere, TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
+        endpoint.raw = (307, b"", {"Location": elsewhere.url})
+        result = send_cli(
+            write_list(tmp_path / "recipients", 3), _xoauth2_env(endpoint, relay.port, tmp_path)
+        )
+    assert result.exit_code == 2 and "redirect (307)" in result.output
+    assert endpoint.requests and elsewhere.requests == []  # the secret stayed home
+
+
+def test_a_numeric_string_expires_in_is_a_number_of_seconds() -> None:
+    body = b'{"access_token": "t", "token_type": "bearer", "expires_in": "3599"}'
+    token = token_from_answer(200, body, started=1000.0)
+    assert (token.renew_at, token.expires_at) == (1000.0 + 3599 - 300, 1000.0 + 3599)
