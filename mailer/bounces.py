@@ -33,7 +33,7 @@ import hashlib
 import mailbox
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
@@ -143,6 +143,11 @@ def _attribute(
     mine = [entry for entry in entries if entry.names(recipient)]
     if not mine and len(entries) == 1:
         mine = entries  # forwarded: the report names the address mail went on to
+    entry = next((e for e in mine if e.verdict is not Returned.NONE), mine[0]) if mine else None
+    if entry is not None and entry.verdict is Returned.HARD and entry.address != recipient.lower():
+        # An alias or a forward died, not the reader's own address: one member left a
+        # team list, or a forward broke. Soft: the limit decides if it stays so.
+        entry = replace(entry, verdict=Returned.SOFT)
     if not mine:
         listed = (
             f"lists {len(entries)} addresses, none the reader's"
@@ -150,12 +155,19 @@ def _attribute(
             else ("names no failed recipient")
         )
         return f"issue {issue}: the report {listed}; nothing done"
-    entry = next((e for e in mine if e.verdict is not Returned.NONE), mine[0])
+    assert entry is not None
     if entry.verdict is Returned.NONE:
         return f"issue {issue}: {entry.action} (not a failure); nothing done"
     code = ".".join(map(str, entry.status)) if entry.status else ""
     detail = " ".join(f"{entry.verdict}: {code} {entry.text}".split())[:300]
     return Bounce(issue, recipient, entry.verdict, detail, bounce_id)
+
+
+def _below_headers(raw: bytes) -> bytes:
+    """The message without its own header block: a report quotes our Message-ID in its
+    body; a person's reply names it in In-Reply-To, which proves nothing."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[min(ends) :] if ends else b""
 
 
 def report_id(message: Message, raw: bytes | None = None) -> str:
@@ -299,7 +311,7 @@ def _one(
     if kind is Kind.UNREADABLE:
         report.skipped.append(f"{label}: cannot be read")
         return kind
-    text = raw.decode("latin-1")
+    text = _below_headers(raw).decode("latin-1")
     if kind is Kind.COMPLAINT:
         return _complaint(message, text, label, report, ledgers, bounce_address)
     if kind is Kind.UNSUBSCRIBE:
@@ -457,8 +469,10 @@ def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> l
         return []
     wanted = None if addresses is None else {a.lower() for a in addresses}
     history: dict[str, list[bool]] = {}
-    for path in sorted(ledger_dir.glob("*.jsonl")):
-        for address, soft in _standing(path, wanted).items():
+    standings = [_standing(path, wanted) for path in ledger_dir.glob("*.jsonl")]
+    issues = sorted(standings, key=lambda issue: issue[0])
+    for _, standing in issues:  # in the order the issues went out, whatever their ids
+        for address, soft in standing.items():
             history.setdefault(address, []).append(soft)
     return [
         address
@@ -467,12 +481,15 @@ def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> l
     ]
 
 
-def _standing(path: Path, wanted: set[str] | None) -> dict[str, bool]:
-    """Per reader mailed in one issue: True when it was a soft bounce, False if delivered."""
+def _standing(path: Path, wanted: set[str] | None) -> tuple[str, dict[str, bool]]:
+    """When one issue went out (its first record), and per reader mailed in it: True
+    when it was a soft bounce, False when delivered."""
     last: dict[str, str] = {}
     bounced: dict[str, Returned] = {}
     late: set[str] = set()
+    first = ""
     for record in read_records(path):
+        first = first or record.time
         address = record.recipient.lower()
         if not address or (wanted is not None and address not in wanted):
             continue
@@ -491,7 +508,7 @@ def _standing(path: Path, wanted: set[str] | None) -> dict[str, bool]:
             standing[address] = True
         elif outcome == Outcome.SENT and said is None:
             standing[address] = False
-    return standing
+    return first, standing
 
 
 def _ended(first: str, window: timedelta, moment: datetime) -> bool:

@@ -28,8 +28,12 @@ machine-readable parts are ASCII, so nothing a decision needs is lost.
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
-from dataclasses import dataclass
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
@@ -75,7 +79,7 @@ _DAEMON_NAME = re.compile(
     re.IGNORECASE,
 )
 _BOUNCE_SUBJECT = re.compile(
-    r"^\s*(fwd?:\s*)?(undeliver|undelivered mail|returned mail|mail delivery fail|"
+    r"^\s*(undeliver|undelivered mail|returned mail|mail delivery fail|"
     r"delivery (status notification \(failure|failure|failed|has failed)|failure notice|"
     r"delivery status notification: error|non remis|unzustellbar|nicht zustellbar|"
     r"mail system error|message not delivered)",
@@ -118,7 +122,7 @@ def classify(
 
 
 def _classify(message: Message, unsubscribe_address: str | None) -> Kind:
-    types = {part.get_content_type() for part in message.walk()}
+    types = {part.get_content_type() for part in own_parts(message)}
     if types & set(_DSN_TYPES) or message.get("X-Failed-Recipients"):
         return Kind.REPORT
     if "message/feedback-report" in types:
@@ -126,23 +130,34 @@ def _classify(message: Message, unsubscribe_address: str | None) -> Kind:
     report_type = str(message.get_param("report-type", "") or "").lower()
     if report_type == "disposition-notification" or "message/disposition-notification" in types:
         return Kind.AUTOMATIC
-    if _from_the_system(message) or any(_flufl_failures(message)):
-        return Kind.REPORT
+    # Reports go to our envelope sender, never to the unsubscribe address: mail there is
+    # a request whatever else it looks like (Apple Mail marks its own auto-replied).
     if unsubscribe_address and sent_to_base(message, unsubscribe_address) is not None:
         return Kind.UNSUBSCRIBE
+    if _from_a_daemon(message) or any(flufl_failures(message)):
+        return Kind.REPORT
     if is_automatic(message):
         return Kind.AUTOMATIC
+    if _BOUNCE_SUBJECT.match(_header(message, "Subject")):
+        return Kind.REPORT
     return Kind.PERSONAL
 
 
-def _from_the_system(message: Message) -> bool:
-    """A report in no standard format: from MAILER-DAEMON or postmaster (by address or
-    name: ``MAILER-DAEMON <>``), or with a bounce's subject (``Undeliverable: …``)."""
+def own_parts(message: Message) -> Iterator[Message]:
+    """The message and its parts, never what a ``message/rfc822`` attachment holds: a
+    person forwarding a bounce has not sent one."""
+    yield message
+    if message.get_content_maintype() == "multipart" and isinstance(message.get_payload(), list):
+        for part in message.get_payload():
+            if isinstance(part, Message):
+                yield from own_parts(part)
+
+
+def _from_a_daemon(message: Message) -> bool:
+    """From MAILER-DAEMON or postmaster, by address or name (``MAILER-DAEMON <>``)."""
     sender = _header(message, "From")
     local = parseaddr(sender)[1].lower().partition("@")[0]
-    if local in _DAEMONS or _DAEMON_NAME.search(sender):
-        return True
-    return bool(_BOUNCE_SUBJECT.match(_header(message, "Subject")))
+    return local in _DAEMONS or bool(_DAEMON_NAME.search(sender))
 
 
 def is_automatic(message: Message) -> bool:
@@ -218,7 +233,7 @@ def failures(message: Message) -> list[Failure]:
 
 def _dsn_failures(message: Message) -> list[Failure]:
     entries: list[Failure] = []
-    for part in message.walk():
+    for part in own_parts(message):
         if part.get_content_type() in _DSN_TYPES:
             for fields in _field_blocks(part):
                 entry = _entry(fields)
@@ -304,34 +319,90 @@ def _code_in(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def _flufl_failures(message: Message) -> tuple[set[bytes], set[bytes]]:
-    """flufl.bounce's (temporary, permanent) addresses; nothing when it cannot read them."""
+_DETECTED: weakref.WeakKeyDictionary[Message, tuple[set[bytes], set[bytes]]] = (
+    weakref.WeakKeyDictionary()
+)
+DETECTOR_LIMIT = 1024 * 1024  # bytes of text parts flufl.bounce's detectors read at most
+logging.getLogger("flufl.bounce").addHandler(logging.NullHandler())
+logging.getLogger("flufl.bounce").propagate = False  # its detectors log every odd message
+
+
+def flufl_failures(message: Message) -> tuple[set[bytes], set[bytes]]:
+    """flufl.bounce's (temporary, permanent) addresses; nothing when it cannot read them.
+
+    Run once per message, and not on messages whose text is larger than
+    ``DETECTOR_LIMIT`` (a person's reply with a large attachment took seconds):
+    reports in its formats are small, and larger ones carry a standard part.
+    """
+    if message in _DETECTED:
+        return _DETECTED[message]
     from flufl.bounce import all_failures
 
-    try:
-        temporary, permanent = all_failures(message)
-    except Exception:  # its detectors meet every odd message there is
-        return set(), set()
-    return set(temporary), set(permanent)
+    found: tuple[set[bytes], set[bytes]] = (set(), set())
+    if _text_size(message) <= DETECTOR_LIMIT:
+        try:
+            temporary, permanent = all_failures(_without_attached_messages(message))
+            found = (set(temporary), set(permanent))
+        except Exception:  # its detectors meet every odd message there is
+            pass
+    _DETECTED[message] = found
+    return found
+
+
+def _without_attached_messages(message: Message) -> Message:
+    """A shallow copy without ``message/rfc822`` attachments, for the detectors: a bounce a
+    person attached to a reply is not a bounce of ours."""
+    if not message.is_multipart() or message.get_content_maintype() != "multipart":
+        return message
+    parts: list[Message | str] = [
+        _without_attached_messages(part)
+        for part in message.get_payload()
+        if isinstance(part, Message) and part.get_content_type() != "message/rfc822"
+    ]
+    clone = copy.copy(message)
+    clone.set_payload(parts)
+    return clone
+
+
+def _text_size(message: Message) -> int:
+    """The size of every leaf part's encoded payload."""
+    total = 0
+    for part in message.walk():
+        payload = part.get_payload()
+        if isinstance(payload, str):
+            total += len(payload)
+    return total
 
 
 def _nonstandard_failures(message: Message) -> list[Failure]:
     """Failures of a report in a non-standard format (Exim, qmail, Lotus …): flufl.bounce
-    finds the addresses; the code and words near each address decide."""
-    temporary, permanent = _flufl_failures(message)
+    finds the addresses; the code and words near each address decide. A warning that
+    delivery is only delayed (Exim's "Warning: message … delayed") is ``delayed``."""
+    temporary, permanent = flufl_failures(message)
     body = _body_text(message)
     if not temporary and not permanent:
         ours = {a.lower() for a in delivered_to(message)}
         ours.add(parseaddr(_header(message, "From"))[1].lower())
-        return _listed_failures(body, ours)
-    entries = []
-    for raw, is_permanent in [(a, False) for a in temporary - permanent] + [
-        (a, True) for a in permanent
-    ]:
-        address = raw.decode("utf-8", "replace").strip().strip("<>").lower()
-        if address:
-            entries.append(_from_words(address, body, is_permanent))
+        entries = _listed_failures(body, ours)
+    else:
+        entries = []
+        for raw, is_permanent in [(a, False) for a in temporary - permanent] + [
+            (a, True) for a in permanent
+        ]:
+            address = raw.decode("utf-8", "replace").strip().strip("<>").lower()
+            if address:
+                entries.append(_from_words(address, body, is_permanent))
+    if _DELAY.search(_header(message, "Subject")) or _DELAY.search(body[:3000]):
+        entries = [replace(e, action="delayed", verdict=Returned.NONE) for e in entries]
     return entries
+
+
+_DELAY = re.compile(
+    r"\bdelayed\b|delivery delay|not (yet )?been delivered yet|has not yet been delivered|"
+    r"will (continue|keep) (trying|to try)|will be retried|still (being )?retried|"
+    r"no action is required on your part",
+    re.IGNORECASE,
+)
 
 
 def _from_words(address: str, body: str, permanent: bool | None) -> Failure:
@@ -383,7 +454,7 @@ def _listed_failures(body: str, ours: set[str]) -> list[Failure]:
                 continue
             if "mail from" in line.lower():
                 continue
-            if _REPLY.search(window):
+            if _code_in(window):  # an enhanced code: "office 501" or "room 512" is none
                 found[address] = _from_words(address, body, None)
     return list(found.values())
 
@@ -401,7 +472,7 @@ def _body_text(message: Message) -> str:
 
 def feedback_type(message: Message) -> str:
     """A complaint's ``Feedback-Type`` (``abuse``, ``not-spam`` …), lower case."""
-    for part in message.walk():
+    for part in own_parts(message):
         if part.get_content_type() == "message/feedback-report":
             for fields in _field_blocks(part):
                 if "feedback-type" in fields:

@@ -101,9 +101,12 @@ _DEAD_TEXT = re.compile(
 # Words that make a refusal about us, whatever its code: never a reason to suppress.
 _POLICY_TEXT = re.compile(
     r"black ?list|block ?list|blocked|spamhaus|\bspam|reputation|\bpolicy|too many|"
-    r"rate limit|\brbl\b|dnsbl|banned|listed (at|on|in)",
+    r"rate limit|\brbl\b|dnsbl|banned|listed (at|on|in)|"
+    r"sender (verify|verification|address rejected|address refused|unknown|not allowed)|"
+    r"verification failed|sender rejected",
     re.IGNORECASE,
 )
+_TRY_AGAIN = re.compile(r"try again|temporar|timed? ?out", re.IGNORECASE)
 _FULL_TEXT = re.compile(r"mailbox (is )?full|over ?quota|quota exceeded", re.IGNORECASE)
 _SOFT_TEXT = re.compile(
     r"mailbox (is )?full|over ?quota|quota exceeded|exceeded (the )?(storage|quota)|"
@@ -191,6 +194,8 @@ def read_returned(
             return Returned.SOFT
         return Returned.REFUSED
     # No code, or one that says nothing (X.0.0, X.1.0 …): the words decide.
+    if _TRY_AGAIN.search(words):
+        return Returned.SOFT  # "Host not found, try again": a DNS failure, not an answer
     if _DEAD_TEXT.search(words) and (status is None or status[1] not in (2, 4, 7)):
         return Returned.HARD
     if _SOFT_TEXT.search(words) or (status is not None and status[1] in (2, 4)):

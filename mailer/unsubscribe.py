@@ -16,7 +16,6 @@ import base64
 import hashlib
 import hmac
 import mailbox
-import re
 from collections.abc import Callable
 from email import policy
 from email.message import Message
@@ -113,10 +112,8 @@ def mailed_request(
       ledger shows behind it (``reader_of(issue, tag)``), whatever From says and
       whatever the subject (mail clients blank it).
     - Otherwise (the bare address, typed by a person): its From, only when it
-      says "unsubscribe" and the topmost ``Authentication-Results`` (the one the
-      receiving server prepends, RFC 8601 §5; the one of ``authserv_id`` when
-      set) shows ``dmarc=pass``, or ``dkim=pass`` whose ``header.d`` aligns
-      with the From domain.
+      says "unsubscribe" and our receiving server's ``Authentication-Results``
+      (``authenticated``) vouch for its domain.
 
     None: not trusted; the message stays for staff.
     """
@@ -135,42 +132,84 @@ def mailed_request(
     return None
 
 
-def authenticated(message: Message, sender: str, authserv_id: str | None = None) -> bool:
-    """Whether the receiving server's ``Authentication-Results`` vouch for ``sender``'s domain."""
+def authenticated(message: Message, sender: str, authserv_id: str | None) -> bool:
+    """Whether our receiving server's ``Authentication-Results`` vouch for ``sender``.
+
+    Only the topmost header carrying ``authserv_id`` counts (RFC 8601 §5: the border
+    server removes copies with its own id that arrive from outside); without an id,
+    nothing does, since any sender can write such a header. It vouches with
+    ``dmarc=pass`` for the sender's domain, or ``dkim=pass`` whose signing domain
+    aligns with it.
+    """
+    if not authserv_id:
+        return False
     domain = sender.rpartition("@")[2].lower()
     for value in message.get_all("Authentication-Results", []):
-        server, _, results = str(value).partition(";")
-        name = server.split()[0].lower() if server.split() else ""
-        if authserv_id and name != authserv_id.lower():
-            continue  # another server's results (or a forged header below ours)
-        methods = _results(results)
-        if methods.get("dmarc", {}).get("result") == "pass":
-            return True
-        dkim = methods.get("dkim", {})
-        signer = dkim.get("header.d", "").lower()
-        return dkim.get("result") == "pass" and bool(signer) and _aligned(signer, domain)
+        clauses = _clauses(str(value))
+        server = clauses[0].split() if clauses else []
+        if not server or server[0].lower() != authserv_id.lower():
+            continue
+        for method, result, properties in map(_result, clauses[1:]):
+            if result != "pass":
+                continue
+            if method == "dmarc" and properties.get("header.from", domain).lower() == domain:
+                return True
+            if method == "dkim":
+                signer = properties.get("header.d") or properties.get("header.i", "")
+                if _aligned(signer.rpartition("@")[2].lower(), domain):
+                    return True
+        return False
     return False
 
 
-def _results(text: str) -> dict[str, dict[str, str]]:
-    """``dkim=pass header.d=x; dmarc=fail`` as {method: {result, properties}} (first of each)."""
-    found: dict[str, dict[str, str]] = {}
-    for clause in re.sub(r"\([^)]*\)", " ", text).split(";"):
-        words = clause.split()
-        if not words or "=" not in words[0]:
+def _clauses(text: str) -> list[str]:
+    """An Authentication-Results value split at its semicolons, with comments removed and
+    quoted strings kept whole (so ``"x; dmarc=pass"`` inside a value is no result)."""
+    clauses: list[str] = []
+    current: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for char in text:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                current.append(char)
+        elif char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+            current.append(char)
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth:
             continue
-        method, _, result = words[0].partition("=")
-        entry = {"result": result.lower()}
-        for word in words[1:]:
-            name, _, value = word.partition("=")
-            entry[name.lower()] = value.strip('"')
-        found.setdefault(method.lower(), entry)
-    return found
+        elif char == ";":
+            clauses.append("".join(current).strip())
+            current = []
+        else:
+            quoted = char == '"'
+            current.append(char)
+    clauses.append("".join(current).strip())
+    return [clause for clause in clauses if clause]
+
+
+def _result(clause: str) -> tuple[str, str, dict[str, str]]:
+    """``dkim=pass header.d=example.org`` as ("dkim", "pass", {"header.d": …})."""
+    words = clause.split()
+    method, _, result = (words[0] if words else "").partition("=")
+    properties = {}
+    for word in words[1:]:
+        name, _, value = word.partition("=")
+        properties[name.lower()] = value.strip('"')
+    return method.lower(), result.lower(), properties
 
 
 def _aligned(signer: str, domain: str) -> bool:
     """Relaxed alignment (RFC 7489 §3.1.1), approximated without the public suffix list:
-    the same domain, or one inside the other."""
+    the same domain, or one inside the other, never a bare top-level domain."""
+    if "." not in signer:
+        return False
     return signer == domain or domain.endswith("." + signer) or signer.endswith("." + domain)
 
 

@@ -93,6 +93,7 @@ def _sent(tmp_path: Path, imap: Dovecot) -> Settings:
             imap_security="none",
             imap_username=USER,
             imap_password=PASSWORD,
+            imap_authserv_id="mx.isu.example.org",
         )
         job = pipeline.prepare(SAMPLE, settings, dry_run=False)
         with pipeline.open_ledger(job, settings) as ledger:
@@ -128,6 +129,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "MAILER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
         "MAILER_BOUNCE_SECRET": BOUNCE_SECRET,
         "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@isu.example.org",
+        "MAILER_IMAP_AUTHSERV_ID": "mx.isu.example.org",
     }
 
 
@@ -270,6 +272,7 @@ def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
                 oauth_client_id=CLIENT_ID,
                 oauth_client_secret=CLIENT_SECRET,
                 oauth_scope="https://outlook.office365.com/.default",
+                imap_authserv_id="mx.isu.example.org",
             )
             done = inbox.read_mailbox(settings, settings.recipients_dir)
             assert done.error is None and done.added == ["disarmament.desk@example.org"]
