@@ -404,6 +404,23 @@ def status(
             f"{job.recipients.suppressed} address(es) of the lists are in suppressions.csv "
             "(unsubscribed or bounced): never mailed."
         )
+    if any(result.bounces.values()):
+        b = result.bounces
+        out.print(
+            f"Returned later: {b['hard']} dead address(es) (suppressed), {b['soft']} soft "
+            f"bounce(s), {b['refused']} refused for policy or reputation (never suppressed)."
+        )
+    for domain, readers, reply in result.refusing:
+        out.print(
+            _label(
+                "refusing us:",
+                "yellow",
+                f"{domain} refused {readers} readers for policy or reputation ('{reply}'): "
+                "a blocklisting or a reputation problem to raise with that organization, "
+                "not dead mailboxes.",
+            ),
+            soft_wrap=True,
+        )
     _print_failures(result.failures, result.suppressed_since)
 
 

@@ -5,12 +5,13 @@ One rule decides "complete" for ``send``'s exit code and ``dispatch`` alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailer import suppressions
 from mailer.issue import Issue
-from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path
+from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path, read_records
 from mailer.settings import Settings
 
 if TYPE_CHECKING:  # delivery imports aiosmtplib; status stays light
@@ -35,6 +36,10 @@ class Status:
     suppressed_since: frozenset[str] = frozenset()  # failed addresses suppressed later
     # Current recipients still to send (pending or deferred): what "complete" means.
     unfinished: int = 0
+    # Readers with a returned report, by class (hard, soft, refused; each reader once,
+    # by their most serious report), and domains refusing several readers for policy.
+    bounces: dict[str, int] = field(default_factory=dict)
+    refusing: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -45,7 +50,14 @@ class Status:
         return self.unfinished == 0
 
     def as_json(self) -> dict[str, object]:
-        return {"segments": self.segments, "total": self.total}
+        return {
+            "segments": self.segments,
+            "total": self.total,
+            "bounces": self.bounces,
+            "refusing_domains": [
+                {"domain": d, "readers": n, "reply": reply} for d, n, reply in self.refusing
+            ],
+        }
 
 
 _COLUMNS = ("sent", "failed", "deferred", "pending")
@@ -80,7 +92,46 @@ def status(job: Issue, settings: Settings) -> Status:
     failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
-    return Status(segments, total, failures, in_doubt, since, unfinished)
+    returned, refusing = _returned(path)
+    return Status(segments, total, failures, in_doubt, since, unfinished, returned, refusing)
+
+
+# This many readers of one issue at one domain refused for policy or reputation is the
+# domain refusing us (a blocklisting to raise with that organization), not dead mailboxes.
+REFUSING_READERS = 3
+_SERIOUS = ("hard", "soft", "refused")
+
+
+def _returned(path: Path) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
+    """Readers by the class of their returned reports, and the domains refusing several."""
+    from mailer.bounces import returned  # the bounce reader's one reading of its records
+
+    worst: dict[str, str] = {}
+    refused: dict[str, dict[str, str]] = {}
+    for record in read_records(path):
+        if record.outcome != Outcome.BOUNCE:
+            continue
+        kind = str(returned(record))
+        address = record.recipient.lower()
+        if kind not in _SERIOUS:
+            continue
+        if address not in worst or _SERIOUS.index(kind) < _SERIOUS.index(worst[address]):
+            worst[address] = kind
+        if kind == "refused":
+            domain = address.rpartition("@")[2]
+            refused.setdefault(domain, {})[address] = (record.reply or "")[:160]
+    counts = dict.fromkeys(_SERIOUS, 0)
+    for kind in worst.values():
+        counts[kind] += 1
+    refusing = sorted(
+        (
+            (domain, len(readers), next(iter(readers.values())))
+            for domain, readers in refused.items()
+            if len(readers) >= REFUSING_READERS
+        ),
+        key=lambda row: (-row[1], row[0]),
+    )
+    return counts, refusing
 
 
 # A run that stopped at the relay's quota, with nothing else wrong: the rest

@@ -68,3 +68,47 @@ def test_status_counts_a_new_reader_as_pending(tmp_path: Path) -> None:
     with (recipients / "civil-society.csv").open("a") as handle:
         handle.write("newcomer@example.org,Newcomer,en\n")
     assert _status(recipients, env) == {"sent": 6, "failed": 0, "deferred": 0, "pending": 1}
+
+
+def test_status_counts_returned_reports_and_names_a_domain_refusing_several_readers(
+    tmp_path: Path,
+) -> None:
+    """Three readers at one domain refused for policy: a blocklisting, not dead mailboxes."""
+    recipients = write_list(tmp_path / "recipients", 6)
+    with Server() as relay:
+        env = cli_env(relay.port, tmp_path / "ledger")
+        assert send_cli(recipients, env).exit_code == 0
+    ledger = tmp_path / "ledger" / "2017-03.jsonl"
+    replies = {
+        "reader0@example.org": "refused: 5.7.1 Service unavailable; client host blocked",
+        "reader1@example.org": "refused: 5.7.1 blocked using zen.spamhaus.org",
+        "reader2@example.org": "refused: 5.7.1 Message rejected as spam",
+        "reader3@example.org": "hard: 5.1.1 User unknown",
+        "reader4@example.org": "soft: 4.2.2 Mailbox full",
+    }
+    with ledger.open("a") as handle:
+        for number, (address, reply) in enumerate(replies.items()):
+            handle.write(
+                json.dumps(
+                    {
+                        "time": "2017-03-29T00:00:00+00:00",
+                        "recipient": address,
+                        "outcome": "bounce",
+                        "attempt": 0,
+                        "code": None,
+                        "reply": reply,
+                        "message_id": "",
+                        "segments": [],
+                        "run": f"<r{number}@mx>",
+                    }
+                )
+                + "\n"
+            )
+    args = ["status", str(SAMPLE), "--recipients", str(recipients)]
+    shown = CliRunner().invoke(app, args, env=env)
+    assert "1 dead address(es)" in shown.output and "1 soft" in shown.output
+    assert "example.org refused 3 readers" in " ".join(shown.output.split())
+    data = json.loads(CliRunner().invoke(app, [*args, "--json"], env=env).output)
+    assert data["bounces"] == {"hard": 1, "soft": 1, "refused": 3}
+    assert data["refusing_domains"][0]["domain"] == "example.org"
+    assert data["refusing_domains"][0]["readers"] == 3
