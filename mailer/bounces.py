@@ -307,10 +307,10 @@ def _one(
         kind = inbound.classify(message, unsubscribe_address=unsubscribe_address)
     except Exception as exc:  # not even a message: skipped, never the batch
         report.skipped.append(f"message {report.read}: cannot be read ({type(exc).__name__})")
-        return Kind.UNREADABLE
+        return str(Kind.UNREADABLE)
     if kind is Kind.UNREADABLE:
         report.skipped.append(f"{label}: cannot be read")
-        return kind
+        return str(kind)
     text = _below_headers(raw).decode("latin-1")
     if kind is Kind.COMPLAINT:
         return _complaint(message, text, label, report, ledgers, bounce_address)
@@ -326,12 +326,12 @@ def _one(
         return LEFT_FOR_STAFF
     if kind is not Kind.REPORT:
         report.ignored.append(f"{label}: {kind}, nothing done")
-        return kind
+        return str(kind)
     try:
         found = _attribute(message, text, report_id(message, raw), bounce_address, ledgers)
     except Exception as exc:  # a mangled report is skipped, never the batch
         report.skipped.append(f"{label}: cannot be read ({type(exc).__name__}: {exc})"[:300])
-        return Kind.UNREADABLE
+        return str(Kind.UNREADABLE)
     if isinstance(found, str):
         report.unattributed.append(f"{label}: {found}")
         return "delivery report: nothing done"

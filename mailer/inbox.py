@@ -14,21 +14,44 @@ replies change nothing and are moved aside, an unsubscribe mail with proof
 (``unsubscribe.mailed_request``) suppresses its reader, and a person's reply
 (or an unsubscribe mail without proof) stays in the folder for staff. Folder
 names go to the server in modified UTF-7 (``Traités``).
+
+Messages are read by structure first (``RFC822.SIZE``, ``BODYSTRUCTURE``): a
+small one is fetched whole; of a large one only what a decision needs (its
+header, the delivery-status or feedback part whole, the first text parts up to
+64 KB, the returned message's header), so a report is never skipped for its
+size (Exchange attaches the whole original) and a person's 10 MB reply is never
+downloaded. Messages left for staff are remembered by UIDVALIDITY and UID, so
+the next sync does not read them again. Memory stays flat with the folder's
+size: each fetch holds at most ``FETCH_BYTES``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import imaplib
-import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mailer import bounces, suppressions
 from mailer.errors import ConfigError
 from mailer.settings import Settings
 from mailer.verp import id_key
+
+BATCH = 500  # messages classed, written and moved together
+WHOLE = 256 * 1024  # bytes: a message this small is fetched whole
+FETCH_BYTES = 16 * 1024 * 1024  # at most this much asked for in one FETCH
+TEXT_BYTES = 64 * 1024  # of a large message's text parts, only the start
+_MACHINE = {
+    ("message", "delivery-status"),
+    ("message", "global-delivery-status"),
+    ("message", "feedback-report"),
+    ("message", "disposition-notification"),
+}
+_BOUNDARY = b"mailer-structure-boundary-7f3c"
 
 
 @dataclass
@@ -43,16 +66,24 @@ class InboxResult:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     fatal: bool = False  # a setting must change (sign-in refused): exit 2, not 1
+    # Messages left for staff, to skip next time: {"uidvalidity": n, "uids": [...]}.
+    left: dict[str, Any] = field(default_factory=dict)
 
     def count(self, effect: str) -> None:
         self.effects[effect] = self.effects.get(effect, 0) + 1
 
 
-def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
-    """Process every message of the folder; move each once its effect is on disk."""
+def read_mailbox(
+    settings: Settings, recipients_dir: Path, remembered: dict[str, Any] | None = None
+) -> InboxResult:
+    """Process every message of the folder; move each once its effect is on disk.
+
+    ``remembered`` is the previous sync's ``InboxResult.left``: those messages are
+    not read again while the folder's UIDVALIDITY is the same.
+    """
     result = InboxResult()
     try:
-        connection = _connect(settings)
+        client = _connect(settings)
     except _SignInRefused as exc:
         result.error, result.fatal = str(exc), True
         return result
@@ -63,16 +94,19 @@ def read_mailbox(settings: Settings, recipients_dir: Path) -> InboxResult:
         )
         return result
     try:
-        _process_folder(connection, settings, recipients_dir, result)
+        _process_folder(client, settings, recipients_dir, result, remembered or {})
     except (OSError, imaplib.IMAP4.error) as exc:
         result.error = f"reading the mailbox stopped ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
-            connection.logout()
+            client.logout()
     return result
 
 
-def _connect(settings: Settings) -> imaplib.IMAP4:
+def _connect(settings: Settings) -> Any:
+    """A signed-in IMAPClient (imapclient: modified UTF-7 names, parsed BODYSTRUCTURE)."""
+    from imapclient import IMAPClient
+
     s = settings
     if not s.imap_host or not s.imap_username:
         raise ConfigError("reading the mailbox needs these settings.", field="MAILER_IMAP_HOST")
@@ -80,22 +114,21 @@ def _connect(settings: Settings) -> imaplib.IMAP4:
         raise ConfigError("reading the mailbox needs its password.", field="MAILER_IMAP_PASSWORD")
     port = s.imap_port or (993 if s.imap_security == "tls" else 143)
     context = ssl.create_default_context()
-    connection: imaplib.IMAP4
-    if s.imap_security == "tls":
-        connection = imaplib.IMAP4_SSL(s.imap_host, port, ssl_context=context, timeout=30)
-    else:
-        connection = imaplib.IMAP4(s.imap_host, port, timeout=30)
-        if s.imap_security == "starttls":
-            connection.starttls(context)
+    tls = s.imap_security == "tls"
+    client = IMAPClient(
+        s.imap_host, port, ssl=tls, ssl_context=context if tls else None, timeout=30
+    )
     try:
+        if s.imap_security == "starttls":
+            client.starttls(context)
         if s.imap_auth == "xoauth2":
-            _sign_in_by_token(connection, s)
+            _sign_in_by_token(client, s)
         else:
             assert s.imap_password is not None
-            connection.login(s.imap_username, s.imap_password.get_secret_value())
+            client.login(s.imap_username, s.imap_password.get_secret_value())
     except imaplib.IMAP4.error as exc:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
-            connection.logout()
+            client.logout()
         names = (
             "MAILER_IMAP_USERNAME and the MAILER_OAUTH_* settings (and the application's "
             "IMAP.AccessAsApp permission)"
@@ -106,18 +139,16 @@ def _connect(settings: Settings) -> imaplib.IMAP4:
         raise _SignInRefused(
             f"the mailbox {s.imap_host} refused the sign-in ({reply}); check {names}."
         ) from None
-    return connection
+    return client
 
 
 class _SignInRefused(Exception):
     """The mailbox, or the token endpoint before it, refused us: a setting must change."""
 
 
-def _sign_in_by_token(connection: imaplib.IMAP4, settings: Settings) -> None:
+def _sign_in_by_token(client: Any, settings: Settings) -> None:
     """AUTHENTICATE XOAUTH2 with a client-credentials token (the same MAILER_OAUTH_*
     settings as SMTP; Microsoft 365 needs the application's IMAP.AccessAsApp)."""
-    import asyncio
-
     from mailer.oauth import TokenSource, TokenUnavailable
 
     assert settings.imap_username
@@ -128,56 +159,158 @@ def _sign_in_by_token(connection: imaplib.IMAP4, settings: Settings) -> None:
     answers = [f"user={settings.imap_username}\x01auth=Bearer {token.value}\x01\x01".encode()]
     # The first challenge gets the token; an error challenge (base64 JSON) gets an
     # empty response, as the XOAUTH2 protocol asks, and the server then says no.
-    connection.authenticate("XOAUTH2", lambda _: answers.pop() if answers else b"")
-
-
-BATCH = 500  # messages fetched, written and moved together
+    client.sasl_login("XOAUTH2", lambda _: answers.pop() if answers else b"")
 
 
 def _process_folder(
-    connection: imaplib.IMAP4, settings: Settings, recipients_dir: Path, result: InboxResult
+    client: Any,
+    settings: Settings,
+    recipients_dir: Path,
+    result: InboxResult,
+    remembered: dict[str, Any],
 ) -> None:
     folder, done = settings.imap_folder, settings.imap_done_folder
-    connection.create(_quoted(done))  # "already exists" is fine
-    kind, _ = connection.select(_quoted(folder))
-    if kind != "OK":
-        raise imaplib.IMAP4.error(f"no folder {folder}")
-    kind, data = connection.uid("SEARCH", "ALL")
-    uids = [u.decode() for u in data[0].split()] if kind == "OK" and data and data[0] else []
-    can_move = "MOVE" in connection.capabilities
-    validity = _uid_validity(connection, folder)
-    for start in range(0, len(uids), BATCH):
-        batch = _fetch(connection, uids[start : start + BATCH])
+    if not client.folder_exists(done):
+        client.create_folder(done)
+    client.select_folder(folder)
+    validity = _uid_validity(client, folder)
+    known = set(remembered.get("uids", [])) if remembered.get("uidvalidity") == validity else set()
+    uids = sorted(client.search("ALL"))
+    left = [uid for uid in uids if uid in known]
+    if left:
+        result.effects["left for staff (already seen)"] = len(left)
+    fresh = [uid for uid in uids if uid not in known]
+    can_move = client.has_capability("MOVE")
+    for start in range(0, len(fresh), BATCH):
+        batch = list(_fetch(client, fresh[start : start + BATCH]))
         handled = _apply(batch, settings, recipients_dir, result)  # effects on disk first
+        left += [uid for uid, _ in batch if uid not in handled]
         if handled:
             # UIDs name the same messages only while UIDVALIDITY holds (RFC 3501 2.3.1.1):
             # a folder recreated meanwhile must not have other messages moved.
-            if _uid_validity(connection, folder) != validity:
+            if _uid_validity(client, folder) != validity:
                 raise imaplib.IMAP4.error("the folder's UIDVALIDITY changed; run sync again")
-            _move(connection, handled, done, can_move)
+            _move(client, handled, done, can_move)
+    result.left = {"uidvalidity": validity, "uids": sorted(left)}
 
 
-def _uid_validity(connection: imaplib.IMAP4, folder: str) -> str:
-    kind, data = connection.status(_quoted(folder), "(UIDVALIDITY)")
-    found = re.search(rb"UIDVALIDITY (\d+)", data[0] or b"") if kind == "OK" and data else None
-    return found.group(1).decode() if found else ""
+def _uid_validity(client: Any, folder: str) -> int:
+    return int(client.folder_status(folder, ["UIDVALIDITY"])[b"UIDVALIDITY"])
 
 
-def _fetch(connection: imaplib.IMAP4, uids: list[str]) -> list[tuple[str, bytes]]:
-    """(UID, message bytes) of ``uids``, in one UID FETCH."""
-    kind, parts = connection.uid("FETCH", ",".join(uids), "(UID BODY.PEEK[])")
-    fetched = []
-    for part in parts if kind == "OK" else []:
-        if isinstance(part, tuple):
-            found = re.search(rb"UID (\d+)", part[0])
-            if found:
-                fetched.append((found.group(1).decode(), part[1]))
-    return fetched
+def _fetch(client: Any, uids: list[int]) -> Iterator[tuple[int, bytes]]:
+    """(UID, bytes to read) per message: small ones whole, in fetches of at most
+    FETCH_BYTES; of large ones only what a decision needs (``_parts``)."""
+    shapes = client.fetch(uids, ["RFC822.SIZE", "BODYSTRUCTURE"])
+    group: list[int] = []
+    size = 0
+    for uid in uids:
+        data = shapes.get(uid, {})
+        length = int(data.get(b"RFC822.SIZE", 0))
+        if length > WHOLE and data.get(b"BODYSTRUCTURE") is not None:
+            yield uid, _parts(client, uid, data[b"BODYSTRUCTURE"])
+            continue
+        if group and size + length > FETCH_BYTES:
+            yield from _whole(client, group)
+            group, size = [], 0
+        group.append(uid)
+        size += length
+    if group:
+        yield from _whole(client, group)
+
+
+def _whole(client: Any, uids: list[int]) -> Iterator[tuple[int, bytes]]:
+    fetched = client.fetch(uids, ["BODY.PEEK[]"])
+    for uid in uids:
+        raw = fetched.get(uid, {}).get(b"BODY[]")
+        if raw is not None:
+            yield uid, bytes(raw)
+
+
+def _leaves(body: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of a BODYSTRUCTURE with its part number (``2``, ``1.2``)."""
+    if body.is_multipart:
+        for number, child in enumerate(body[0], start=1):
+            yield from _leaves(child, f"{path}.{number}" if path else str(number))
+    else:
+        yield path or "1", body
+
+
+def _parts(client: Any, uid: int, structure: Any) -> bytes:
+    """A large message as a small one: its header and the parts a decision needs,
+    under one multipart of the message's own type."""
+    wanted: list[tuple[str, str, bytes]] = []  # (section, response key, part header)
+    texts = 0
+    for path, leaf in _leaves(structure):
+        kind = (_text(leaf[0]).lower(), _text(leaf[1]).lower())
+        header = _part_header(kind, leaf)
+        if kind in _MACHINE:
+            wanted.append((f"BODY.PEEK[{path}]", f"BODY[{path}]", header))
+        elif kind == ("text", "rfc822-headers"):
+            wanted.append((f"BODY.PEEK[{path}]<0.{TEXT_BYTES}>", f"BODY[{path}]<0>", header))
+        elif kind == ("message", "rfc822"):
+            section = f"{path}.HEADER"
+            plain = b"Content-Type: text/rfc822-headers\r\n"
+            wanted.append((f"BODY.PEEK[{section}]", f"BODY[{section}]", plain))
+        elif kind[0] == "text" and texts < 2:
+            texts += 1
+            wanted.append((f"BODY.PEEK[{path}]<0.{TEXT_BYTES}>", f"BODY[{path}]<0>", header))
+    fetched = client.fetch([uid], ["BODY.PEEK[HEADER]", *(w[0] for w in wanted)]).get(uid, {})
+    head = _without_content_headers(bytes(fetched.get(b"BODY[HEADER]", b"")))
+    top = structure[1] if structure.is_multipart else b"mixed"
+    report = _param(structure[2] if structure.is_multipart else None, "report-type")
+    extra = f'; report-type="{report}"' if report else ""
+    out = [
+        head,
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/{_text(top).lower()}{extra}; "
+        f'boundary="{_BOUNDARY.decode()}"\r\n\r\n'.encode(),
+    ]
+    for _, key, header in wanted:
+        out += [b"--", _BOUNDARY, b"\r\n", header, b"\r\n", bytes(fetched.get(key.encode(), b""))]
+        out.append(b"\r\n")
+    out += [b"--", _BOUNDARY, b"--\r\n"]
+    return b"".join(out)
+
+
+def _part_header(kind: tuple[str, str], leaf: Any) -> bytes:
+    """The MIME header of a fetched part, from its BODYSTRUCTURE (type, charset, encoding)."""
+    charset = _param(leaf[2], "charset")
+    encoding = _text(leaf[5]) if len(leaf) > 5 and leaf[5] else "7bit"
+    line = f"Content-Type: {kind[0]}/{kind[1]}" + (f'; charset="{charset}"' if charset else "")
+    return f"{line}\r\nContent-Transfer-Encoding: {encoding}\r\n".encode()
+
+
+def _param(params: Any, name: str) -> str:
+    """A BODYSTRUCTURE parameter (``charset``) by name; '' when absent."""
+    if not isinstance(params, tuple):
+        return ""
+    pairs = zip(params[::2], params[1::2], strict=False)
+    return next((_text(v) for k, v in pairs if _text(k).lower() == name), "")
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _without_content_headers(head: bytes) -> bytes:
+    """A header block without its MIME fields (the rebuilt body brings its own)."""
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        skipping = name in (b"content-type", b"content-transfer-encoding", b"mime-version")
+        if not skipping and line.strip():
+            kept.append(line)
+    return b"".join(kept)
 
 
 def _apply(
-    batch: list[tuple[str, bytes]], settings: Settings, recipients_dir: Path, result: InboxResult
-) -> list[str]:
+    batch: list[tuple[int, bytes]], settings: Settings, recipients_dir: Path, result: InboxResult
+) -> list[int]:
     """Write the effects of a batch; returns the UIDs to move (all but staff's mail)."""
     report = bounces.process_messages(
         [raw for _, raw in batch],
@@ -206,20 +339,11 @@ def _tally(result: InboxResult, added: suppressions.Added) -> None:
     result.refused += [address for address, _ in added.refused]
 
 
-def _move(connection: imaplib.IMAP4, uids: list[str], done: str, can_move: bool) -> None:
+def _move(client: Any, uids: list[int], done: str, can_move: bool) -> None:
     """Move messages by UID, never with a plain EXPUNGE (RFC 6851, RFC 4315)."""
-    selection = ",".join(uids)
     if can_move:
-        connection.uid("MOVE", selection, _quoted(done))
+        client.move(uids, done)
         return
-    connection.uid("COPY", selection, _quoted(done))
-    connection.uid("STORE", selection, "+FLAGS.SILENT", "(\\Deleted)")
-    connection.uid("EXPUNGE", selection)
-
-
-def _quoted(folder: str) -> str:
-    """A folder name as IMAP wants it: modified UTF-7 (RFC 3501 §5.1.3), quoted."""
-    from imapclient import imap_utf7
-
-    name = bytes(imap_utf7.encode(folder)).decode("ascii")
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    client.copy(uids, done)
+    client.add_flags(uids, [b"\\Deleted"], silent=True)
+    client.uid_expunge(uids)

@@ -243,7 +243,11 @@ class AioSmtpConnection:
         with _mapped("mail"):
             if smtp.is_ehlo_or_helo_needed:
                 await smtp.ehlo()
-            reply = await smtp.execute_command(b"MAIL FROM:<" + sender.encode("ascii") + b">")
+            # RFC 3461: a relay offering DSN returns only the headers of a bounced
+            # message, so reports stay small (our Message-ID is in the headers).
+            ret = b" RET=HDRS" if smtp.supports_extension("dsn") else b""
+            mail = b"MAIL FROM:<" + sender.encode("ascii") + b">" + ret
+            reply = await smtp.execute_command(mail)
         if reply.code != 250:
             raise Refused(reply.code, reply.message, "mail")
         with _mapped("rcpt"):

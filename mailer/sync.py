@@ -79,9 +79,11 @@ def sync(settings: Settings, recipients_dir: Path) -> list[SourceResult | InboxR
     if settings.imap_host:
         from mailer.inbox import read_mailbox  # imaplib and the bounce reader: only here
 
-        mailbox = read_mailbox(settings, recipients_dir)
+        remembered = state.get("mailbox", {}).get("left")
+        mailbox = read_mailbox(settings, recipients_dir, remembered)
         if mailbox.error is None:
             state.setdefault("mailbox", {})["last_success"] = _now()
+            state["mailbox"]["left"] = mailbox.left  # staff's mail, not read again
             _save_state(settings, state)
         results.append(mailbox)
     return results

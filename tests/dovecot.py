@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -90,6 +91,11 @@ class Dovecot:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError((root / "dovecot.log").read_text(errors="replace"))
+
+    def bytes_sent(self) -> int:
+        """What the server sent its clients so far, by its own logout lines (``out=N``)."""
+        log = (self.root / "dovecot.log").read_text(errors="replace")
+        return sum(int(n) for n in re.findall(r"Logged out in=\d+ out=(\d+)", log))
 
     def __exit__(self, *exc: object) -> None:
         pid_file = self.root / "run" / "master.pid"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 import socket
 import ssl
 import threading
@@ -51,6 +52,7 @@ class Behaviour:
     drop_times: dict[str, int] = field(default_factory=dict)  # address -> drops before a 250
     stall: dict[str, float] = field(default_factory=dict)  # address -> seconds before replying
     delay: float = 0.0  # every DATA takes this long
+    dsn: bool = False  # offer DSN (RFC 3461) and accept RET= on MAIL
 
 
 class Handler:
@@ -59,6 +61,20 @@ class Handler:
         self.received: list[Received] = []
         self.lock = threading.Lock()
         self.seen: Counter[str] = Counter()
+        self.mail_lines: list[str] = []  # every MAIL FROM argument, as the client sent it
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.behaviour.dsn:
+            responses.insert(-1, "250-DSN")
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
@@ -107,6 +123,14 @@ class CountingSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         self.tracker.closed()
         super().connection_lost(exc)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        handler = self.event_handler
+        if isinstance(handler, Handler):
+            handler.mail_lines.append(arg)
+            if handler.behaviour.dsn:  # aiosmtpd knows no DSN parameters: take RET= off
+                arg = re.sub(r"\s+RET=(HDRS|FULL)\b", "", arg, flags=re.IGNORECASE)
+        await super().smtp_MAIL(arg)
 
 
 class ConnectionTracker:

@@ -417,3 +417,15 @@ def test_real_send_asks_before_sending_and_needs_yes_without_a_terminal(
     assert accepted.exit_code == 0, accepted.output
     assert len(server.received) == 13
     assert "all (each address once)" in accepted.output
+
+
+@pytest.mark.parametrize("offers_dsn", [True, False])
+def test_returned_copies_carry_only_headers_where_the_relay_offers_dsn(
+    tmp_path: Path, offers_dsn: bool
+) -> None:
+    """RFC 3461 RET=HDRS keeps bounces small; it is never sent to a relay without DSN."""
+    with Server(Behaviour(dsn=offers_dsn)) as relay:
+        report = send(settings_for(relay.port, tmp_path))
+        lines = relay.handler_obj.mail_lines
+    assert report.total.sent == 13 and len(lines) == 13
+    assert all(line.endswith(" RET=HDRS") == offers_dsn for line in lines), lines[:2]

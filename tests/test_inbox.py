@@ -3,6 +3,7 @@ mail and complaints take effect once, then move; automatic replies change nothin
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import os
 from collections.abc import Iterator
@@ -317,3 +318,59 @@ def test_a_done_folder_named_in_french_is_created_and_used(tmp_path: Path, imap:
     )
     assert result.exit_code == 0, result.output
     assert (_count(imap, "INBOX"), _count(imap, "Trait&AOk-s")) == (0, 2)
+
+
+def _large_reply(size: int) -> bytes:
+    """A person's reply with a large attachment (a scanned letter, say)."""
+    blob = base64.encodebytes(os.urandom(size)).replace(b"\n", b"\r\n")
+    return (
+        b"From: focal.point@example.com\r\nTo: newsletter@isu.example.org\r\n"
+        b"Subject: Re: CCM newsletter\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="R"\r\n\r\n'
+        b"--R\r\nContent-Type: text/plain\r\n\r\nPlease find our letter attached.\r\n"
+        b"--R\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + blob
+        + b"--R--\r\n"
+    )
+
+
+def _large_report() -> bytes:
+    """An Exchange-style report attaching the whole original: 3 MB of images."""
+    report = bounce_bytes("01-postfix-rfc3464.eml").decode()
+    image = base64.encodebytes(os.urandom(2_200_000)).decode().replace("\n", "\r\n")
+    whole = (
+        "MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=O\r\n\r\n"
+        "--O\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + image
+        + "--O--\r\n"
+    )
+    report = report.replace("Content-Type: text/rfc822-headers", "Content-Type: message/rfc822")
+    ending = "\n--4F2A1.1490684712/mx.example.com--"
+    head, _, _ = report.rpartition(ending)
+    return (
+        head.rstrip("\n").replace("\n", "\r\n")
+        + "\r\n"
+        + whole
+        + ending.replace("\n", "\r\n")
+        + "\r\n"
+    ).encode()
+
+
+def test_large_messages_are_read_by_structure_and_staffs_mail_only_once(
+    tmp_path: Path, imap: Dovecot
+) -> None:
+    settings = _sent(tmp_path, imap)
+    _append(imap, _large_reply(3_000_000), _large_report(), HUMAN)
+    folder = 3 * 4_000_000
+    before = imap.bytes_sent()
+    recipients = ["--recipients", str(settings.recipients_dir)]
+    first = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
+    assert first.exit_code == 0, first.output
+    assert "research@example.com" in (settings.recipients_dir / "suppressions.csv").read_text()
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (2, 1)
+    read = imap.bytes_sent() - before
+    assert read < 1_000_000, read  # the report's parts and the replies' first lines
+    again = CliRunner().invoke(app, ["sync", *recipients], env=_env(settings))
+    assert "2 × left for staff (already seen)" in again.output
+    assert imap.bytes_sent() - before - read < 20_000  # nothing read again
+    assert folder > 10 * read
