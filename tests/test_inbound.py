@@ -458,3 +458,45 @@ def test_the_soft_bounce_streak_follows_the_order_issues_went_out_not_their_name
     ledger.unlink()
     assert bounces.soft_failures(copy.ledger_dir, {READER}, 3) == []
     assert bounces.soft_failures(copy.ledger_dir, {READER}, 2) == [READER]
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "text", "verdict"),
+    [
+        ("failed", (5, 1, 1), "550 5.1.1 User unknown", Returned.HARD),
+        ("failed", (5, 1, 2), "550 5.1.2 Host unknown", Returned.HARD),
+        ("failed", (5, 1, 3), "553 5.1.3 Bad address syntax", Returned.HARD),
+        ("failed", (5, 1, 6), "550 5.1.6 Mailbox has moved", Returned.HARD),
+        ("failed", (5, 1, 10), "550 5.1.10 Recipient address has null MX", Returned.HARD),
+        ("failed", (5, 4, 1), "550 5.4.1 Recipient address rejected: Access denied", Returned.HARD),
+        ("failed", None, "550 Unknown user kijitora@example.jp", Returned.HARD),
+        ("failed", (5, 0, 0), "550 5.0.0 No such user", Returned.HARD),
+        ("failed", (4, 1, 1), "450 4.1.1 User unknown", Returned.SOFT),  # class 4: never final
+        ("failed", (4, 4, 7), "Delivery time expired", Returned.SOFT),
+        ("failed", (5, 2, 1), "550 5.2.1 Mailbox disabled", Returned.SOFT),
+        ("failed", (5, 2, 2), "552 5.2.2 Mailbox full", Returned.SOFT),
+        ("failed", (5, 4, 4), "554 5.4.4 Unable to route", Returned.SOFT),
+        ("failed", None, "Host not found, try again", Returned.SOFT),
+        ("failed", (5, 7, 1), "550 5.7.1 Message rejected as spam", Returned.REFUSED),
+        (
+            "failed",
+            (5, 7, 26),
+            "550 5.7.26 Unauthenticated email is not accepted",
+            Returned.REFUSED,
+        ),
+        ("failed", (5, 1, 8), "553 5.1.8 Sender address rejected", Returned.REFUSED),
+        ("failed", (5, 2, 3), "552 5.2.3 Message too large", Returned.REFUSED),
+        ("failed", (5, 3, 4), "552 5.3.4 Message size exceeds limit", Returned.REFUSED),
+        ("failed", (5, 6, 0), "554 5.6.0 Corrupt message content", Returned.REFUSED),
+        ("failed", (5, 1, 1), "550 5.1.1 blocked using zen.spamhaus.org", Returned.REFUSED),
+        ("failed", None, "550 Rejected", Returned.REFUSED),  # says nothing: never suppress
+        ("delayed", (4, 2, 2), "452 4.2.2 Mailbox full", Returned.NONE),
+        ("delivered", (2, 0, 0), "250 OK", Returned.NONE),
+        ("relayed", (2, 0, 0), "", Returned.NONE),
+        ("expanded", (2, 0, 0), "", Returned.NONE),
+    ],
+)
+def test_each_row_of_the_returned_reply_table(
+    action: str, status: tuple[int, int, int] | None, text: str, verdict: Returned
+) -> None:
+    assert read_returned(action, status, text) is verdict

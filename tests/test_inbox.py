@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import mailbox
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mailer import inbox, pipeline
+from mailer import bounces, inbox, pipeline
 from mailer.cli import app
 from mailer.settings import Settings
 from mailer.verp import message_id, verp_address
@@ -278,6 +280,12 @@ def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
             done = inbox.read_mailbox(settings, settings.recipients_dir)
             assert done.error is None and done.added == ["disarmament.desk@example.org"]
             assert _count(imap, "Processed") == 1 and len(tokens.requests) == 1
+            # A token Dovecot does not accept for this mailbox: its XOAUTH2 error challenge
+            # gets an empty response, then a refusal in one line (exit 2).
+            tokens.username = "someone.else"
+            wrong = inbox.read_mailbox(settings, settings.recipients_dir)
+            assert wrong.fatal and wrong.error and "refused the sign-in" in wrong.error
+            tokens.username = USER
             tokens.refusal = EXPIRED_SECRET
             refused = inbox.read_mailbox(settings, settings.recipients_dir)
     assert refused.error is not None and "client secret has expired" in refused.error
@@ -374,3 +382,86 @@ def test_large_messages_are_read_by_structure_and_staffs_mail_only_once(
     assert "2 × left for staff (already seen)" in again.output
     assert imap.bytes_sent() - before - read < 20_000  # nothing read again
     assert folder > 10 * read
+
+
+def _why_findings() -> dict[str, bytes]:
+    """The issue's findings as messages to a real send: each one lost a reader before."""
+    verp = verp_address(BOUNCE_ADDRESS, KEY, "2017-03", "ambassador.moreau@example.org")
+    exim = bounce_bytes("03-exim-nonstandard.eml").decode()
+    corpus = Path(__file__).parent / "fixtures" / "inbound-corpus" / "messages"
+    japanese = (corpus / "lhost-office365-10.eml").read_bytes()
+    target = verp_address(BOUNCE_ADDRESS, KEY, "2017-03", "geneva.mission@example.net")
+    return {
+        # An out-of-office without the usual headers, in German, at the VERP address.
+        "automatische antwort": (
+            f"To: {verp}\r\nFrom: ambassador.moreau@example.org\r\n"
+            "Auto-Submitted: auto-generated\r\n"
+            "Subject: =?utf-8?q?Automatische_Antwort=3A_CCM_newsletter?=\r\n\r\n"
+            "Ich bin bis zum 5. Mai nicht im Buero.\r\n"
+        ).encode(),
+        # A ticket system's acknowledgement: a person's reply for all we know.
+        "ticket": (
+            f"To: {verp}\r\nFrom: helpdesk@example.org\r\n"
+            "Subject: [Ticket #48213] Re: CCM newsletter\r\n\r\n"
+            "Your request has been received and will be handled shortly.\r\n"
+        ).encode(),
+        # Exim marks its bounces auto-replied, as RFC 3834 allows: still a bounce.
+        "exim auto-replied": exim.replace(
+            "Subject: Mail delivery failed",
+            "Auto-Submitted: auto-replied\nX-Failed-Recipients: campaigner@example.org\n"
+            "Subject: Mail delivery failed",
+        )
+        .replace("mailbox is full: retry timeout exceeded", "550 5.1.1 No such user")
+        .encode(),
+        # A policy refusal: recorded for staff, never a reason to suppress.
+        "policy": bounce_bytes("01-postfix-rfc3464.eml")
+        .replace(b"5.1.1", b"5.7.1")
+        .replace(b"User unknown in local recipient table", b"Message refused by policy")
+        .replace(b"v2S7A0@relay", b"v2S7Apolicy@relay"),
+        # An Office 365 report in iso-2022-jp (as_string() could not read it).
+        "iso-2022-jp": f"Delivered-To: {target}\r\n".encode()
+        + re.sub(rb"(?i)kijitora@[a-z0-9.]+", b"geneva.mission@example.net", japanese),
+    }
+
+
+WHY_EFFECTS = {
+    "automatische antwort": "automatic reply",
+    "ticket": "left for staff",
+    "exim auto-replied": "bounce (hard)",
+    "policy": "bounce (refused)",
+    "iso-2022-jp": "bounce (",
+}
+
+
+def test_the_findings_have_the_same_effect_through_bounces_and_sync(
+    tmp_path: Path, imap: Dovecot
+) -> None:
+    findings = _why_findings()
+    by_file = _sent(tmp_path / "file", imap)
+    box = mailbox.mbox(str(tmp_path / "findings.mbox"))
+    for data in findings.values():
+        box.add(data)
+    box.flush()
+    from_file = bounces.process(
+        tmp_path / "findings.mbox",
+        by_file.ledger_dir,
+        by_file.recipients_dir,
+        bounce_address=BOUNCE_ADDRESS,
+        soft_limit=3,
+        key=KEY,
+        window=by_file.dispatch_window,
+    )
+    for name, effect in zip(findings, from_file.effects, strict=True):
+        assert effect.startswith(WHY_EFFECTS[name]), (name, effect)
+    by_imap = _sent(tmp_path / "imap", imap)
+    _append(imap, *findings.values())
+    synced = CliRunner().invoke(
+        app, ["sync", "--recipients", str(by_imap.recipients_dir)], env=_env(by_imap)
+    )
+    assert synced.exit_code == 0, synced.output
+    rows = (by_imap.recipients_dir / "suppressions.csv").read_text()
+    assert "campaigner@example.org" in rows  # the Exim bounce, despite Auto-Submitted
+    for kept in ("ambassador.moreau@", "research@", "geneva.mission@"):
+        assert kept not in rows, kept
+    assert rows == (by_file.recipients_dir / "suppressions.csv").read_text()
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 4)  # the ticket stays
