@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer import bounces, inbound, pipeline
+from mailer import bounces, inbound
 from mailer.inbound import Kind
 from mailer.ledger import read_records
 from mailer.replies import Returned, read_returned
@@ -29,10 +29,9 @@ from mailer.settings import Settings
 from mailer.unsubscribe import authenticated
 from mailer.verp import message_id, verp_address
 
-from .conftest import SAMPLE
 from .smtp_server import Server
-from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY
-from .test_delivery import FAST, settings_for
+from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, _sent_with_verp
+from .test_delivery import settings_for
 
 CORPUS = Path(__file__).parent / "fixtures" / "inbound-corpus"
 FLUFL = Path(__file__).parent / "fixtures" / "bounces" / "real-world"
@@ -152,12 +151,7 @@ def sent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real local send of the sample with VERP: its ledger and recipients, once."""
     folder = tmp_path_factory.mktemp("sent")
     with Server() as relay:
-        settings = settings_for(
-            relay.port, folder, bounce_address=BOUNCE_ADDRESS, bounce_secret=BOUNCE_SECRET
-        )
-        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
-        with pipeline.open_ledger(job, settings) as ledger:
-            pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        _sent_with_verp(relay, folder)
     return folder
 
 

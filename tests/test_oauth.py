@@ -59,15 +59,7 @@ def test_a_send_longer_than_a_tokens_life_delivers_everyone(tmp_path: Path) -> N
 def test_an_expired_client_secret_stops_the_run_with_nothing_done(tmp_path: Path) -> None:
     with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
         endpoint.refusal = EXPIRED_SECRET
-        env = {
-            **cli_env(relay.port, tmp_path / "ledger"),
-            "MAILER_SMTP_AUTH": "xoauth2",
-            "MAILER_SMTP_USERNAME": MAILBOX,
-            "MAILER_OAUTH_TOKEN_URL": endpoint.url,
-            "MAILER_OAUTH_CLIENT_ID": CLIENT_ID,
-            "MAILER_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
-            "MAILER_OAUTH_SCOPE": "https://outlook.office365.com/.default",
-        }
+        env = _xoauth2_env(endpoint, relay.port, tmp_path / "ledger")
         result = send_cli(write_list(tmp_path / "recipients", 6), env)
         assert relay.received == []
     assert result.exit_code == 2, result.output
@@ -137,6 +129,7 @@ def test_a_token_url_must_be_https_except_on_loopback() -> None:
 
 
 def _xoauth2_env(endpoint: TokenEndpoint, port: int, ledger: Path) -> dict[str, str]:
+    """``mailer send``'s environment for signing in with XOAUTH2 through ``endpoint``."""
     return {
         **cli_env(port, ledger),
         "MAILER_SMTP_AUTH": "xoauth2",
@@ -167,7 +160,8 @@ def test_every_odd_token_answer_is_one_clear_line_and_exit_2(
     with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
         endpoint.raw = (status, body, {})
         result = send_cli(
-            write_list(tmp_path / "recipients", 3), _xoauth2_env(endpoint, relay.port, tmp_path)
+            write_list(tmp_path / "recipients", 3),
+            _xoauth2_env(endpoint, relay.port, tmp_path / "ledger"),
         )
         assert relay.received == []
     assert result.exit_code == 2, result.output
@@ -180,7 +174,8 @@ def test_the_client_secret_never_follows_a_redirect(tmp_path: Path) -> None:
     with TokenEndpoint() as elsewhere, TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
         endpoint.raw = (307, b"", {"Location": elsewhere.url})
         result = send_cli(
-            write_list(tmp_path / "recipients", 3), _xoauth2_env(endpoint, relay.port, tmp_path)
+            write_list(tmp_path / "recipients", 3),
+            _xoauth2_env(endpoint, relay.port, tmp_path / "ledger"),
         )
     assert result.exit_code == 2 and "redirect (307)" in result.output
     assert endpoint.requests and elsewhere.requests == []  # the secret stayed home
