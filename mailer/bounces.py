@@ -64,10 +64,6 @@ class Bounce:
     detail: str
     bounce_id: str
 
-    @property
-    def permanent(self) -> bool:
-        return self.verdict is Returned.HARD
-
 
 @dataclass
 class BounceReport:
@@ -170,13 +166,10 @@ def _below_headers(raw: bytes) -> bytes:
     return raw[min(ends) :] if ends else b""
 
 
-def report_id(message: Message, raw: bytes | None = None) -> str:
+def report_id(message: Message, raw: bytes) -> str:
     """A report's identity, to record each bounce once: its Message-ID, else a hash."""
     found = str(message.get("Message-ID", "") or "").strip()[:200]
-    if found:
-        return found
-    data = raw if raw is not None else inbound.raw_text(message).encode("latin-1", "replace")
-    return "<sha256:" + hashlib.sha256(data).hexdigest()[:24] + ">"
+    return found or "<sha256:" + hashlib.sha256(raw).hexdigest()[:24] + ">"
 
 
 def _by_verp(

@@ -108,12 +108,7 @@ def parse(raw: bytes) -> Message:
     return BytesParser(policy=policy.compat32).parsebytes(raw)
 
 
-def classify(
-    message: Message,
-    *,
-    unsubscribe_address: str | None = None,
-    bounce_address: str | None = None,
-) -> Kind:
+def classify(message: Message, *, unsubscribe_address: str | None = None) -> Kind:
     """What ``message`` is, by the rules in the module's docstring."""
     try:
         return _classify(message, unsubscribe_address)
@@ -211,16 +206,6 @@ def text_of(part: Message) -> str:
         return payload.decode(charset, "replace")
     except LookupError:
         return payload.decode("latin-1")
-
-
-def raw_text(message: Message) -> str:
-    """Everything the message holds, headers and bodies, as text, without re-encoding it."""
-    try:
-        return message.as_bytes().decode("latin-1")
-    except Exception:  # as_bytes failed too: walk the leaves
-        return "\n".join(
-            f"{part}" if part.is_multipart() else text_of(part) for part in message.walk()
-        )
 
 
 def failures(message: Message) -> list[Failure]:

@@ -2,10 +2,12 @@
 
 The https target of List-Unsubscribe (and the footer link) carries a token per
 reader: their address and an HMAC-SHA256 of it under ``MAILER_UNSUBSCRIBE_SECRET``,
-so nobody can unsubscribe someone else by editing a URL. The web endpoint that
-receives the RFC 8058 one-click POST calls ``mailer unsubscribe --token TOKEN``
-(or this module). Requests mailed to the mailto target are read from an mbox by
-``mailer unsubscribe --from-mbox``. Every path ends in
+so nobody can unsubscribe someone else by editing a URL; the endpoint
+(``serve.py``) checks it. The mailto target is the reader's own keyed
+subaddress (``compose.unsubscribe_mailto``), so a mailed request proves whom it
+is for (``mailed_request``); mail to the bare address is trusted only on our
+receiving server's word (``authenticated``). Exported requests are read from an
+mbox by ``mailer unsubscribe --from-mbox``. Every path ends in
 ``recipients/suppressions.csv`` (``suppressions.py``), appended without
 duplicates, so a suppressed address is never mailed again.
 """
@@ -211,12 +213,6 @@ def _aligned(signer: str, domain: str) -> bool:
     if "." not in signer:
         return False
     return signer == domain or domain.endswith("." + signer) or signer.endswith("." + domain)
-
-
-def requests_in_message(message: Message) -> list[str]:
-    """The sender of ``message`` when it asks to unsubscribe, else nothing."""
-    found = _requester(message)
-    return [found] if found else []
 
 
 def _requester(message: Message) -> str | None:
