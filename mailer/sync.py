@@ -1,12 +1,13 @@
 """``mailer sync``: bring back what readers said, into ``suppressions.csv``, idempotently.
 
 Two sources: the one-click requests recorded by ``mailer serve``
-(``MAILER_SERVE_URL`` and ``MAILER_SERVE_API_TOKEN``), read page by page after
-the last cursor; and the inbound mailbox over IMAP (``inbox.py``). Addresses go
-to the suppression list first; the cursor and the time of each source's last
-successful sync are written after, atomically, to ``<ledger dir>/sync-state.json``
-(not a ``.jsonl``: never taken for an issue's ledger), so a crash between the
-two only repeats harmless suppressions.
+(``MAILER_SERVE_URL`` and ``MAILER_SERVE_API_TOKEN``): every request no sync
+has acknowledged, page by page, each page acknowledged once its suppressions
+are on disk (a crash between the two only repeats harmless suppressions); and
+the inbound mailbox over IMAP (``inbox.py``). The time of each source's last
+successful sync, the endpoint database's identity and the mailbox messages
+left for staff are written atomically to ``<ledger dir>/sync-state.json`` (not
+a ``.jsonl``: never taken for an issue's ledger).
 """
 
 from __future__ import annotations
