@@ -27,7 +27,7 @@ _URL = r"[^\s\"'<>)]+"
 
 def archive_urls(composer: Composer, recipients: RecipientList) -> list[str]:
     """Every archive URL in the variants this list gets (pages, images, calendars)."""
-    base = composer.identity.archive_url
+    base = composer.archive  # None for a public: false issue: it links nothing there
     if not base:
         return []
     pattern = re.compile(re.escape(base.rstrip("/")) + "/" + _URL)

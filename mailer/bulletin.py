@@ -96,14 +96,13 @@ class Item:
         """Whether a reader in any of ``segments`` gets this item."""
         return self.audience is None or any(s in self.audience for s in segments)
 
-    def is_public(self, segments: Iterable[str]) -> bool:
-        """Whether the web archive shows it: as it says, else when it is for everyone.
-
-        A note to States only is not for the web unless it says ``public: true``.
-        """
+    def is_public(self) -> bool:
+        """Whether the web archive may show it: as it says, else only when it has no
+        ``audience`` (it is for everyone). A note to some segments is never public
+        unless it says ``public: true``, whatever segments or lists exist today."""
         if self.public is not None:
             return self.public
-        return self.audience is None or all(s in self.audience for s in segments)
+        return self.audience is None
 
 
 @dataclass(frozen=True)
@@ -120,12 +119,14 @@ class Bulletin:
     segments: tuple[str, ...] | None
     items: tuple[Item, ...]
     public: bool = True  # False keeps the whole issue off the web archive
-    known_segments: tuple[str, ...] = ()  # every segment that existed when it was loaded
 
     def public_items(self) -> tuple[Item, ...]:
-        """The items the web archive shows (see ``Item.is_public``)."""
-        everyone = self.segments or self.known_segments
-        return tuple(item for item in self.items if item.is_public(everyone))
+        """The items the web archive shows: none of a ``public: false`` issue, else those
+        ``Item.is_public`` allows. The one place the rule lives (publish, compose's links
+        and the calendar files all ask here)."""
+        if not self.public:
+            return ()
+        return tuple(item for item in self.items if item.is_public())
 
     def items_for(self, segments: Iterable[str]) -> tuple[Item, ...]:
         """The items a reader in ``segments`` receives, in bulletin order."""
@@ -559,5 +560,4 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
         segments=_segment_list(mapping, "segments", known),
         items=items,
         public=_a_flag(mapping, "public") is not False,
-        known_segments=known,
     )

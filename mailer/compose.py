@@ -379,6 +379,10 @@ class Composer:
         self.subject_prefix = subject_prefix
         self.variants: dict[VariantKey, Variant] = {}
         self.images = self._images()
+        # A public: false issue links nothing on the archive (publish writes nothing of it).
+        self.archive = identity.archive_url.rstrip("/") if identity.archive_url else None
+        if not bulletin.public:
+            self.archive = None
         public = bulletin.public_items()
         self._public = {id(item) for item in public}
         self._public_images = {item.image for item in public if item.image is not None}
@@ -394,13 +398,12 @@ class Composer:
 
     def _hosted(self, image: Image) -> bool:
         """Whether the web archive hosts ``image``: only images of public items are published."""
-        return bool(self.identity.archive_url) and image.path in self._public_images
+        return bool(self.archive) and image.path in self._public_images
 
     def image_src(self, image: Image) -> str:
         """Absolute URL under the archive when it hosts the image; else the embedded part."""
-        archive = self.identity.archive_url
-        if archive and self._hosted(image):
-            return f"{archive.rstrip('/')}/{self.bulletin.id}/images/{image.path.name}"
+        if self.archive and self._hosted(image):
+            return f"{self.archive}/{self.bulletin.id}/images/{image.path.name}"
         return f"cid:{image.content_id}"
 
     def variant(self, key: VariantKey) -> Variant:
@@ -466,11 +469,10 @@ class Composer:
     def _calendar_url(self, item: Item, language: str) -> str | None:
         """The item's calendar file on the web archive: linked, never attached, and
         only where ``mailer publish`` writes one (a public item with dates)."""
-        archive = self.identity.archive_url
-        if not archive or item.starts is None or id(item) not in self._public:
+        if not self.archive or item.starts is None or id(item) not in self._public:
             return None
         # Same scheme as publish.calendar_path (kept apart: composing imports no publisher).
-        return f"{archive.rstrip('/')}/{self.bulletin.id}/{item.slug}.{language}.ics"
+        return f"{self.archive}/{self.bulletin.id}/{item.slug}.{language}.ics"
 
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
@@ -491,9 +493,7 @@ class Composer:
             # "View in your browser": the issue's page in the reader's language
             # (README, "Web archive": <archive>/<id>/<lang>.html).
             "archive_url": (
-                f"{self.identity.archive_url.rstrip('/')}/{self.bulletin.id}/{language}.html"
-                if self.identity.archive_url
-                else None
+                f"{self.archive}/{self.bulletin.id}/{language}.html" if self.archive else None
             ),
             "recipient": _PersonalFields(names),
         }
@@ -547,8 +547,8 @@ class Composer:
         out.literal(LF)
         if ident.unsubscribe_url:
             out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n")
-        if ident.archive_url:  # RFC 2369 and RFC 5064: the list's archive, this issue in it
-            archive = ident.archive_url.rstrip("/")
+        if self.archive:  # RFC 2369 and RFC 5064: the list's archive, this issue in it
+            archive = self.archive
             out.literal(header_line("List-Archive", f"<{archive}/{key.language}/index.html>"))
             page = f"<{archive}/{self.bulletin.id}/{key.language}.html>"
             out.literal(header_line("Archived-At", page))

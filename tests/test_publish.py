@@ -293,3 +293,82 @@ def test_indexes_list_issues_newest_first(tmp_path: Path) -> None:
 def test_without_an_archive_messages_have_no_calendar_link(sample_messages: list[Any]) -> None:
     for message in sample_messages:
         assert b".ics" not in message.data and b"List-Archive" not in message.data
+
+
+def test_an_item_for_the_only_segment_of_an_issue_stays_off_the_web(tmp_path: Path) -> None:
+    """`segments: [states]` and an item `audience: [states]` ("do not circulate") was
+    published: "for everyone" was judged against the issue's own segments."""
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    edit(
+        bulletin / "bulletin.yaml",
+        "segments: [states, international-organizations, civil-society]",
+        "segments: [states]",
+    )
+    edit(
+        bulletin / "items" / "03-oslo-process-ten-years.md",
+        "title:",
+        "audience: [states]\ntitle:",
+    )
+    site = tmp_path / "site"
+    _publish(bulletin.parent, site, "--now", AFTER_SEND)
+    everything = b"".join(_files(site).values()).decode("utf-8", "replace")
+    assert "Oslo" not in everything and "Seventh Meeting of States Parties" in everything
+
+
+def test_deleting_a_list_publishes_nothing_new(tmp_path: Path) -> None:
+    """Without civil-society.csv, an item for States and organizations was 'for everyone'."""
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    edit(
+        bulletin / "bulletin.yaml",
+        "segments: [states, international-organizations, civil-society]\n",
+        "",
+    )
+    lists = tmp_path / "recipients"
+    shutil.copytree(SAMPLE_RECIPIENTS, lists)
+    (lists / "civil-society.csv").unlink()
+    site = tmp_path / "site"
+    result = CliRunner().invoke(
+        app,
+        [
+            "publish",
+            "--bulletins",
+            str(bulletin.parent),
+            "--out",
+            str(site),
+            "--recipients",
+            str(lists),
+            "--now",
+            AFTER_SEND,
+        ],
+        env={"MAILER_ARCHIVE_URL": ARCHIVE, "MAILER_FROM": "ISU <n@isu.example.org>"},
+    )
+    assert result.exit_code == 0, result.output
+    page = (site / "2017-03" / "en.html").read_text()
+    assert "NDM-UN" not in page  # audience [states, international-organizations]
+
+
+def test_a_private_issue_links_nothing_on_the_archive_and_can_be_sent(
+    served_site: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A public: false issue carried Archived-At, view-in-browser, calendar and image URLs
+    publish never writes: the liveness check refused every real send."""
+    _, base = served_site
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    edit(bulletin / "bulletin.yaml", "id: 2017-03", "id: 2017-03\npublic: false")
+    with Server() as relay:
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_ARCHIVE_URL": base,
+            "MAILER_ARCHIVE_WAIT": "0.2",
+        }
+        recipients = settings_for(relay.port, tmp_path).recipients_dir
+        args = ["send", str(bulletin), "--recipients", str(recipients), "--yes"]
+        sent = CliRunner().invoke(app, args, env=env)
+        assert sent.exit_code == 0, sent.output
+        assert len(relay.received) == 13
+        raw = relay.received[0].data.decode("utf-8", "replace")
+    assert base not in raw and "Archived-At" not in raw and "List-Archive" not in raw
+    assert 'src="cid:' in html_of(relay.received[0].message())
