@@ -262,6 +262,10 @@ def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
     raise ContentError("the front matter is never closed by a '---' line.", file=path, line=1)
 
 
+_LINE_BREAKS = str.maketrans(dict.fromkeys("\v\f\x1c\x1d\x1e\x85\u2028\u2029", "\n"))
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
 def _read_text(path: Path) -> str:
     """A content file's text; a byte-order mark (some Windows editors add one) is dropped."""
     try:
@@ -272,6 +276,18 @@ def _read_text(path: Path) -> str:
         ) from None
     except OSError as exc:
         raise ContentError(f"cannot be read ({exc.strerror}).", file=path) from None
+    # A word processor's manual line break (vertical tab), page break (form feed) and
+    # the Unicode line and paragraph separators are line breaks to Python but not to
+    # Markdown or YAML: they become plain line breaks. Any other control character is
+    # refused with its line (it would reach the web archive or crash a later stage).
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_LINE_BREAKS)
+    if (bad := _CONTROL.search(text)) is not None:
+        raise ContentError(
+            f"contains the control character U+{ord(bad.group(0)):04X}, invisible in most "
+            "editors (often pasted from another program); delete it.",
+            file=path,
+            line=text.count("\n", 0, bad.start()) + 1,
+        )
     if (found := RESERVED_TEXT.search(text)) is not None:
         raise ContentError(
             f"contains '{found.group(0)}', text mailer uses internally to place each reader's "

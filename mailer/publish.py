@@ -22,6 +22,7 @@ date), never from the build clock.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from markupsafe import Markup
 from mailer import language as lang
 from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
 from mailer.compose import default_templates
-from mailer.errors import ContentError
+from mailer.errors import ConfigError, ContentError
 from mailer.ledger import State, ledger_path
 from mailer.recipients import available_segments
 from mailer.settings import Settings
@@ -85,6 +86,9 @@ def _send_began(settings: Settings, issue: str) -> bool:
     return bool(State.load(ledger_path(settings.ledger_dir, issue)).last)
 
 
+MARKER = ".mailer-site"  # written into every site publish builds: the folder is ours
+
+
 def publish(
     root: Path,
     out: Path,
@@ -92,21 +96,68 @@ def publish(
     now: datetime,
     include: Iterable[str] = (),
 ) -> Published:
-    """Build the site into ``out`` (replaced whole, so nothing unpublished lingers)."""
+    """Build the site into ``out``, replaced whole (nothing unpublished lingers).
+
+    The new site is built in a folder beside ``out`` and swapped in only once
+    complete, so a failure leaves the old site whole; and ``out`` is replaced
+    only when it is missing, empty or a site publish made (``MARKER``).
+    """
+    _check_out(out)
     issues = published_issues(root, settings, now, include)
     site = _Site(settings, issues)
-    if out.exists():
-        shutil.rmtree(out)
+    building = out.parent / f".{out.name}.building-{os.getpid()}"
+    if building.exists():
+        shutil.rmtree(building)
+    try:
+        written = _write(site, building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    _swap(building, out)
     result = Published(out, [b.id for b in issues])
+    result.files = [out / path for path in written]
+    return result
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that publish did not make: it would be deleted whole."""
+    if not out.exists() or (out.is_dir() and (out / MARKER).is_file()):
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    what = "a file" if not out.is_dir() else "a folder publish did not make"
+    raise ConfigError(
+        f"{what}: publish replaces its --out whole, so it builds only into a new or empty "
+        f"folder, or a site it built before (it holds {MARKER}). Nothing was deleted; "
+        "choose another --out (site, or docs for a Pages branch).",
+        file=out.resolve(),
+        field="--out",
+    )
+
+
+def _write(site: _Site, folder: Path) -> list[Path]:
+    """Every file of the site under ``folder``; the relative paths written."""
+    written = []
+    folder.mkdir(parents=True)
     for path, data in site.files():
-        target = out / path
+        target = folder / path
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, Path):
             shutil.copyfile(data, target)
         else:
             target.write_bytes(data)
-        result.files.append(target)
-    return result
+        written.append(Path(path))
+    (folder / MARKER).write_text("Built by mailer publish; replaced whole on each build.\n")
+    return written
+
+
+def _swap(new: Path, out: Path) -> None:
+    """Put the finished site at ``out``; the old one goes only after the new is there."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Site:

@@ -372,3 +372,71 @@ def test_a_private_issue_links_nothing_on_the_archive_and_can_be_sent(
         raw = relay.received[0].data.decode("utf-8", "replace")
     assert base not in raw and "Archived-At" not in raw and "List-Archive" not in raw
     assert 'src="cid:' in html_of(relay.received[0].message())
+
+
+@pytest.mark.parametrize("where", ["cwd", "git", "file"])
+def test_publish_deletes_nothing_it_did_not_make(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mailer publish --out .` deleted the working tree (bulletins, recipients, ledger)."""
+    work = tmp_path / "work"
+    shutil.copytree(SAMPLE, work / "bulletins" / "2017-03")
+    (work / "ledger").mkdir()
+    (work / "ledger" / "2017-03.jsonl").write_text("{}\n")
+    out = {"cwd": Path("."), "git": work / "pages", "file": work / "ledger" / "2017-03.jsonl"}[
+        where
+    ]
+    if where == "git":
+        (work / "pages" / ".git").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    before = sorted(str(p) for p in work.rglob("*"))
+    result = CliRunner().invoke(
+        app,
+        ["publish", "--bulletins", "bulletins", "--out", str(out), "--now", AFTER_SEND],
+        env={"MAILER_ARCHIVE_URL": ARCHIVE},
+    )
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and "Nothing was deleted" in " ".join(result.output.split())
+    assert sorted(str(p) for p in work.rglob("*")) == before
+
+
+def test_publish_replaces_only_a_site_it_made_and_only_once_the_new_one_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "docs"
+    site.mkdir()  # empty: fine
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    first = _files(site)
+    assert ".mailer-site" in first
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)  # its own site: replaced
+    assert _files(site) == first
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)  # the image copy fails mid-build
+    result = CliRunner().invoke(
+        app,
+        ["publish", "--bulletins", str(SAMPLE.parent), "--out", str(site), "--now", AFTER_SEND],
+        env={"MAILER_ARCHIVE_URL": ARCHIVE},
+    )
+    assert result.exit_code != 0
+    assert _files(site) == first  # the old site, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["docs"]  # no half-built folder left
+
+
+def test_a_word_processors_line_break_is_a_line_break_and_other_controls_are_named(
+    tmp_path: Path,
+) -> None:
+    """A vertical tab passed check and the dry run, then crashed publish."""
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    item = bulletin / "items" / "03-oslo-process-ten-years.md"
+    edit(item, "46 States met in Oslo", "46 States\vmet in Oslo")
+    site = tmp_path / "site"
+    _publish(bulletin.parent, site, "--now", AFTER_SEND)
+    assert "\v" not in (site / "2017-03" / "en.html").read_text()
+    edit(item, "Oslo Conference", "Oslo\x01Conference")
+    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    assert checked.exit_code == 2
+    assert "U+0001" in checked.output and "03-oslo-process-ten-years.md" in checked.output
