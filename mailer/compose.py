@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import jinja2
 from babel.support import NullTranslations
@@ -52,7 +51,7 @@ from mailer.plaintext import markdown_to_text, wrap
 from mailer.recipients import Recipient
 from mailer.settings import PLACEHOLDER_FROM, Settings
 from mailer.signing import PendingSignature, Signer
-from mailer.unsubscribe import make_token
+from mailer.unsubscribe import TEST_TAG, make_token
 from mailer.verp import id_key, message_id, verp_address
 
 BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -267,11 +266,12 @@ class Variant:
     catalog: NullTranslations = field(repr=False)
 
     def personal_values(
-        self, recipient: Recipient, identity: Identity, issue: str
+        self, recipient: Recipient, identity: Identity, issue: str, *, test: bool = False
     ) -> dict[str, str]:
-        """The values for this recipient's holes, in their language."""
-        link = unsubscribe_link(identity, recipient, issue)
-        mailto = unsubscribe_mailto(identity, recipient, issue)
+        """The values for this recipient's holes, in their language (``test``: the inert
+        unsubscribe targets of a test copy)."""
+        link = unsubscribe_link(identity, recipient, issue, test=test)
+        mailto = unsubscribe_mailto(identity, recipient, issue, test=test)
         values = {
             "email": recipient.email,
             "name": recipient.name,
@@ -301,30 +301,36 @@ class Variant:
         return HOLE_PATTERN.sub(lambda m: values[self.hole_names[int(m.group(1))]], self.text)
 
 
-def unsubscribe_link(identity: Identity, recipient: Recipient, issue: str) -> str:
-    """The footer's unsubscribe target: the https page with this reader's signed token
-    (RFC 8058 one-click), else a mailto."""
+def unsubscribe_link(
+    identity: Identity, recipient: Recipient, issue: str, *, test: bool = False
+) -> str:
+    """The footer's unsubscribe target: the https page with this reader's opaque token
+    (RFC 8058 one-click), else a mailto. A test copy's token unsubscribes nobody."""
     if identity.unsubscribe_url:
         joiner = "&" if "?" in identity.unsubscribe_url else "?"
-        token = make_token(identity.unsubscribe_secret, recipient.email)
+        token = make_token(identity.unsubscribe_secret, recipient.email, issue, test=test)
         # The language travels with the link: the endpoint's pages need no list.
-        return (
-            f"{identity.unsubscribe_url}{joiner}token={token}&issue={quote(issue)}"
-            f"&lang={recipient.language}"
-        )
-    return f"mailto:{unsubscribe_mailto(identity, recipient, issue)}?subject=unsubscribe"
+        return f"{identity.unsubscribe_url}{joiner}token={token}&lang={recipient.language}"
+    mailto = unsubscribe_mailto(identity, recipient, issue, test=test)
+    return f"mailto:{mailto}?subject=unsubscribe"
 
 
-def unsubscribe_mailto(identity: Identity, recipient: Recipient, issue: str) -> str | None:
+def unsubscribe_mailto(
+    identity: Identity, recipient: Recipient, issue: str, *, test: bool = False
+) -> str | None:
     """The reader's own unsubscribe address, ``unsubscribe+<issue>.<tag>@domain``.
 
     Mail clients drop or blank a mailto's subject, so the proof of who asks goes
     in the address: the keyed tag of the VERP scheme, resolved through the
-    ledger (``unsubscribe.py``). Without a key, the bare address.
+    ledger (``unsubscribe.py``). A test copy's tag is ``test``, which the mailed
+    path ignores. Without a key, the bare address.
     """
     base = identity.unsubscribe_mailto
     if base is None or identity.id_key is None:
         return base
+    if test:
+        local, _, domain = base.rpartition("@")
+        return f"{local}+{issue}.{TEST_TAG}@{domain}"
     return verp_address(base, identity.id_key, issue, recipient.email)
 
 
@@ -370,8 +376,10 @@ class Composer:
         templates: Path | None = None,
         now: datetime | None = None,
         subject_prefix: str = "",
+        test: bool = False,
     ) -> None:
         self.bulletin = bulletin
+        self.test = test  # test copies (--test-to): say so, and unsubscribe nobody
         self.identity = identity
         self.templates = templates or default_templates()
         self.env = _environment(self.templates)
@@ -421,9 +429,9 @@ class Composer:
         """
         key = VariantKey(recipient.segments, recipient.language)
         variant = self.variant(key)
-        values = variant.personal_values(recipient, self.identity, self.bulletin.id)
+        values = variant.personal_values(recipient, self.identity, self.bulletin.id, test=self.test)
         if deliver_to is not None:
-            values["to"] = encode_address(recipient.name, deliver_to)
+            values["to"] = encode_address("", deliver_to)
             values["message_id"] = message_id(
                 self.identity.id_key,
                 f"{self.bulletin.id}.test",
@@ -496,6 +504,7 @@ class Composer:
                 f"{self.archive}/{self.bulletin.id}/{language}.html" if self.archive else None
             ),
             "recipient": _PersonalFields(names),
+            "test": self.test,
         }
         try:
             html_source = self.env.get_template("bulletin.html.j2").render(context)

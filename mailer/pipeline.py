@@ -213,6 +213,7 @@ def send_test_messages(job: Job, settings: Settings, address: str) -> Report:
         job.composer.identity,
         templates=settings.templates_dir,
         subject_prefix="[TEST] ",
+        test=True,
     )
     seen: set[VariantKey] = set()
 

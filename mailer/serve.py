@@ -48,7 +48,7 @@ from mailer.bulletin import LANGUAGES
 from mailer.compose import default_templates
 from mailer.errors import ConfigError, InputError
 from mailer.settings import Settings
-from mailer.unsubscribe import verify_token
+from mailer.unsubscribe import TokenData, read_token
 
 MAX_BODY = 16 * 1024  # a one-click POST is a few dozen bytes
 RETENTION = timedelta(days=30)  # acknowledged rows are deleted after this grace period
@@ -206,21 +206,23 @@ def create_app(settings: Settings) -> Starlette:
     pages = _Pages(settings.templates_dir or default_templates())
     path = urlsplit(settings.unsubscribe_url).path or "/"
 
-    def reader(request: Request) -> tuple[str, str, str] | None:
-        """(address, issue, language) of a genuine token, else None."""
+    def reader(request: Request) -> tuple[TokenData, str] | None:
+        """What a genuine token says, and the page language; None for a forged one."""
         try:
-            address = verify_token(secret, request.query_params.get("token", ""))
+            found = read_token(secret, request.query_params.get("token", ""))
         except InputError:
             return None
         language = request.query_params.get("lang", "en")
-        issue = request.query_params.get("issue", "")
-        return address, issue, language if language in LANGUAGES else "en"
+        return found, language if language in LANGUAGES else "en"
 
     async def unsubscribe(request: Request) -> Response:
         found = reader(request)
-        language = found[2] if found else "en"
         if found is None:
-            return pages.answer("invalid", language, 400)
+            language = request.query_params.get("lang", "en")
+            return pages.answer("invalid", language if language in LANGUAGES else "en", 400)
+        token, language = found
+        if token.test:
+            return pages.answer("test", language, 200)  # a test copy unsubscribes nobody
         if request.method == "GET":
             return pages.answer("confirm", language, 200)
         body = await _body(request)
@@ -228,8 +230,9 @@ def create_app(settings: Settings) -> Starlette:
             return PlainTextResponse("Request body too large.", 413, headers=HEADERS)
         if not await _asks_to_unsubscribe(request, body):
             return pages.answer("confirm", language, 400)
-        address, issue, _ = found
-        await run_in_threadpool(store.record, address, issue)
+        # The issue comes from the token; links from before tokens held it name it.
+        issue = token.issue or request.query_params.get("issue", "")
+        await run_in_threadpool(store.record, token.address, issue)
         return pages.answer("done", language, 200)
 
     def authorized(request: Request) -> bool:

@@ -15,10 +15,12 @@ duplicates, so a suppressed address is never mailed again.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import mailbox
 from collections.abc import Callable
+from dataclasses import dataclass
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
@@ -29,6 +31,7 @@ from mailer.errors import ConfigError, InputError
 from mailer.settings import Settings
 
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: far beyond guessing
+TEST_TAG = "test"  # the tag of a test copy's unsubscribe mailto: never a reader's (hex)
 
 
 def _b64(data: bytes) -> str:
@@ -44,9 +47,40 @@ def _mac(secret: bytes, address: str) -> bytes:
     return hmac.new(secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def make_token(secret: bytes, address: str) -> str:
-    """``<address, base64url>.<MAC, base64url>``: opaque in a URL, checkable offline."""
-    return f"{_b64(address.encode('utf-8'))}.{_b64(_mac(secret, address))}"
+@dataclass(frozen=True)
+class TokenData:
+    """What a genuine token says: whose it is, from which issue, and whether it came in
+    a test copy (``--test-to``), which must unsubscribe nobody."""
+
+    address: str
+    issue: str | None = None  # None: a token from before tokens held their issue
+    test: bool = False
+
+
+_VERSION = b"\x02"  # opaque tokens; older ones are ``<address>.<MAC>`` and stay valid
+_CONTEXT = [b"mailer-unsubscribe-token"]
+
+
+@functools.lru_cache(maxsize=4)
+def _sealing_key(secret: bytes) -> bytes:
+    """AES-256-SIV's key, derived from MAILER_UNSUBSCRIBE_SECRET (HKDF-SHA256)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    derive = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"mailer token v2")
+    return derive.derive(secret)
+
+
+def make_token(secret: bytes, address: str, issue: str = "", *, test: bool = False) -> str:
+    """An opaque token: the address, the issue and the test flag, encrypted and
+    authenticated (AES-SIV: deterministic, so a resend carries the same link), base64url.
+
+    No URL a link scanner, a proxy or a browser history keeps shows the address.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    plain = f"{int(test)}\0{issue}\0{address}".encode()
+    return _b64(_VERSION + AESSIV(_sealing_key(secret)).encrypt(plain, _CONTEXT))
 
 
 def token_address(settings: Settings, token: str) -> str:
@@ -54,21 +88,51 @@ def token_address(settings: Settings, token: str) -> str:
     secret = settings.unsubscribe_secret
     if secret is None:
         raise ConfigError("needed to check unsubscribe tokens.", field="MAILER_UNSUBSCRIBE_SECRET")
-    return verify_token(secret.get_secret_value().encode(), token)
+    found = read_token(secret.get_secret_value().encode(), token)
+    if found.test:
+        raise InputError(
+            "this token comes from a test copy (--test-to): it unsubscribes nobody.",
+            field="--token",
+        )
+    return found.address
 
 
 def verify_token(secret: bytes, token: str) -> str:
     """The address a genuine token names; raises InputError for a forged or broken one."""
+    return read_token(secret, token).address
+
+
+def read_token(secret: bytes, token: str) -> TokenData:
+    """What a genuine token says (either format); InputError for a forged or broken one."""
+    token = token.strip()
     try:
-        encoded, _, mac = token.strip().partition(".")
-        address = _unb64(encoded).decode("utf-8")
-        genuine = hmac.compare_digest(_unb64(mac), _mac(secret, address))
+        if "." in token:
+            return TokenData(_legacy_address(secret, token))
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+        data = _unb64(token)
+        if data[:1] != _VERSION:
+            raise ValueError("unknown token version")
+        try:
+            plain = AESSIV(_sealing_key(secret)).decrypt(data[1:], _CONTEXT)
+        except InvalidTag:
+            raise ValueError("not sealed with our key") from None
+        flag, issue, address = plain.decode("utf-8").split("\0", 2)
+        return TokenData(address, issue or None, flag == "1")
     except (ValueError, UnicodeDecodeError):
-        genuine = False
-    if not genuine:
         raise InputError(
             "the unsubscribe token is not genuine (forged, altered or cut).", field="--token"
-        )
+        ) from None
+
+
+def _legacy_address(secret: bytes, token: str) -> str:
+    """``<address, base64url>.<MAC, base64url>``, as tokens were until opaque ones: links in
+    old messages keep working."""
+    encoded, _, mac = token.partition(".")
+    address = _unb64(encoded).decode("utf-8")
+    if not hmac.compare_digest(_unb64(mac), _mac(secret, address)):
+        raise ValueError("forged")
     return address
 
 
@@ -124,6 +188,8 @@ def mailed_request(
 
     reached = sent_to_base(message, mailto)
     parsed = parse_verp(reached, mailto) if reached else None
+    if parsed is not None and parsed[1] == TEST_TAG:
+        return None  # the mailto of a test copy (--test-to): it unsubscribes nobody
     if parsed is not None:
         reader = reader_of(*parsed)
         if reader is not None:

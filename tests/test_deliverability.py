@@ -25,7 +25,13 @@ from mailer.ledger import Ledger, read_records
 from mailer.settings import Settings
 from mailer.signing import generate_key
 from mailer.suppressions import suppress
-from mailer.unsubscribe import make_token, requests_in_mbox, verify_token
+from mailer.unsubscribe import (
+    TokenData,
+    make_token,
+    read_token,
+    requests_in_mbox,
+    verify_token,
+)
 from mailer.verp import message_id, parse_verp, tag, verp_address
 
 from .conftest import (
@@ -145,15 +151,17 @@ def test_dkim_keygen_prints_the_dns_record_to_publish(tmp_path: Path) -> None:
 
 def test_unsubscribe_token_round_trip_and_forgery() -> None:
     secret = UNSUBSCRIBE_SECRET.encode()
-    token = make_token(secret, "Liaison@Example.org")
+    token = make_token(secret, "Liaison@Example.org", "2017-03")
+    assert read_token(secret, token) == TokenData("Liaison@Example.org", "2017-03", False)
     assert verify_token(secret, token) == "Liaison@Example.org"
-    address_part, mac = token.split(".")
-    other = make_token(secret, "someone.else@example.org").split(".")[0]
-    for forged in (f"{other}.{mac}", f"{address_part}.{mac[:-2]}AA", "garbage", ""):
+    other = make_token(secret, "someone.else@example.org", "2017-03")
+    for forged in (token[:20] + other[20:], token[:-2] + "AA", token[:-3], "garbage", ""):
         with pytest.raises(InputError):
             verify_token(secret, forged)
     with pytest.raises(InputError):
         verify_token(b"another key", token)
+    test_copy = make_token(secret, "Liaison@Example.org", "2017-03", test=True)
+    assert read_token(secret, test_copy).test
 
 
 def _suppressed(directory: Path) -> list[str]:

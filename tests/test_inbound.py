@@ -26,7 +26,7 @@ from mailer.inbound import Kind
 from mailer.ledger import read_records
 from mailer.replies import Returned, read_returned
 from mailer.settings import Settings
-from mailer.unsubscribe import authenticated
+from mailer.unsubscribe import authenticated, mailed_request
 from mailer.verp import message_id, verp_address
 
 from .smtp_server import Server
@@ -494,3 +494,11 @@ def test_each_row_of_the_returned_reply_table(
     action: str, status: tuple[int, int, int] | None, text: str, verdict: Returned
 ) -> None:
     assert read_returned(action, status, text) is verdict
+
+
+def test_a_test_copys_mailto_unsubscribes_nobody() -> None:
+    message = inbound.parse(
+        b"From: editor@isu.example.org\r\nTo: unsubscribe+2017-03.test@isu.example.org\r\n"
+        b"Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
+    )
+    assert mailed_request(message, "unsubscribe@isu.example.org", lambda *_: READER, OURS) is None

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -24,7 +28,7 @@ from mailer.cli import app
 from mailer.serve import Store
 from mailer.unsubscribe import make_token
 
-from .conftest import SAMPLE
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .smtp_server import Server, free_port
 from .test_delivery import cli_env, send_cli, write_list
 
@@ -108,14 +112,36 @@ def test_a_get_only_asks_and_never_unsubscribes(endpoint: Endpoint) -> None:
     assert "scanner@example.org" in [address for address, _ in endpoint.rows()]
 
 
+def legacy_token(secret: bytes, address: str) -> str:
+    """A token as messages carried them before tokens became opaque: base64url of the
+    address, a dot, the first 16 bytes of HMAC-SHA256 over it."""
+    mac = hmac.new(secret, b"mailer-unsubscribe\0" + address.lower().encode(), hashlib.sha256)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(address.encode())}.{b64(mac.digest()[:16])}"
+
+
+def _flipped(token: str, at: int) -> str:
+    """``token`` with one base64url character changed."""
+    return token[:at] + ("A" if token[at] != "A" else "B") + token[at + 1 :]
+
+
+OPAQUE = make_token(SECRET.encode(), "victim@example.org", "2017-03")
+
+
 @pytest.mark.parametrize(
     "token",
     [
-        make_token(b"another secret", "victim@example.org"),  # signed with another key
-        make_token(SECRET.encode(), "victim@example.org")[:-4],  # truncated
-        make_token(SECRET.encode(), "someone@example.org").split(".")[0]
+        make_token(b"another secret", "victim@example.org", "2017-03"),  # another key
+        OPAQUE[:-4],  # truncated
+        _flipped(OPAQUE, 20),  # altered
+        "B" + OPAQUE[1:],  # another version
+        legacy_token(b"another secret", "victim@example.org"),
+        legacy_token(SECRET.encode(), "someone@example.org").split(".")[0]
         + "."
-        + make_token(SECRET.encode(), "victim@example.org").split(".")[1],  # swapped MAC
+        + legacy_token(SECRET.encode(), "victim@example.org").split(".")[1],  # swapped MAC
         "not-a-token",
         "",
     ],
@@ -520,3 +546,65 @@ def test_sync_refuses_an_export_it_does_not_understand(tmp_path: Path, body: byt
     assert result.exit_code == 1 and "could not be read" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (recipients / "suppressions.csv").exists()
+
+
+def test_tokens_hold_no_address_and_old_ones_keep_working(endpoint: Endpoint) -> None:
+    token = make_token(SECRET.encode(), "Claire.Moreau@example.org", "2017-03")
+    assert "moreau" not in base64.urlsafe_b64decode(token + "==").decode("latin-1").lower()
+    assert 60 <= len(token) <= 90  # a typical address
+    longest = make_token(SECRET.encode(), "x" * 64 + "@" + "d" * 185 + ".org", "2017-03")
+    assert len(longest) <= 400  # the longest legal address (254 octets)
+    old = legacy_token(SECRET.encode(), "old.reader@example.org")
+    answer = httpx.post(f"{endpoint.url}?token={old}&issue=2016-11&lang=en", data=ONE_CLICK)
+    assert answer.status_code == 200
+    assert ("old.reader@example.org", "2016-11") in endpoint.rows()
+
+
+def test_a_test_copys_link_unsubscribes_nobody(endpoint: Endpoint) -> None:
+    token = make_token(SECRET.encode(), "ambassador.moreau@example.org", "2017-03", test=True)
+    before = endpoint.rows()
+    for method in ("GET", "POST"):
+        answer = httpx.request(
+            method, f"{endpoint.url}?token={token}&lang=fr", data=ONE_CLICK if method else None
+        )
+        assert answer.status_code == 200 and "copie de test" in answer.text
+    assert endpoint.rows() == before
+
+
+def test_a_test_copy_can_unsubscribe_nobody_on_the_list(endpoint: Endpoint, tmp_path: Path) -> None:
+    """--test-to addressed the copy to a reader's token: a colleague clicking Unsubscribe
+    (or Gmail's button) in the test copy removed the French ambassador from the list."""
+    with Server() as relay:
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_UNSUBSCRIBE_URL": endpoint.url,
+            "MAILER_UNSUBSCRIBE_SECRET": SECRET,
+            "MAILER_BOUNCE_SECRET": "bounce-key",
+        }
+        args = ["send", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS)]
+        result = CliRunner().invoke(app, [*args, "--test-to", "editor@example.org"], env=env)
+        assert result.exit_code == 0, result.output
+        received = list(relay.received)
+    assert len(received) == 9
+    before = endpoint.rows()
+    readers = [line.split(",")[0].lower() for line in _list_lines()]
+    for copy in received:
+        message = copy.message()
+        assert str(message["To"]) == "editor@example.org"
+        raw = copy.data.decode("utf-8", "replace").lower()
+        assert not [reader for reader in readers if reader in raw.split("\r\n\r\n", 1)[0]]
+        targets = re.findall(r"<([^>]+)>", str(message["List-Unsubscribe"]))
+        assert targets[0].startswith("mailto:unsubscribe+2017-03.test@")
+        answer = httpx.post(targets[1], data=ONE_CLICK)
+        assert answer.status_code == 200
+        assert "test" in answer.text.lower() or "prueba" in answer.text.lower()
+    assert endpoint.rows() == before
+
+
+def _list_lines() -> list[str]:
+    return [
+        line
+        for path in sorted(SAMPLE_RECIPIENTS.glob("*.csv"))
+        if path.name != "suppressions.csv"
+        for line in path.read_text().splitlines()[1:]
+    ]
