@@ -9,6 +9,8 @@ Later stages trust these models and re-validate nothing.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -85,8 +87,16 @@ class Item:
     location: str | None
     deadline: date | None
     texts: Mapping[str, ItemText]
-    public: bool | None = None  # None: public when the item is for every segment
+    public: bool | None = None  # None: public when the item has no audience
     event: str | None = None  # names a meeting announced across issues (one calendar entry)
+    image_type: str | None = None  # the image's MIME type, from its checked content
+
+    @property
+    def image_file(self) -> str | None:
+        """The image's name on the web archive and in messages: a short hash of its
+        content, then its own name (two images with one name never collide, and a
+        changed image gets a new URL, so no cache shows the old one)."""
+        return image_file_name(self.image) if self.image is not None else None
 
     def text(self, language: str) -> ItemText:
         """The item in ``language``, falling back to English."""
@@ -429,19 +439,14 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
     front, body, body_line = _split_front_matter(path)
     _refuse_unknown(front, _ITEM_FIELDS, f"An item may set: {', '.join(sorted(_ITEM_FIELDS))}.")
     english = _item_text(front, body, body_line, None)
-    image = None
+    image, image_type = None, None
     if (image_name := _one_line(front, "image")) is not None:
         image = (folder / image_name).resolve()
         if not image.is_file() or not image.is_relative_to(folder.resolve()):
             raise front.error(
                 "image", f"'{_excerpt(image_name)}' is not a file in the bulletin folder."
             )
-        if _image_kind(image) is None:
-            raise front.error(
-                "image",
-                f"'{_excerpt(image_name)}' is not a PNG, JPEG, GIF or WebP image (by its "
-                "content, whatever its name says); mail clients would show a broken image.",
-            )
+        image_type = _checked_image_type(image, front, image_name)
         if english.alt is None:
             raise ContentError(
                 "an image needs alt text (field 'alt') for readers who cannot see it.",
@@ -470,6 +475,7 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         source=path,
         audience=_segment_list(front, "audience", known),
         image=image,
+        image_type=image_type,
         starts=starts,
         ends=ends,
         location=_one_line(front, "location"),
@@ -486,6 +492,45 @@ _IMAGE_SIGNATURES = {
     b"GIF87a": "gif",
     b"GIF89a": "gif",
 }
+
+
+# What mail clients show: not WebP, which Outlook for Windows cannot display.
+_IMAGE_EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif"}
+
+
+def _checked_image_type(image: Path, front: _Mapping, name: str) -> str:
+    """The MIME type of an item's image, when its name and its bytes agree.
+
+    The name decides how a web server serves the file (``banner.html`` holding
+    PNG bytes would be served as HTML, script and all), the bytes what it is.
+    """
+    expected = _IMAGE_EXTENSIONS.get(image.suffix.lower())
+    if expected is None:
+        raise front.error(
+            "image",
+            f"'{_excerpt(name)}' must be a .png, .jpg or .gif file (WebP cannot be shown by "
+            "Outlook for Windows; export the image as PNG or JPEG).",
+        )
+    found = _image_kind(image)
+    if found != expected:
+        what = f"{found.upper()} data" if found else "not an image at all"
+        raise front.error(
+            "image",
+            f"'{_excerpt(name)}' is named .{image.suffix.lower().lstrip('.')} but holds "
+            f"{what}; save it again in the format its name says.",
+        )
+    return f"image/{found}"
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: Path, size: int, mtime: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def image_file_name(path: Path) -> str:
+    """``<12 hex digits of SHA-256>-<name>``: see ``Item.image_file``."""
+    stat = path.stat()
+    return f"{_content_digest(path, stat.st_size, stat.st_mtime_ns)}-{path.name}"
 
 
 def _image_kind(path: Path) -> str | None:

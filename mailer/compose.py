@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import mimetypes
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from babel.support import NullTranslations
@@ -31,7 +31,7 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
-from mailer.bulletin import Bulletin, Item
+from mailer.bulletin import Bulletin, Item, image_file_name
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
     HOLE_PATTERN,
@@ -399,7 +399,7 @@ class Composer:
         images = {}
         for index, item in enumerate(self.bulletin.items, start=1):
             if item.image is not None and item.image not in images:
-                mime = mimetypes.guess_type(item.image.name)[0] or "application/octet-stream"
+                mime = item.image_type or "application/octet-stream"  # checked at load time
                 cid = f"image{index}.{self.bulletin.id}@{self.identity.domain}"
                 images[item.image] = Image(item.image, cid, mime)
         return images
@@ -411,7 +411,7 @@ class Composer:
     def image_src(self, image: Image) -> str:
         """Absolute URL under the archive when it hosts the image; else the embedded part."""
         if self.archive and self._hosted(image):
-            return f"{self.archive}/{self.bulletin.id}/images/{image.path.name}"
+            return f"{self.archive}/{self.bulletin.id}/images/{quote(image_file_name(image.path))}"
         return f"cid:{image.content_id}"
 
     def variant(self, key: VariantKey) -> Variant:
@@ -480,7 +480,7 @@ class Composer:
         if not self.archive or item.starts is None or id(item) not in self._public:
             return None
         # Same scheme as publish.calendar_path (kept apart: composing imports no publisher).
-        return f"{self.archive}/{self.bulletin.id}/{item.slug}.{language}.ics"
+        return f"{self.archive}/{self.bulletin.id}/{quote(item.slug)}.{language}.ics"
 
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
@@ -595,11 +595,13 @@ def _part_headers(mime_type: str) -> bytes:
 def _image_part(image: Image) -> bytes:
     data = base64.encodebytes(image.path.read_bytes())
     name = image.path.name.replace('"', "")
+    # RFC 2231 for a name that is not ASCII (a header holds ASCII only).
+    filename = f'filename="{name}"' if name.isascii() else f"filename*=utf-8''{quote(name)}"
     return (
         f"Content-Type: {image.mime_type}\n"
         "Content-Transfer-Encoding: base64\n"
         f"Content-ID: <{image.content_id}>\n"
-        f'Content-Disposition: inline; filename="{name}"\n\n'
+        f"Content-Disposition: inline; {filename}\n\n"
     ).encode() + data.rstrip(LF)
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from markdown_it import MarkdownIt
@@ -203,8 +203,9 @@ class _Site:
                             _calendar_path(issue, item, language),
                             self._calendar(issue, item, language),
                         )
-            for image in dict.fromkeys(i.image for i in items if i.image is not None):
-                yield f"{issue.id}/images/{image.name}", image
+            images = {i.image_file: i.image for i in items if i.image and i.image_file}
+            for name, image in images.items():
+                yield f"{issue.id}/images/{name}", image
 
     def public_items(self, issue: Bulletin) -> list[Item]:
         return list(issue.public_items())
@@ -295,11 +296,13 @@ class _Site:
             "location": item.location,
             "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
             "link": text.link,
-            "image": f"images/{item.image.name}" if item.image else None,
+            "image": f"images/{quote(item.image_file)}" if item.image_file else None,
             "alt": text.alt,
             "language": language if item.texts.get(language) else "en",
             "calendar": (
-                _calendar_path(issue, item, language).partition("/")[2] if item.starts else None
+                quote(_calendar_path(issue, item, language).partition("/")[2])
+                if item.starts
+                else None
             ),
         }
 

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailer import pipeline
+from mailer.bulletin import image_file_name
 from mailer.cli import app
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
@@ -81,7 +82,8 @@ def test_the_sample_publishes_every_language_and_rebuilds_identically(tmp_path: 
     output = _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
     assert "Published issues: 2017-03" in output
     files = _files(site)
-    for path in ("index.html", "2017-03/index.html", "2017-03/images/7msp-banner.png"):
+    banner = "2017-03/images/" + image_file_name(SAMPLE / "images" / "7msp-banner.png")
+    for path in ("index.html", "2017-03/index.html", banner):
         assert path in files
     for language in ("en", "fr", "es"):
         assert f"2017-03/{language}.html" in files and f"{language}/feed.atom" in files
@@ -440,3 +442,77 @@ def test_a_word_processors_line_break_is_a_line_break_and_other_controls_are_nam
     checked = CliRunner().invoke(app, ["check", str(bulletin)])
     assert checked.exit_code == 2
     assert "U+0001" in checked.output and "03-oslo-process-ten-years.md" in checked.output
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "says"),
+    [
+        ("banner.html", b"\x89PNG\r\n\x1a\n" + b"<script>alert(1)</script>", "must be a .png"),
+        ("banner.webp", b"RIFF\x00\x00\x00\x00WEBPVP8 ", "Outlook for Windows"),
+        ("banner.png", b"\xff\xd8\xff\xe0JFIF", "holds JPEG data"),
+    ],
+)
+def test_an_image_whose_name_and_bytes_disagree_is_refused(
+    tmp_path: Path, name: str, data: bytes, says: str
+) -> None:
+    """PNG bytes named banner.html passed check; publish wrote images/banner.html, which
+    any web server serves as text/html, script and all."""
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    (bulletin / "images" / name).write_bytes(data)
+    edit(
+        bulletin / "items" / "01-7msp-save-the-date.md", "images/7msp-banner.png", f"images/{name}"
+    )
+    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    assert checked.exit_code == 2 and says in " ".join(checked.output.split()), checked.output
+
+
+def test_two_images_with_one_name_are_two_files(tmp_path: Path) -> None:
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    banner = (bulletin / "images" / "7msp-banner.png").read_bytes()
+    for folder, extra in (("a", b""), ("b", b"\x00")):
+        (bulletin / "images" / folder).mkdir()
+        (bulletin / "images" / folder / "photo.png").write_bytes(banner + extra)
+    edit(
+        bulletin / "items" / "01-7msp-save-the-date.md",
+        "images/7msp-banner.png",
+        "images/a/photo.png",
+    )
+    edit(
+        bulletin / "items" / "03-oslo-process-ten-years.md",
+        "title:",
+        "image: images/b/photo.png\nalt: A photograph\ntitle:",
+    )
+    site = tmp_path / "site"
+    _publish(bulletin.parent, site, "--now", AFTER_SEND)
+    photos = sorted(p.name for p in (site / "2017-03" / "images").iterdir())
+    assert len(photos) == 2 and all(p.endswith("-photo.png") for p in photos)
+    page = (site / "2017-03" / "en.html").read_text()
+    assert all(f'src="images/{p}"' in page for p in photos)
+
+
+def test_an_accented_item_name_is_served_and_a_real_send_goes_out(
+    served_site: tuple[Path, str], tmp_path: Path
+) -> None:
+    """`04-séminaire-bangkok.md` was served but the liveness check could not fetch its raw
+    non-ASCII URL, so every real send of the issue was refused."""
+    root, base = served_site
+    bulletins = tmp_path / "bulletins"
+    shutil.copytree(SAMPLE, bulletins / "2017-03")
+    items = bulletins / "2017-03" / "items"
+    (items / "04-bangkok-regional-seminar.md").rename(items / "04-séminaire-bangkok.md")
+    _publish(bulletins, root / "bulletin", "--now", AFTER_SEND, env={"MAILER_ARCHIVE_URL": base})
+    assert (root / "bulletin" / "2017-03" / "04-séminaire-bangkok.en.ics").is_file()
+    with Server() as relay:
+        env = {
+            **cli_env(relay.port, tmp_path / "ledger"),
+            "MAILER_ARCHIVE_URL": base,
+            "MAILER_ARCHIVE_WAIT": "0.5",
+        }
+        recipients = settings_for(relay.port, tmp_path).recipients_dir
+        args = ["send", str(bulletins / "2017-03"), "--recipients", str(recipients), "--yes"]
+        sent = CliRunner().invoke(app, args, env=env)
+        assert sent.exit_code == 0, sent.output
+        text = relay.received[0].data.decode("utf-8", "replace")
+    assert "04-s%C3%A9minaire-bangkok." in text
