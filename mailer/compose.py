@@ -616,6 +616,10 @@ def _inline_css(html: str) -> str:
         disable_validation=True,
         cssutils_logging_level="CRITICAL",
         allow_network=False,
+        # Keep the template's own attributes: premailer would turn the image's pixel
+        # width (Outlook for Windows needs one) into width="100%" and add
+        # height="auto" and bgcolor on links, which HTML does not allow.
+        disable_basic_attributes=["width", "height", "bgcolor"],
     ).transform()
     after = len(HOLE_PATTERN.findall(inlined))
     if before != after:

@@ -178,3 +178,15 @@ def test_plain_text_is_readable_wrapped_and_free_of_markup(
     assert "ccm@unog.ch" in english
     assert "Read more:\nhttps://www.unog.ch/" in english
     assert "Deadline: Friday, August 18, 2017" in english
+
+
+def test_the_inliner_keeps_the_templates_own_attributes(
+    sample_messages: list[OutgoingMessage],
+) -> None:
+    """premailer turned width="552" into width="100%", added height="auto" and put bgcolor
+    on links: 13 + 13 + 35 Nu Html Checker errors on the sample's 13 messages."""
+    html = html_of(by_address(sample_messages)["research@example.com"])
+    image = re.search(r"<img [^>]*item-image[^>]*>", html)
+    assert image is not None and 'width="552"' in image.group(0)
+    assert 'height="auto"' not in html and 'width="100%"' not in image.group(0)
+    assert not re.search(r"<a [^>]*bgcolor", html)
