@@ -202,9 +202,10 @@ class AioSmtpConnection:
     async def _sign_in_by_token(self) -> None:
         """AUTH XOAUTH2; a refused token is renewed once, then the run stops.
 
-        A refusing server may first answer 334 with a base64 JSON error and wait
-        for an empty line before its 535 (Google and Microsoft do); aiosmtplib has
-        no XOAUTH2, so the exchange is written here.
+        ``AUTH XOAUTH2``, the token after the server's 334; a refusing server may
+        answer a second 334 with a base64 JSON error and wait for an empty line
+        before its 535 (Google and Microsoft do). aiosmtplib has no XOAUTH2, so
+        the exchange is written here.
         """
         assert self.tokens is not None
         reply: aiosmtplib.SMTPResponse | None = None
@@ -216,9 +217,12 @@ class AioSmtpConnection:
             with _mapped("auth"):
                 if self._smtp.is_ehlo_or_helo_needed:
                     await self._smtp.ehlo()
-                reply = await self._smtp.execute_command(
-                    b"AUTH", b"XOAUTH2", xoauth2(self.mailbox, token)
-                )
+                # RFC 4954 §4: a 2 KB token as an initial response would exceed the
+                # command line limit (Postfix refuses it); as Microsoft documents,
+                # the token goes after the server's 334.
+                reply = await self._smtp.execute_command(b"AUTH", b"XOAUTH2")
+                if reply.code == 334:
+                    reply = await self._smtp.execute_command(xoauth2(self.mailbox, token))
                 if reply.code == 334:  # the error, in base64 JSON: answer with an empty line
                     reply = await self._smtp.execute_command(b"")
             if reply.code == 235:

@@ -114,12 +114,18 @@ class OAuthHandler(Handler):
         super().__init__(behaviour)
         self.endpoint = endpoint
         self.sign_ins = 0
+        self.initial_responses: list[bool] = []  # per AUTH: did the token come on its line?
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
-        blob = args[1] if len(args) > 1 else ""
+        self.initial_responses.append(len(args) > 1)
+        if len(args) > 1:
+            raw = base64.b64decode(args[1])
+        else:  # no initial response: ask for it with an empty challenge
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            raw = answer if isinstance(answer, bytes) else b""
         fields = dict(
             part.split("=", 1) if "=" in part else (part, "")
-            for part in base64.b64decode(blob).decode().split("\x01")
+            for part in raw.decode().split("\x01")
             if part
         )
         token = fields.get("auth", "").removeprefix("Bearer ")

@@ -185,3 +185,15 @@ def test_a_numeric_string_expires_in_is_a_number_of_seconds() -> None:
     body = b'{"access_token": "t", "token_type": "bearer", "expires_in": "3599"}'
     token = token_from_answer(200, body, started=1000.0)
     assert (token.renew_at, token.expires_at) == (1000.0 + 3599 - 300, 1000.0 + 3599)
+
+
+def test_the_token_goes_after_the_servers_334_never_on_the_auth_line(tmp_path: Path) -> None:
+    """A 2 KB token as an initial response made a 2,659-octet command (RFC 4954 §4);
+    Postfix's default line limit refuses it."""
+    with TokenEndpoint() as endpoint, OAuthServer(endpoint) as relay:
+        settings = oauth_settings(endpoint, relay.port, tmp_path)
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        assert report.total.sent == 13
+        assert relay.handler_obj.initial_responses and not any(relay.handler_obj.initial_responses)
