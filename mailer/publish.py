@@ -186,6 +186,8 @@ class _Site:
         self.organization = name or self.domain
         self.base = (settings.archive_url or "").rstrip("/")
         self.sequences = _event_sequences(issues)
+        # Fixed once (RFC 4151); never derived from the issues, so it never changes.
+        self.feed_tag = settings.feed_tag or f"tag:{self.domain},2026:bulletin"
 
     def files(self) -> Iterable[tuple[str, bytes | Path]]:
         yield "index.html", self._languages_page()
@@ -317,7 +319,7 @@ class _Site:
 
         feed = FeedGenerator()
         oldest = min((issue.date for issue in self.issues), default=date(2000, 1, 1))
-        feed.id(f"tag:{self.domain},{oldest.isoformat()}:bulletin/{language}")
+        feed.id(f"{self.feed_tag}/{language}")  # RFC 4287 §4.2.6: never changes
         feed.title(self._feed_title(language))
         feed.author({"name": self.organization})
         feed.language(language)
@@ -327,7 +329,7 @@ class _Site:
         feed.updated(max(updated, default=datetime.combine(oldest, time(), UTC)))
         for issue in reversed(self.issues):  # feedgen lists the last added first
             entry = feed.add_entry()
-            entry.id(f"tag:{self.domain},{issue.date.isoformat()}:bulletin/{issue.id}/{language}")
+            entry.id(f"{self.feed_tag}/{issue.id}/{language}")
             entry.title(issue.title.get(language))
             entry.link(href=self._url(f"{issue.id}/{language}.html"), rel="alternate")
             entry.published(_moment(issue))
@@ -366,7 +368,8 @@ class _Site:
         event = Event()
         event.add("uid", f"{key}@{self.domain}")
         event.add("dtstamp", stamp)
-        event.add("sequence", self.sequences.get((issue.id, item.slug), 0))
+        meeting_sequence, deadline_sequence = self.sequences.get((issue.id, item.slug), (0, 0))
+        event.add("sequence", meeting_sequence)
         event.add("summary", title)
         event.add("dtstart", item.starts)
         event.add("dtend", (item.ends or item.starts) + timedelta(days=1))  # exclusive end
@@ -378,6 +381,7 @@ class _Site:
             deadline = Event()
             deadline.add("uid", f"{key}-deadline@{self.domain}")
             deadline.add("dtstamp", stamp)
+            deadline.add("sequence", deadline_sequence)
             deadline.add("summary", f"{catalog.gettext('Deadline')}: {title}")
             deadline.add("dtstart", item.deadline)
             deadline.add("dtend", item.deadline + timedelta(days=1))
@@ -415,18 +419,32 @@ def _alternates(href: Any, label: Any = None) -> list[dict[str, str]]:
     ]
 
 
-def _event_sequences(issues: list[Bulletin]) -> dict[tuple[str, str], int]:
-    """SEQUENCE per (issue, item): how many distinct (dates, venue) versions of its event
-    came before, in issue order, so readers' calendars update one entry."""
-    versions: dict[str, list[tuple[object, ...]]] = {}
-    found: dict[tuple[str, str], int] = {}
+def _event_sequences(issues: list[Bulletin]) -> dict[tuple[str, str], tuple[int, int]]:
+    """SEQUENCE per (issue, item), for its meeting and its deadline event (RFC 5545
+    §3.8.7.4: a revision, raised by one each time the event differs from the previous
+    published issue that announced it: dates, venue or title; the deadline's date).
+
+    Derived from every published issue in order, so a rebuild gives the same numbers,
+    and dates moved and moved back (A, B, A) give 0, 1, 2.
+    """
+    last: dict[str, tuple[tuple[object, ...], int]] = {}
+    found: dict[tuple[str, str], tuple[int, int]] = {}
     for issue in sorted(issues, key=lambda b: (b.date, b.id)):
         for item in issue.public_items():
             if item.event is None or item.starts is None:
                 continue
-            seen = versions.setdefault(item.event, [])
-            version = (item.starts, item.ends, item.location)
-            if version not in seen:
-                seen.append(version)
-            found[(issue.id, item.slug)] = len(seen) - 1
+            title = item.text("en").title
+            meeting = _revision(last, item.event, (item.starts, item.ends, item.location, title))
+            deadline = _revision(last, f"{item.event}-deadline", (item.deadline,))
+            found[(issue.id, item.slug)] = (meeting, deadline)
     return found
+
+
+def _revision(
+    last: dict[str, tuple[tuple[object, ...], int]], key: str, version: tuple[object, ...]
+) -> int:
+    """The SEQUENCE of ``key`` at ``version``: the previous one's, plus one if it changed."""
+    previous = last.get(key)
+    number = 0 if previous is None else previous[1] + (previous[0] != version)
+    last[key] = (version, number)
+    return number

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     bounce_soft_limit: int = Field(3, ge=0, le=100)  # 0: soft bounces never suppress
     dispatch_window: timedelta = timedelta(hours=72)
     archive_url: str | None = None
+    # The Atom feeds' id (RFC 4151 tag: URI), set once and never changed.
+    feed_tag: str | None = Field(
+        None, pattern=r"^tag:[A-Za-z0-9.@-]+,\d{4}(-\d{2}){0,2}:[\x21-\x7e]*$"
+    )
     # The unsubscribe endpoint (mailer serve) and its export, read by mailer sync.
     serve_db: Path = Path("unsubscribe.sqlite3")
     serve_api_token: SecretStr | None = None

@@ -17,6 +17,7 @@ from typing import Any
 import feedparser
 import icalendar
 import pytest
+import vobject
 from typer.testing import CliRunner
 
 from mailer import pipeline
@@ -141,8 +142,8 @@ def test_the_feed_parses_with_stable_ids_and_times_from_the_content(tmp_path: Pa
         ]
         ids = [entry.id for entry in feed.entries]
         assert ids == [
-            f"tag:isu.example.org,2017-06-20:bulletin/2017-06/{language}",
-            f"tag:isu.example.org,2017-03-27:bulletin/2017-03/{language}",
+            f"tag:isu.example.org,2026:bulletin/2017-06/{language}",
+            f"tag:isu.example.org,2026:bulletin/2017-03/{language}",
         ]
         assert feed.entries[1].updated_parsed[:5] == (2017, 3, 28, 7, 0)  # send_at, in UTC
         assert feed.entries[0].link == f"{ARCHIVE}/2017-06/{language}.html"
@@ -172,6 +173,7 @@ def test_calendar_files_announce_one_event_across_issues(tmp_path: Path) -> None
         events[issue] = event
     assert events["2017-03"]["UID"] == events["2017-06"]["UID"] == "7msp-2017@isu.example.org"
     assert (events["2017-03"]["SEQUENCE"], events["2017-06"]["SEQUENCE"]) == (0, 1)
+    assert events["2017-03"]["SEQUENCE"] == 0
     assert events["2017-03"]["DTEND"].dt == date(2017, 9, 7)  # exclusive end
     assert events["2017-03"]["DTSTAMP"].dt == datetime.fromisoformat("2017-03-28T07:00:00+00:00")
 
@@ -516,3 +518,57 @@ def test_an_accented_item_name_is_served_and_a_real_send_goes_out(
         assert sent.exit_code == 0, sent.output
         text = relay.received[0].data.decode("utf-8", "replace")
     assert "04-s%C3%A9minaire-bangkok." in text
+
+
+def _three_issues(tmp_path: Path) -> Path:
+    """2017-03 (4-6 Sept), 2017-06 (moved to 4-8 Sept, deadline extended), 2017-09 (back to
+    4-6 Sept, the deadline as it was)."""
+    root = _two_issues(tmp_path)
+    later = root / "2017-09"
+    shutil.copytree(root / "2017-03", later)
+    edit(later / "bulletin.yaml", "id: 2017-03", "id: 2017-09")
+    edit(later / "bulletin.yaml", "date: 2017-03-27", "date: 2017-09-01")
+    edit(
+        later / "bulletin.yaml",
+        "send_at: 2017-03-28T09:00:00+02:00",
+        "send_at: 2017-09-01T09:00:00+02:00",
+    )
+    moved = root / "2017-06" / "items" / "01-7msp-save-the-date.md"
+    edit(moved, "ends: 2017-09-06", "ends: 2017-09-08")
+    edit(moved, "deadline: 2017-08-18", "deadline: 2017-08-25")
+    return root
+
+
+def test_sequence_is_a_revision_that_rises_whenever_the_event_changes(tmp_path: Path) -> None:
+    """Dates 4-6 Sept → 4-8 → back to 4-6 gave SEQUENCE 0, 1, 1 (distinct versions, not a
+    revision: calendars kept 4-8), and the deadline event never carried one."""
+    site = tmp_path / "site"
+    _publish(_three_issues(tmp_path), site, "--now", "2017-10-01T00:00:00+00:00")
+    meetings, deadlines = [], []
+    for issue in ("2017-03", "2017-06", "2017-09"):
+        raw = (site / issue / "01-7msp-save-the-date.en.ics").read_bytes()
+        event, deadline = icalendar.Calendar.from_ical(raw).walk("VEVENT")
+        meetings.append(event["SEQUENCE"])
+        deadlines.append(deadline["SEQUENCE"])
+        parsed = vobject.readOne(raw.decode(), validate=True)  # a second, independent parser
+        assert len(parsed.contents["vevent"]) == 2
+    assert meetings == [0, 1, 2] and deadlines == [0, 1, 2]
+
+
+def test_the_feed_id_survives_publishing_an_older_issue(tmp_path: Path) -> None:
+    """The feed id held the oldest published issue's date: publishing an older issue
+    changed it, and readers saw a new feed (RFC 4287 §4.2.6: it must never change)."""
+    root = _two_issues(tmp_path)
+    site = tmp_path / "site"
+    shutil.move(root / "2017-03", tmp_path / "held-back")
+    _publish(root, site, "--now", "2017-07-01T00:00:00+00:00")
+    before = feedparser.parse((site / "en" / "feed.atom").read_bytes()).feed.id
+    shutil.move(tmp_path / "held-back", root / "2017-03")
+    _publish(root, site, "--now", "2017-07-01T00:00:00+00:00")
+    after = feedparser.parse((site / "en" / "feed.atom").read_bytes())
+    assert after.feed.id == before and len(after.entries) == 2
+    settings = {"MAILER_FEED_TAG": "tag:isu-ccm.org,2026:bulletin"}
+    _publish(root, site, "--now", "2017-07-01T00:00:00+00:00", env=settings)
+    chosen = feedparser.parse((site / "fr" / "feed.atom").read_bytes())
+    assert chosen.feed.id == "tag:isu-ccm.org,2026:bulletin/fr"
+    assert chosen.entries[0].id == "tag:isu-ccm.org,2026:bulletin/2017-06/fr"
