@@ -38,7 +38,11 @@ def load_issue(
     known = available_segments(directory)
     bulletin = load_bulletin(folder, known)
     chosen = _choose_segments(bulletin, known, segments)
-    return Issue(bulletin, load_recipients(directory, chosen, skip_invalid=skip_invalid))
+    # --segment narrows who is mailed, never what they get: a reader of S who is also in
+    # another segment of the issue receives the whole variant a full send would give.
+    every = bulletin.segments or tuple(known)
+    recipients = load_recipients(directory, every, skip_invalid=skip_invalid, only=chosen)
+    return Issue(bulletin, recipients)
 
 
 def _choose_segments(

@@ -189,6 +189,18 @@ class RecipientList:
                 )
 
 
+def _keep_only(result: RecipientList, segments: set[str]) -> None:
+    """Drop the readers in none of ``segments``; the others keep every segment of theirs."""
+    keep = sum(1 << bit for bit, s in enumerate(result.segments) if s in segments)
+    result._masks = {k: v for k, v in result._masks.items() if v & keep}
+    for column in result._first_rows.values():
+        for index, address in enumerate(column):
+            if address is not None and address.lower() not in result._masks:
+                column[index] = None
+    for bit, segment in enumerate(result.segments):
+        result.per_segment[segment] = sum(1 for v in result._masks.values() if v & (1 << bit))
+
+
 # Per address, pass one keeps a single int: the segments it is in (bits 0-31), the
 # line of its first row (bits 32-63), that row's language (64-65) and a hash of its
 # name (66+), to warn about conflicting rows. One int an address keeps a 100,000
@@ -216,9 +228,17 @@ def _first_row(packed: int, segments: tuple[str, ...]) -> tuple[str, int]:
 
 
 def load_recipients(
-    directory: Path, segments: Iterable[str], *, skip_invalid: bool = False
+    directory: Path,
+    segments: Iterable[str],
+    *,
+    skip_invalid: bool = False,
+    only: Iterable[str] | None = None,
 ) -> RecipientList:
-    """Validate every row of ``segments`` (in that order: first row wins on conflicts)."""
+    """Validate every row of ``segments`` (in that order: first row wins on conflicts).
+
+    ``only`` keeps the readers in any of those segments, each still with all the
+    segments they belong to (so with all the items a full send gives them).
+    """
     wanted = tuple(segments)
     available = available_segments(directory)
     for segment in wanted:
@@ -272,6 +292,8 @@ def load_recipients(
         result.per_segment[segment] = len(in_segment)
     if problems and not skip_invalid:
         raise BadRows(problems)
+    if only is not None and set(only) != set(wanted):
+        _keep_only(result, {s for s in only})
     result.skipped = problems
     result.count = len(result._masks)
     result.suppressed = len(suppressed_seen)

@@ -12,6 +12,8 @@ from mailer.compose import OutgoingMessage
 from mailer.errors import ContentError
 
 from .conftest import by_address, edit, html_of, make_settings, parse, text_of
+from .smtp_server import Server
+from .test_delivery import cli_env, send_cli, settings_for
 
 NDM_UN_EN = "The CCM President at the 20th NDM-UN meeting"
 
@@ -100,3 +102,21 @@ def test_explicit_item_order_in_bulletin_yaml_is_followed(
         pipeline.prepare(bulletin, make_settings(), recipients_dir=recipients)
     assert "no item file items/05-bangkok-regional-seminar.md" in str(raised.value)
     assert "bulletin.yaml, line 19, field 'items'" in str(raised.value)
+
+
+def test_a_reader_in_two_segments_gets_the_whole_bulletin_with_segment(
+    server: Server, tmp_path: Path
+) -> None:
+    """`--segment civil-society` then `--segment international-organizations`: liaison@
+    received only the civil-society variant, then was skipped as already done."""
+    env = cli_env(server.port, tmp_path / "ledger")
+    recipients = settings_for(server.port, tmp_path).recipients_dir
+    for segment in ("civil-society", "international-organizations"):
+        result = send_cli(recipients, env, "--segment", segment)
+        assert result.exit_code in (0, 1), result.output
+    liaison = [r for r in server.received if r.rcpt.lower() == "liaison@example.org"]
+    assert len(liaison) == 1
+    text = text_of(liaison[0].message())
+    # For States and organizations: liaison is in organizations too.
+    assert "The CCM President at the 20th NDM-UN meeting" in text
+    assert "South-East Asia regional seminar" in text
