@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from mailer.compose import Variant, VariantKey
-from mailer.errors import ContentError
+from mailer.errors import ConfigError, ContentError
 from mailer.message import HOLE_PATTERN
 from mailer.pipeline import Job
 from mailer.recipients import Recipient
@@ -109,7 +109,97 @@ def check(job: Job, settings: Settings) -> CheckReport:
             "neither MAILER_UNSUBSCRIBE_MAILTO nor MAILER_UNSUBSCRIBE_URL is set: "
             "a real send will refuse to start."
         )
+    report.warnings.extend(_deadlines(job))
+    if settings.from_ is not None:  # settings a real send would use
+        report.warnings.extend(providers_rules(job, settings))
     return report
+
+
+# Gmail's and Yahoo's definition of a bulk sender: 5,000 or more messages a day to them.
+BULK_PER_DAY = 5000
+_BIG_MAILBOXES = re.compile(
+    r"@(gmail\.com|googlemail\.com|yahoo\.[a-z.]+|ymail\.com|rocketmail\.com|aol\.com)$",
+    re.IGNORECASE,
+)
+
+
+def providers_rules(job: Job, settings: Settings) -> list[str]:
+    """What Gmail, Yahoo and DMARC require of a send with these settings: a refusal
+    (ConfigError, exit 2) for what they would reject, warnings for the rest."""
+    warnings = []
+    at_big = sum(1 for address, _ in job.recipients.memberships() if _BIG_MAILBOXES.search(address))
+    one_click = bool(settings.unsubscribe_url and settings.unsubscribe_secret)
+    if at_big and not one_click:
+        text = (
+            f"{at_big:,} addresses of the lists are at Gmail or Yahoo, and without "
+            "MAILER_UNSUBSCRIBE_URL (with MAILER_UNSUBSCRIBE_SECRET) the messages offer no "
+            "one-click unsubscribe (RFC 8058), which both require of bulk senders"
+        )
+        if at_big >= BULK_PER_DAY:
+            raise ConfigError(
+                f"{text} ({BULK_PER_DAY:,} a day or more).", field="MAILER_UNSUBSCRIBE_URL"
+            )
+        warnings.append(f"{text} from {BULK_PER_DAY:,} a day; set it before the list grows.")
+    _require_alignment(settings)
+    if settings.dkim_domain is None:
+        warnings.append(
+            "messages are not DKIM-signed (MAILER_DKIM_DOMAIN, _SELECTOR, _KEY_FILE): Gmail "
+            "and Yahoo expect bulk mail to be signed, aligned with the From domain."
+        )
+    if settings.smtp_security == "none" and settings.sign_in != "none":
+        host = settings.smtp_host.lower()
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError(
+                f"MAILER_SMTP_SECURITY=none would send the sign-in ({settings.sign_in}) to "
+                f"{settings.smtp_host} in clear text; use starttls or tls.",
+                field="MAILER_SMTP_SECURITY",
+            )
+    return warnings
+
+
+def _require_alignment(settings: Settings) -> None:
+    """DMARC passes only when the DKIM signing domain or the Return-Path domain shares
+    the From domain's organizational domain (relaxed alignment, RFC 7489 §3.1)."""
+    from email.utils import parseaddr
+
+    from publicsuffixlist import PublicSuffixList  # the Public Suffix List, bundled offline
+
+    suffixes = PublicSuffixList()
+
+    def organization(domain: str) -> str:
+        domain = domain.lower().rstrip(".")
+        return str(suffixes.privatesuffix(domain) or domain)
+
+    sender = organization(parseaddr(settings.from_ or "")[1].rpartition("@")[2])
+    envelope = (settings.bounce_address or settings.from_ or "").rpartition("@")[2]
+    envelope = parseaddr(envelope)[1] or envelope.rstrip(">")
+    candidates = [envelope]
+    if settings.dkim_domain:
+        candidates.append(settings.dkim_domain)
+    if not any(organization(domain) == sender for domain in candidates if domain):
+        raise ConfigError(
+            f"DMARC would fail: neither the DKIM domain ({settings.dkim_domain or 'none'}) nor "
+            f"the Return-Path domain ({envelope}) belongs to the From domain's organization "
+            f"({sender}). Sign with d={sender} (or a subdomain), or use a bounce address there.",
+            field="MAILER_DKIM_DOMAIN",
+        )
+
+
+def _deadlines(job: Job) -> list[str]:
+    """Deadlines already past when the issue is dated or sent: a typo, most likely."""
+    bulletin = job.bulletin
+    found = []
+    for item in bulletin.items:
+        if item.deadline is None:
+            continue
+        sent = bulletin.send_at.date() if bulletin.send_at else None
+        if item.deadline < bulletin.date or (sent is not None and item.deadline < sent):
+            when = "the issue's date" if item.deadline < bulletin.date else "send_at"
+            found.append(
+                f"{item.source.name}: the deadline {item.deadline.isoformat()} falls before "
+                f"{when}; readers would get a deadline already past."
+            )
+    return found
 
 
 _SECRETS = (

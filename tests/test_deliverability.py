@@ -512,7 +512,82 @@ def test_check_warns_about_what_inbox_providers_dislike(
     configured = CliRunner().invoke(
         app, ["check", str(SAMPLE), "--recipients", str(recipients)], env=env
     )
-    assert configured.exit_code == 0 and "warning" not in configured.output
+    assert configured.exit_code == 0
+    warnings = [line for line in configured.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "not DKIM-signed" in warnings[0]
+
+
+def _check_with(recipients: Path, **env: str) -> Result:
+    base = {
+        "MAILER_FROM": "ISU <isu@isu.example.org>",
+        "MAILER_UNSUBSCRIBE_MAILTO": "u@isu.example.org",
+    }
+    args = ["check", str(SAMPLE), "--recipients", str(recipients)]
+    return CliRunner().invoke(app, args, env={**base, **env})
+
+
+def test_check_refuses_what_gmail_yahoo_and_dmarc_would(
+    copy_sample: Callable[[], tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """check said OK to a mailto-only unsubscribe for a bulk list, to a DKIM domain that
+    is not the From's, and to a password sent in clear to a remote relay."""
+    _, recipients = copy_sample()
+    bulk = recipients / "civil-society.csv"
+    rows = "".join(f"reader{i}@gmail.com,Reader {i},,,en\n" for i in range(5000))
+    bulk.write_text("email,name,organization,country,language\n" + rows)
+    refused = _check_with(recipients)
+    assert refused.exit_code == 2
+    assert "5,000 addresses of the lists are at Gmail or Yahoo" in " ".join(refused.output.split())
+    one_click = {
+        "MAILER_UNSUBSCRIBE_URL": "https://isu.example.org/u",
+        "MAILER_UNSUBSCRIBE_SECRET": "k",
+    }
+    assert _check_with(recipients, **one_click).exit_code == 0
+    bulk.write_text("email,name,organization,country,language\nsomeone@yahoo.fr,,,,en\n")
+    small = _check_with(recipients)
+    assert small.exit_code == 0 and "1 addresses of the lists are at Gmail or Yahoo" in " ".join(
+        small.output.split()
+    )
+    key, _ = generate_key(tmp_path / "dkim", "s1", "mailer-provider.example.net")
+    misaligned = _check_with(
+        recipients,
+        MAILER_DKIM_SELECTOR="s1",
+        MAILER_DKIM_KEY_FILE=str(key),
+        MAILER_DKIM_DOMAIN="mailer-provider.example.net",
+        MAILER_BOUNCE_ADDRESS="bounces@mailer-provider.example.net",
+        MAILER_BOUNCE_SECRET="b",
+    )
+    assert misaligned.exit_code == 2 and "DMARC would fail" in misaligned.output
+    aligned = _check_with(
+        recipients,
+        MAILER_BOUNCE_ADDRESS="bounces@mail.isu.example.org",
+        MAILER_BOUNCE_SECRET="b",
+    )
+    assert aligned.exit_code == 0, aligned.output
+    clear = _check_with(
+        recipients,
+        MAILER_SMTP_HOST="smtp.example.net",
+        MAILER_SMTP_SECURITY="none",
+        MAILER_SMTP_USERNAME="isu",
+        MAILER_SMTP_PASSWORD="secret",
+    )
+    assert clear.exit_code == 2 and "in clear text" in clear.output and "secret" not in clear.output
+
+
+def test_check_warns_of_a_deadline_before_the_issue(
+    copy_sample: Callable[[], tuple[Path, Path]],
+) -> None:
+    bulletin, recipients = copy_sample()
+    edit(
+        bulletin / "items" / "01-7msp-save-the-date.md",
+        "deadline: 2017-08-18",
+        "deadline: 2017-03-18",
+    )
+    result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
+    assert result.exit_code == 0
+    assert "the deadline 2017-03-18 falls before the issue's date" in " ".join(
+        result.output.split()
+    )
 
 
 def test_a_bounce_for_an_issue_being_sent_is_recorded_without_waiting(
