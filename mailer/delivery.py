@@ -192,6 +192,8 @@ class Sender:
         self.progress = progress or (lambda outcome, message: None)
         self.run_id = run_id
         self.report = Report()
+        budget = settings.send_budget
+        self._budget_end = clock() + budget.total_seconds() if budget else None
         self.rate = RateLimit(settings.rate_per_second) if settings.rate_per_second else None
         self._stop: str | None = None
         self._stopping = asyncio.Event()  # set with _stop, for the run to wait on
@@ -317,6 +319,8 @@ class Sender:
                 item = await queue.get()
                 if item is None:
                     return
+                if self._budget_end is not None and self.clock() >= self._budget_end:
+                    self._budget_used_up()
                 if self._stop is not None:
                     settle()  # left pending: no record, the next run sends it
                     continue
@@ -387,6 +391,16 @@ class Sender:
         self._ever_connected = True
         self._connect_failures = 0
         return fresh
+
+    def _budget_used_up(self) -> None:
+        """MAILER_SEND_BUDGET is spent: stop like a quota pause (exit 75, the rest
+        pending), so a scheduled run ends cleanly before the CI job's time limit."""
+        if self.report.paused_until is None:
+            self.report.paused_until = self.clock()
+        self.request_stop(
+            "MAILER_SEND_BUDGET is used up; the rest stays pending and the next run "
+            "(the scheduled workflow's, hourly) continues the send."
+        )
 
     async def _quota_allows(self) -> bool:
         """Take a place in every quota window, or stop the run cleanly when one is full."""

@@ -139,10 +139,11 @@ def _decide_one(
         )
         return decision
     state = State.load(ledger_path(settings.ledger_dir, bulletin.id))
-    if state.claim is not None and state.claim.run != run:
+    other = state.claimed_by_others(run)
+    if other is not None:
         decision.action = Action.BLOCKED
         decision.detail = (
-            f"run {state.claim.run} claimed it at {state.claim.time} and its outcomes never came "
+            f"run {other.run} claimed it at {other.time} and its outcomes never came "
             "back to the repository, so it may have sent already. Restore "
             f"ledger/{bulletin.id}.jsonl from that run's 'ledger' artifact and commit it; or, if "
             f"you are sure that run sent nothing, run: mailer dispatch --force {bulletin.id}"
@@ -195,8 +196,8 @@ def force_release(settings: Settings, issue: str) -> None:
     """Release a dangling claim on ``issue`` (a person decided it sent nothing)."""
     with Ledger(settings.ledger_dir, issue) as ledger:
         state = ledger.state()
-        if state.claim is not None:
-            ledger.write_now([_issue_record(RELEASE, state.claim.run or "")])
+        if state.claims:
+            ledger.write_now([_issue_record(RELEASE, run) for run in state.claims])
 
 
 def send_due(
@@ -211,9 +212,17 @@ def send_due(
             continue
         with Ledger(settings.ledger_dir, decision.issue) as ledger:
             state = ledger.state()
-            if run is not None and (state.claim is None or state.claim.run != run):
+            if run is not None and run not in state.claims:
                 decision.action = Action.SKIPPED
                 decision.detail = f"not claimed by run {run}; run mailer dispatch --claim first"
+                continue
+            other = state.claimed_by_others(run)
+            if run is not None and other is not None:
+                # Two runs claimed at once (the union merge kept both): neither sends;
+                # the next scheduled run sees both released and decides again.
+                decision.action = Action.BLOCKED
+                decision.detail = f"run {other.run} claimed it too; this run sends nothing"
+                ledger.write_now([_issue_record(RELEASE, run)])
                 continue
             try:
                 job = pipeline.prepare(

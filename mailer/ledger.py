@@ -199,7 +199,10 @@ class State:
 
     last: dict[str, tuple[str, int]] = field(default_factory=dict)
     unfinished: dict[str, Record] = field(default_factory=dict)
-    claim: Record | None = None  # the last claim not followed by its release
+    # Claims not released, by run id. Matched by run, never by line order: a union
+    # merge of the ledger (.gitattributes) may put a person's lines or another run's
+    # claim anywhere.
+    claims: dict[str, Record] = field(default_factory=dict)
     # With ``with_segments``: the segments each address was last sent for (status).
     segments: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -209,16 +212,19 @@ class State:
         the few kept whole (failures, claims): a 100,000-line ledger loads in well
         under a second."""
         state = cls()
+        released: set[str] = set()  # runs whose release came (before or after the claim)
         shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per combination
         # One string object per outcome, shared by every entry (memory on long lists).
         outcomes = {str(o): str(o) for o in (Outcome.ATTEMPT, Outcome.HELD, *OUTCOMES)}
         for number, line, data in _raw_records(path):
             outcome = data.get("outcome")
             if outcome == CLAIM:
-                state.claim = _parse(line, path, number)
+                record = _parse(line, path, number)
+                if str(record.run or "") not in released:
+                    state.claims[str(record.run or "")] = record
             elif outcome == RELEASE:
-                if state.claim is not None and state.claim.run == data.get("run"):
-                    state.claim = None
+                released.add(str(data.get("run") or ""))
+                state.claims.pop(str(data.get("run") or ""), None)
             elif outcome not in (BOUNCE, Outcome.PAUSED):
                 recipient = data.get("recipient")
                 if not isinstance(recipient, str) or not isinstance(outcome, str):
@@ -234,6 +240,16 @@ class State:
                 else:
                     state.unfinished.pop(key, None)
         return state
+
+    @property
+    def claim(self) -> Record | None:
+        """The earliest claim still open (by its time), or None."""
+        return min(self.claims.values(), key=lambda r: r.time, default=None)
+
+    def claimed_by_others(self, run: str | None) -> Record | None:
+        """An open claim of another run than ``run``, the earliest; None when there is none."""
+        others = [r for key, r in self.claims.items() if key != (run or "")]
+        return min(others, key=lambda r: r.time, default=None)
 
     def outcome(self, address: str) -> str | None:
         """The recipient's last outcome (``attempt`` when in doubt), None if never tried."""

@@ -228,6 +228,9 @@ def send_test_messages(job: Job, settings: Settings, address: str) -> Report:
     return _run_async(sender, samples(), lambda _: 0)
 
 
+STOP_GRACE = 5.0  # seconds messages in flight get after Ctrl-C or SIGTERM
+
+
 def _run_async(
     sender: Sender, messages: Iterator[OutgoingMessage], attempts: Callable[[str], int]
 ) -> Report:
@@ -235,18 +238,31 @@ def _run_async(
 
     async def main() -> Report:
         loop = asyncio.get_running_loop()
+        running = asyncio.ensure_future(sender.run(messages, attempts))
+
+        def stop(why: str) -> None:
+            # Start nothing new; messages in flight get STOP_GRACE seconds, then the run
+            # ends and they stay in doubt (their attempt is on disk): a CI runner kills
+            # the whole process tree 10 s after its cancel signal.
+            sender.request_stop(why)
+            loop.call_later(STOP_GRACE, running.cancel)
+
         # Signal handlers can only be set from the main thread (always so from the CLI).
-        handle_ctrl_c = threading.current_thread() is threading.main_thread()
-        if handle_ctrl_c:
+        handle_signals = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(
-                signal.SIGINT,
-                sender.request_stop,
-                "interrupted (Ctrl-C); run the same command again to resume",
+                sig,
+                stop,
+                "interrupted (Ctrl-C, or a cancel); run the same command again to resume",
             )
         try:
-            return await sender.run(messages, attempts)
+            return await running
+        except asyncio.CancelledError:  # stopped by a signal, after the grace period
+            sender.report.stopped = sender.report.stopped or "interrupted by a signal"
+            return sender.report
         finally:
-            if handle_ctrl_c:
-                loop.remove_signal_handler(signal.SIGINT)
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     return asyncio.run(main())

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     bounce_secret: SecretStr | None = None
     bounce_soft_limit: int = Field(3, ge=0, le=100)  # 0: soft bounces never suppress
     dispatch_window: timedelta = timedelta(hours=72)
+    # How long one run may send (e.g. 150m, below the CI job's time limit); then it stops
+    # like a quota pause (exit 75, the rest pending) and a later run continues.
+    send_budget: timedelta | None = None
     archive_url: str | None = None
     # The Atom feeds' id (RFC 4151 tag: URI), set once and never changed.
     feed_tag: str | None = Field(
@@ -118,7 +121,7 @@ class Settings(BaseSettings):
     imap_folder: str = "INBOX"
     imap_done_folder: str = "Processed"
     # The receiving server's name in Authentication-Results (RFC 8601): only its results
-    # vouch for a mailed unsubscribe's sender. Unset: the topmost header is taken.
+    # vouch for a mailed unsubscribe's sender. Unset: no such header is trusted.
     imap_authserv_id: str | None = None
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
     dkim_selector: str | None = None
     dkim_key_file: Path | None = None
 
-    @field_validator("dispatch_window", "sync_max_age", mode="before")
+    @field_validator("dispatch_window", "sync_max_age", "send_budget", mode="before")
     @classmethod
     def _window(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value

@@ -53,6 +53,7 @@ class Behaviour:
     stall: dict[str, float] = field(default_factory=dict)  # address -> seconds before replying
     delay: float = 0.0  # every DATA takes this long
     dsn: bool = False  # offer DSN (RFC 3461) and accept RET= on MAIL
+    on_first_data: Any = None  # called once (in the server's thread) at the first DATA
 
 
 class Handler:
@@ -91,6 +92,9 @@ class Handler:
             self.seen[address] += 1
             count = self.seen[address]
         b = self.behaviour
+        if b.on_first_data is not None:
+            action, b.on_first_data = b.on_first_data, None
+            await asyncio.to_thread(action)
         if b.delay:
             await asyncio.sleep(b.delay)
         if address in b.stall:

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from mailer.ledger import State
 
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, edit
 from .smtp_server import Behaviour, Server
@@ -40,6 +44,7 @@ def remote(tmp_path: Path) -> Path:
     shutil.copytree(SAMPLE, seed / "bulletins" / "2017-03")
     shutil.copytree(SAMPLE_RECIPIENTS, seed / "recipients")
     shutil.copytree(ROOT / ".github" / "scripts", seed / ".github" / "scripts")
+    shutil.copy(ROOT / ".gitattributes", seed / ".gitattributes")
     (seed / "ledger").mkdir()
     (seed / "ledger" / ".gitkeep").touch()
     git(seed, "add", ".")
@@ -266,11 +271,7 @@ def test_suppressions_of_a_scheduled_send_reach_the_repository_beside_a_persons(
     dead = "550 5.1.1 No such user"
     with Server(Behaviour(reject_rcpt={"research@example.com": dead})) as server:
         checkout = tmp_path / "run-500-1"
-        git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
-        shutil.copy(ROOT / ".gitattributes", checkout / ".gitattributes")
-        git(checkout, "add", ".gitattributes")
-        git(checkout, "commit", "--quiet", "-m", "attributes")
-        git(checkout, "push", "--quiet", "origin", "main")
+        git(tmp_path, "clone", "--quiet", str(remote), str(checkout))  # with .gitattributes
         editor = tmp_path / "editor"
         git(tmp_path, "clone", "--quiet", str(remote), str(editor))
         with (editor / "recipients" / "suppressions.csv").open("a") as handle:
@@ -335,3 +336,118 @@ def test_a_stop_at_the_quota_is_not_an_error_for_the_workflow(
     done = run_script(later, "dispatch.sh", env, "--now", "2017-04-05T09:00:00+02:00")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stale" not in done.stdout and len(server.received) == 13
+
+
+def test_a_person_pushing_to_the_ledger_mid_send_wedges_nothing(
+    remote: Path, tmp_path: Path
+) -> None:
+    """Only suppressions.csv was union-merged: a person's line in the ledger made the
+    outcomes' rebase fail, and the remote kept a claim without its release."""
+    editor = tmp_path / "editor"
+
+    def person_records_a_bounce() -> None:
+        git(tmp_path, "clone", "--quiet", str(remote), str(editor))  # the claim is there
+        line = (
+            '{"time": "2017-03-28T07:30:00.000+00:00", "recipient": "old.contact@example.org", '
+            '"outcome": "bounce", "attempt": 0, "code": null, "reply": "hard: 5.1.1 by hand", '
+            '"message_id": "", "segments": [], "run": "<by-hand@isu>"}\n'
+        )
+        with (editor / "ledger" / "2017-03.jsonl").open("a") as handle:
+            handle.write(line)
+        git(editor, "commit", "--quiet", "-am", "a bounce recorded by hand")
+        git(editor, "push", "--quiet", "origin", "main")
+
+    with Server(Behaviour(on_first_data=person_records_a_bounce)) as server:
+        run = ci_run(remote, tmp_path, server, "500-1")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert len(server.received) == 13
+    ledger = remote_ledger(remote, tmp_path)
+    assert "by hand" in ledger and ledger.count('"outcome": "sent"') == 13
+    path = tmp_path / "remote-ledger.jsonl"
+    path.write_text(ledger)
+    assert State.load(path).claims == {}  # released: the next run is not blocked
+
+
+def test_two_runs_claiming_at_once_send_once(remote: Path, tmp_path: Path, server: Server) -> None:
+    checkouts = {}
+    for run in ("600-1", "601-1"):
+        checkouts[run] = tmp_path / f"run-{run}"
+        git(tmp_path, "clone", "--quiet", str(remote), str(checkouts[run]))
+    env = {run: script_env(**cli_env(server.port, Path("ledger")), RUN_ID=run) for run in checkouts}
+    for run, checkout in checkouts.items():  # both claim before either sends
+        mailer = [sys.executable, "-m", "mailer", "dispatch", "--claim", "--run-id", run]
+        subprocess.run([*mailer, "--now", DUE], cwd=checkout, env=env[run], check=True, timeout=60)
+        pushed = run_script(checkout, "push-ledger.sh", env[run], f"ledger: claim ({run})")
+        assert pushed.returncode == 0, pushed.stderr
+    for run, checkout in reversed(checkouts.items()):
+        subprocess.run(
+            [sys.executable, "-m", "mailer", "dispatch", "--yes", "--run-id", run, "--now", DUE],
+            cwd=checkout,
+            env=env[run],
+            timeout=120,
+        )
+    assert len(server.received) == 13  # the second claimant saw the first claim and held
+
+
+def test_a_send_larger_than_the_budget_completes_over_several_runs(
+    remote: Path, tmp_path: Path
+) -> None:
+    """At 30 a minute, the job's 180-minute limit ended a send mid-way with the claim
+    still taken; MAILER_SEND_BUDGET ends each run cleanly (exit 75, claim released)."""
+    runs = 0
+    with Server(Behaviour(delay=0.25)) as server:
+        while len(server.received) < 13 and runs < 8:
+            runs += 1
+            checkout = tmp_path / f"run-{700 + runs}"
+            git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+            env = script_env(
+                **cli_env(server.port, Path("ledger")),
+                RUN_ID=f"{700 + runs}-1",
+                MAILER_SEND_BUDGET="1s",
+                MAILER_MAX_CONNECTIONS="1",
+            )
+            done = run_script(checkout, "dispatch.sh", env, "--now", DUE)
+            assert done.returncode == 0, done.stdout + done.stderr
+        counts = server.by_rcpt()
+    assert runs > 2 and len(counts) == 13 and set(counts.values()) == {1}
+    path = tmp_path / "remote-ledger.jsonl"
+    path.write_text(remote_ledger(remote, tmp_path))
+    assert State.load(path).claims == {}
+
+
+def test_a_cancelled_run_stops_within_seconds_and_releases_its_claim(
+    remote: Path, tmp_path: Path
+) -> None:
+    """The runner's cancel reached only the shell: mailer went on until killed, with the
+    claim taken. dispatch.sh passes it on; mailer stops, releases and exits."""
+    with Server(Behaviour(delay=0.4)) as server:
+        checkout = tmp_path / "run-800"
+        git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
+        env = script_env(
+            **cli_env(server.port, Path("ledger")), RUN_ID="800-1", MAILER_MAX_CONNECTIONS="1"
+        )
+        script = subprocess.Popen(
+            ["bash", ".github/scripts/dispatch.sh", "--now", DUE],
+            cwd=checkout,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(200):
+            if len(server.received) >= 2:
+                break
+            time.sleep(0.05)
+        script.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        script.wait(timeout=30)
+        took = time.monotonic() - started
+        assert 0 < len(server.received) < 13
+        path = tmp_path / "remote-ledger.jsonl"
+        path.write_text(remote_ledger(remote, tmp_path))
+        assert State.load(path).claims == {}, script.stderr.read() if script.stderr else ""
+        rest = ci_run(remote, tmp_path, server, "801-1")
+        assert rest.returncode == 0, rest.stdout + rest.stderr
+        counts = server.by_rcpt()
+    assert took < 9  # within the runner's 10 s before it kills the tree
+    assert len(counts) == 13 and set(counts.values()) == {1}

@@ -30,12 +30,23 @@ if ! bash "$here/push-ledger.sh" "ledger: claim due bulletins (run $run)"; then
   exit 1
 fi
 
+# The runner's cancel (SIGINT, SIGTERM 7.5 s later, the process tree killed 2.5 s
+# after that) reaches this shell only: pass it on, so mailer starts nothing new,
+# gives messages in flight 5 s, releases its claim and exits; the outcomes are then
+# pushed below (and by the workflow's always() step if this shell is killed first).
 send_status=0
-mailer dispatch --yes --run-id "$run" "$@" || send_status=$?
+mailer dispatch --yes --run-id "$run" "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
+while kill -0 "$child" 2>/dev/null; do
+  wait "$child" && send_status=0 || send_status=$?
+done
+wait "$child" 2>/dev/null && send_status=0 || send_status=$?
+trap - INT TERM
 if [ "$send_status" -eq 75 ]; then
-  # Stopped at the relay's quota: the rest is pending, and a later scheduled run
-  # resumes it (the ledger's "paused" record makes the fast path come back).
-  echo "::notice::stopped at the relay's quota; a later scheduled run continues the send"
+  # Stopped at the relay's quota or at MAILER_SEND_BUDGET: the rest is pending, and a
+  # later scheduled run resumes it (the ledger's "paused" record brings the fast path back).
+  echo "::notice::stopped at a quota or the send budget; a later scheduled run continues the send"
   send_status=0
 fi
 

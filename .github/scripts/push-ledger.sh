@@ -18,6 +18,16 @@ export GIT_AUTHOR_EMAIL=${GIT_AUTHOR_EMAIL:-mailer-dispatch@users.noreply.github
 export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-$GIT_AUTHOR_NAME}
 export GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-$GIT_AUTHOR_EMAIL}
 
+# A union merge keeps both sides' lines; a ledger whose last line is torn (a run
+# killed mid-write) would glue the other side's first line onto it. That torn line
+# was never acknowledged as written: cut it, so every ledger ends with a newline.
+for ledger in ledger/*.jsonl; do
+  [ -s "$ledger" ] || continue
+  if [ "$(tail -c 1 "$ledger" | od -An -c | tr -d ' ')" != '\n' ]; then
+    python3 -c 'import sys; p = sys.argv[1]; d = open(p, "rb").read(); open(p, "wb").write(d[: d.rfind(b"\n") + 1])' "$ledger"
+  fi
+done
+
 paths=(ledger/)
 if [ -e recipients/suppressions.csv ]; then paths+=(recipients/suppressions.csv); fi
 git add -- "${paths[@]}"
