@@ -10,13 +10,14 @@ served by uvicorn. At the path of ``MAILER_UNSUBSCRIBE_URL``:
   harmless.
 - ``GET`` with a genuine token: a page that says what will happen, with one
   button (a POST). A GET never unsubscribes: link scanners fetch every URL.
-- A forged, truncated or malformed token: 400, nothing recorded.
+- A forged, truncated or malformed token: 400, nothing recorded. A token from a
+  test copy (``--test-to``): a page saying nobody was unsubscribed.
 
-``GET /suppressions?since=CURSOR`` with ``Authorization: Bearer
-<MAILER_SERVE_API_TOKEN>`` (compared in constant time) returns the requests
-recorded after the cursor, for ``mailer sync``, and deletes the rows up to the
-cursor once they are older than ``RETENTION`` (30 days); ``GET /health`` answers the
-host's monitoring. No log line holds a token (uvicorn's access log is off),
+``GET /suppressions?after=ID`` and ``POST /suppressions/acknowledge``, with
+``Authorization: Bearer <MAILER_SERVE_API_TOKEN>`` (compared in constant time):
+the requests no sync has acknowledged, and their acknowledgement once ``mailer
+sync`` wrote them (see :class:`Store`); ``GET /health`` commits a heartbeat for
+the host's monitoring. No log line holds a token (uvicorn's access log is off),
 and every answer sends ``Referrer-Policy: no-referrer`` and ``Cache-Control:
 no-store``. The SQLite file (``MAILER_SERVE_DB``) is the app's only state.
 """

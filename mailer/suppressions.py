@@ -140,6 +140,6 @@ def _append(handle: TextIO, path: Path, addresses: list[str], reason: str, delim
     clean_reason = " ".join(reason.split())[:200]
     writer.writerows([a, clean_reason, today] for a in addresses)
     handle.flush()
-    # Durable before the caller acts on it: sync then advances its cursor (and the
-    # endpoint forgets the rows), IMAP moves the message: a lost row is a lost request.
+    # Durable before the caller acts on it: sync then acknowledges the rows (and the
+    # endpoint may forget them), IMAP moves the message: a lost row is a lost request.
     os.fsync(handle.fileno())
