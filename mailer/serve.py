@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jinja2
 from starlette.applications import Starlette
@@ -85,7 +85,6 @@ class Store:
                 db.execute("PRAGMA journal_mode=WAL")
                 self._migrate(db)
                 db.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", (_now(),))
-                found = db.execute("SELECT value FROM meta WHERE key = 'database'").fetchone()
         except sqlite3.Error as exc:
             raise ConfigError(
                 f"the endpoint's database cannot be used ({exc}); it must be a writable "
@@ -93,7 +92,14 @@ class Store:
                 file=path,
                 field="MAILER_SERVE_DB",
             ) from None
-        self.identity = str(found[0])
+
+    @property
+    def identity(self) -> str:
+        """The database's random id, read each time: a file replaced under a running
+        endpoint (a backup restored) answers with its own."""
+        with self._connection() as db:
+            found = db.execute("SELECT value FROM meta WHERE key = 'database'").fetchone()
+        return str(found[0]) if found else ""
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -154,16 +160,25 @@ class Store:
             ).fetchall()
         return [{"id": r[0], "address": r[1], "issue": r[2], "received": r[3]} for r in rows]
 
-    def acknowledge(self, ids: list[int], before: datetime) -> tuple[int, int]:
-        """Mark ``ids`` as written by a sync; delete acknowledged rows older than ``before``.
+    def acknowledge(
+        self, database: str, rows: list[tuple[int, str]], before: datetime
+    ) -> tuple[int, int] | None:
+        """Mark the (id, address) rows a sync wrote; delete acknowledged rows older than
+        ``before``. None when ``database`` is not this one (nothing is marked).
 
-        Returns (acknowledged now, deleted).
+        An acknowledgement names the address too: a database restored from a backup
+        may give an id the sync read to another, newer request.
         """
         with self._lock, self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
+            found = db.execute("SELECT value FROM meta WHERE key = 'database'").fetchone()
+            if found is None or found[0] != database:
+                db.execute("ROLLBACK")
+                return None
             done = db.executemany(
-                "UPDATE requests SET acknowledged = ? WHERE id = ? AND acknowledged IS NULL",
-                [(_now(), i) for i in ids],
+                "UPDATE requests SET acknowledged = ? "
+                "WHERE id = ? AND address = ? AND acknowledged IS NULL",
+                [(_now(), row_id, address) for row_id, address in rows],
             ).rowcount
             gone = db.execute(
                 "DELETE FROM requests WHERE acknowledged IS NOT NULL AND received < ?",
@@ -246,27 +261,37 @@ def create_app(settings: Settings) -> Starlette:
         try:
             after = int(request.query_params.get("after", "0"))
             limit = min(PAGE, max(1, int(request.query_params.get("limit", str(PAGE)))))
+            if not 0 <= after < 2**63:
+                raise ValueError
         except ValueError:
             return PlainTextResponse("after and limit must be numbers.", 400, headers=HEADERS)
+        identity = await run_in_threadpool(lambda: store.identity)
         rows = await run_in_threadpool(store.unacknowledged, after, limit)
-        page = {"database": store.identity, "requests": rows}
-        return JSONResponse(page, headers=HEADERS)
+        return JSONResponse({"database": identity, "requests": rows}, headers=HEADERS)
 
     async def acknowledge(request: Request) -> Response:
         if not authorized(request):
             return PlainTextResponse("Unauthorized.", 401, headers=HEADERS)
-        body = await _body(request, limit=PAGE * 24)
+        body = await _body(request, limit=PAGE * 400)
         try:
             data = json.loads(body or b"")
-            ids = data["ids"]
-            if data.get("database") != store.identity or not all(isinstance(i, int) for i in ids):
+            rows = [(row["id"], row["address"]) for row in data["rows"]]
+            if not isinstance(data.get("database"), str) or len(rows) > PAGE:
                 raise ValueError
+            for row_id, address in rows:
+                if type(row_id) is not int or not 0 < row_id < 2**63:
+                    raise ValueError
+                if not isinstance(address, str):
+                    raise ValueError
         except (ValueError, KeyError, TypeError):
             return PlainTextResponse(
-                "expected {database, ids} for this database.", 409, headers=HEADERS
+                "expected {database, rows: [{id, address}]}.", 400, headers=HEADERS
             )
-        done, _ = await run_in_threadpool(store.acknowledge, ids, datetime.now(UTC) - RETENTION)
-        return JSONResponse({"acknowledged": done}, headers=HEADERS)
+        before = datetime.now(UTC) - RETENTION
+        done = await run_in_threadpool(store.acknowledge, data["database"], rows, before)
+        if done is None:
+            return PlainTextResponse("not this database.", 409, headers=HEADERS)
+        return JSONResponse({"acknowledged": done[0]}, headers=HEADERS)
 
     async def health(request: Request) -> Response:
         ok = await run_in_threadpool(store.healthy)
@@ -309,9 +334,11 @@ async def _asks_to_unsubscribe(request: Request, body: bytes) -> bool:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form()
+        form = dict(await Request(request.scope, replay).form())
     except Exception:  # a body that is not a form at all
-        return False
+        form = {}
+    if not form:  # no form Content-Type (some clients send none): read it as urlencoded
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items() if v}
     return form.get("List-Unsubscribe") == "One-Click" or form.get("confirm") == "yes"
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ STATE_FILE = "sync-state.json"
 PAGE = 1000  # rows asked for per export page
 MAX_PAGES = 1000  # a bound on one sync: a million requests
 MAX_ANSWER = 2 * 1024 * 1024  # bytes: a full page is about 150 KB
+ANSWER_SECONDS = 60.0  # an answer must be whole within this, however it trickles
 
 
 @dataclass
@@ -110,7 +113,8 @@ class _Refused(Exception):
 
 
 def _call(settings: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
-    """GET (or POST ``body`` as JSON) ``path`` of the endpoint; its JSON answer, size-capped."""
+    """GET (or POST ``body`` as JSON) ``path`` of the endpoint; its JSON answer, size-capped
+    and read within ``ANSWER_SECONDS`` in all (a server dripping bytes cannot hold a sync)."""
     assert settings.serve_url and settings.serve_api_token
     token = settings.serve_api_token.get_secret_value()
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -120,9 +124,14 @@ def _call(settings: Settings, path: str, body: dict[str, Any] | None = None) -> 
         headers["Content-Type"] = "application/json"
     url = settings.serve_url.rstrip("/") + path
     request = urllib.request.Request(url, data=data, headers=headers)
+    deadline = time.monotonic() + ANSWER_SECONDS
     try:
         with _OPENER.open(request, timeout=settings.smtp_timeout) as answer:
-            raw = answer.read(MAX_ANSWER + 1)
+            raw = b""
+            while len(raw) <= MAX_ANSWER and (chunk := answer.read1(65536)):
+                raw += chunk
+                if time.monotonic() > deadline:
+                    raise _Refused(f"an answer still coming after {ANSWER_SECONDS:.0f} s")
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             raise _Refused(
@@ -141,20 +150,23 @@ def _call(settings: Settings, path: str, body: dict[str, Any] | None = None) -> 
 
 
 def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, Any]) -> SourceResult:
-    """Apply every unacknowledged request, page by page, then acknowledge each page's ids.
+    """Apply every unacknowledged request, page by page, then acknowledge each page's rows.
 
-    Only rows whose suppression is on disk are acknowledged; the endpoint deletes
-    nothing else. A page that is not valid (not an export, larger than asked,
-    ids that do not advance) stops the sync before anything from it is applied.
+    Only rows whose suppression is on disk are acknowledged, by id and address; the
+    endpoint deletes nothing else. A page that is not valid (not an export, larger
+    than asked, ids that do not advance) stops the sync before anything from it is
+    applied. The sync reads until a page comes back empty.
     """
     result = SourceResult("endpoint")
     source = state.setdefault("endpoint", {})
+    # From before acknowledgements: the old sync already applied every row up to its
+    # cursor (staff may have re-added some since), so those are acknowledged, not applied.
+    applied_before = int(source.get("cursor", 0)) if "database" not in source else 0
     after = 0
     try:
         for _ in range(MAX_PAGES):
-            database, rows = _page(
-                _call(settings, f"/suppressions?after={after}&limit={PAGE}"), after
-            )
+            answer = _call(settings, f"/suppressions?after={after}&limit={PAGE}")
+            database, rows = _page(answer, after)
             if source.get("database") not in (None, database):
                 result.notes.append(
                     "the endpoint's database is not the one seen before (recreated or restored "
@@ -163,22 +175,19 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
             source["database"] = database
             if not rows:
                 break
-            added = suppressions.suppress(
-                recipients_dir, [r["address"] for r in rows], "one-click unsubscribe"
-            )
+            fresh = [r["address"] for r in rows if r["id"] > applied_before]
+            added = suppressions.suppress(recipients_dir, fresh, "one-click unsubscribe")
             result.added += added.added
             result.already += len(added.already)
             result.refused += [address for address, _ in added.refused]
-            ids = [r["id"] for r in rows]
-            _call(settings, "/suppressions/acknowledge", {"database": database, "ids": ids})
-            after = ids[-1]
-            if len(rows) < PAGE:
-                break
+            written = [{"id": r["id"], "address": r["address"]} for r in rows]
+            _call(settings, "/suppressions/acknowledge", {"database": database, "rows": written})
+            after = rows[-1]["id"]
         else:
             raise _Refused(f"more than {MAX_PAGES * PAGE:,} requests in one sync")
     except _Refused as exc:
         result.error = (
-            f"the endpoint {settings.serve_url} could not be read ({exc}); check "
+            f"the endpoint {_shown(settings.serve_url)} could not be read ({exc}); check "
             "MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN."
         )
         return result
@@ -186,6 +195,14 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
     source["last_success"] = _now()
     _save_state(settings, state)
     return result
+
+
+def _shown(url: str | None) -> str:
+    """A URL as it may be printed: without a user name or password in it."""
+    parts = urllib.parse.urlsplit(url or "")
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def _page(data: object, after: int) -> tuple[str, list[dict[str, Any]]]:
@@ -203,7 +220,7 @@ def _page(data: object, after: int) -> tuple[str, list[dict[str, Any]]]:
         if not (
             isinstance(row, dict)
             and isinstance(row.get("address"), str)
-            and isinstance(row.get("id"), int)
+            and type(row.get("id")) is int
             and row["id"] > previous
         ):
             raise _Refused("a page whose rows are not requests after the cursor")

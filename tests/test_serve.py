@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from mailer import sync as syncing
 from mailer.cli import app
 from mailer.serve import Store
 from mailer.unsubscribe import make_token
@@ -296,8 +298,12 @@ def test_only_acknowledged_rows_are_deleted_after_the_grace_period(tmp_path: Pat
         good = {"Authorization": f"Bearer {API_TOKEN}"}
         page = httpx.get(f"{running.base}/suppressions?after=0", headers=good).json()
         assert len(page["requests"]) == 3 and len(running.rows()) == 3  # reading deletes nothing
-        ids = [r["id"] for r in page["requests"] if r["address"] != "unsynced@example.org"]
-        ack = {"database": page["database"], "ids": ids}
+        rows = [
+            {"id": r["id"], "address": r["address"]}
+            for r in page["requests"]
+            if r["address"] != "unsynced@example.org"
+        ]
+        ack = {"database": page["database"], "rows": rows}
         answer = httpx.post(f"{running.base}/suppressions/acknowledge", json=ack, headers=good)
         assert answer.status_code == 200 and answer.json() == {"acknowledged": 2}
         # old: acknowledged and past the grace period, gone; recent: kept 30 days;
@@ -306,7 +312,7 @@ def test_only_acknowledged_rows_are_deleted_after_the_grace_period(tmp_path: Pat
             "recent@example.org",
             "unsynced@example.org",
         ]
-        forged = {"database": "another", "ids": ids}
+        forged = {"database": "another", "rows": rows}
         refused = httpx.post(f"{running.base}/suppressions/acknowledge", json=forged, headers=good)
         assert refused.status_code == 409
     finally:
@@ -608,3 +614,136 @@ def _list_lines() -> list[str]:
         if path.name != "suppressions.csv"
         for line in path.read_text().splitlines()[1:]
     ]
+
+
+def test_an_acknowledgement_never_marks_a_newer_request_that_reused_an_id(
+    tmp_path: Path,
+) -> None:
+    """A backup restored between a sync's read and its acknowledgement gave id 2 to a new
+    request; acknowledging ids 1-3 marked it, and it was never exported."""
+    path = tmp_path / "requests.sqlite3"
+    store = Store(path)
+    store.record("a@example.org", "2017-03")
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(path) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    store.record("b@example.org", "2017-03")
+    store.record("c@example.org", "2017-03")
+    read = [(r["id"], r["address"]) for r in store.unacknowledged(0, 1000)]
+    for extra in tmp_path.glob("requests.sqlite3*"):
+        extra.unlink()
+    backup.rename(path)  # restored, same identity
+    restored = Store(path)
+    restored.record("new.reader@example.org", "2017-03")  # takes id 2 again
+    assert restored.acknowledge(restored.identity, read, datetime.now(UTC)) == (1, 0)
+    assert [r["address"] for r in restored.unacknowledged(0, 1000)] == ["new.reader@example.org"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain"])
+def test_a_one_click_post_without_a_form_type_still_unsubscribes(
+    endpoint: Endpoint, content_type: str | None
+) -> None:
+    address = f"plain-{content_type or 'none'}@example.org".replace("/", "-")
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = httpx.post(
+        endpoint.link(address), content=b"List-Unsubscribe=One-Click", headers=headers
+    )
+    assert answer.status_code == 200 and address in [a for a, _ in endpoint.rows()]
+
+
+def test_sync_reads_until_an_empty_page_whatever_the_page_size(tmp_path: Path) -> None:
+    """An endpoint paging by 500 ended the sync as a success with 700 requests unread."""
+    pending = [{"id": i, "address": f"p{i}@example.org"} for i in range(1, 1201)]
+
+    def by_500(handler: BaseHTTPRequestHandler) -> None:
+        if handler.command == "POST":
+            length = int(handler.headers.get("Content-Length", "0"))
+            handler.rfile.read(length)
+            _json(handler, {"acknowledged": 0})
+            return
+        after = int(handler.path.split("after=")[1].split("&")[0])
+        _json(
+            handler, {"database": "db", "requests": [r for r in pending if r["id"] > after][:500]}
+        )
+
+    server, _ = _hostile(by_500)
+    try:
+        result, recipients = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    assert len(_suppressed(recipients)) == 1200
+
+
+def test_the_first_sync_after_the_upgrade_reapplies_nothing_the_old_one_applied(
+    tmp_path: Path,
+) -> None:
+    """Staff had re-added came.back@, unsubscribed and synced before the upgrade; the new
+    export of every unacknowledged row suppressed them again."""
+    old = sqlite3.connect(tmp_path / "requests.sqlite3")
+    old.execute(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL "
+        "UNIQUE COLLATE NOCASE, issue TEXT NOT NULL, received TEXT NOT NULL)"
+    )
+    for name in ("came.back", "applied", "also.applied", "new"):
+        old.execute(
+            "INSERT INTO requests (address, issue, received) VALUES (?, '2017-03', ?)",
+            (f"{name}@example.org", "2026-11-01T00:00:00+00:00"),
+        )
+    old.commit()
+    old.close()
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "sync-state.json").write_text('{"endpoint": {"cursor": 3}}')
+    recipients = write_list(tmp_path / "recipients", 2)
+    running = start(tmp_path)
+    try:
+        first = _sync(running, recipients, ledger)
+        assert first.exit_code == 0, first.output
+        assert _suppressed(recipients) == ["new@example.org"]
+        good = {"Authorization": f"Bearer {API_TOKEN}"}
+        page = httpx.get(f"{running.base}/suppressions?after=0", headers=good).json()
+        assert page["requests"] == []  # all four acknowledged
+    finally:
+        running.process.terminate()
+        running.process.wait(10)
+
+
+def test_a_password_in_the_endpoint_url_is_never_printed(tmp_path: Path) -> None:
+    env = {
+        "MAILER_SERVE_URL": f"https://staff:Pr0xyPassw0rd@127.0.0.1:{free_port()}",
+        "MAILER_SERVE_API_TOKEN": "x",
+        "MAILER_LEDGER_DIR": str(tmp_path / "ledger"),
+    }
+    recipients = write_list(tmp_path / "r", 2)
+    result = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
+    assert result.exit_code == 1 and "Pr0xyPassw0rd" not in result.output
+
+
+def test_an_endpoint_dripping_its_answer_cannot_hold_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(syncing, "ANSWER_SECONDS", 1.0)
+
+    def drip(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(50):  # bounded: 10 s at most
+            try:
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    server, _ = _hostile(drip)
+    started = time.monotonic()
+    try:
+        result, _ = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1 and "still coming after" in result.output
+    assert time.monotonic() - started < 8
