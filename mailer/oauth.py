@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailer.settings import Settings
 
@@ -90,7 +91,7 @@ class TokenSource:
                 allow_redirects=False,  # the client secret must reach no other host
                 stream=True,
             ) as answer:
-                body = answer.raw.read(MAX_ANSWER + 1, decode_content=True)
+                body = _read_whole(answer, self.clock)
                 status = answer.status_code
         except requests.RequestException as exc:
             raise TokenUnavailable(
@@ -101,6 +102,22 @@ class TokenSource:
 
 
 MAX_ANSWER = 64 * 1024  # a token answer is a few kilobytes
+ANSWER_SECONDS = 30.0  # the whole answer, however slowly it trickles in
+
+
+def _read_whole(answer: Any, clock: Clock) -> bytes:
+    """The answer's body, at most MAX_ANSWER + 1 bytes and within ANSWER_SECONDS in all."""
+    deadline = clock() + ANSWER_SECONDS
+    body = b""
+    # read1: whatever has arrived (decoded), not a full chunk; a trickle is seen trickling.
+    while len(body) <= MAX_ANSWER and (chunk := answer.raw.read1(4096, decode_content=True)):
+        body += chunk
+        if clock() > deadline:
+            raise TokenUnavailable(
+                f"the token endpoint's answer was still coming after {ANSWER_SECONDS:.0f} s; "
+                "check MAILER_OAUTH_TOKEN_URL."
+            )
+    return body
 
 
 def token_from_answer(status: int, body: bytes, started: float) -> Token:
@@ -145,10 +162,11 @@ def token_from_answer(status: int, body: bytes, started: float) -> Token:
 def _seconds(value: object) -> float:
     """``expires_in``: a JSON number or a numeric string (some endpoints send "3599")."""
     try:
-        seconds = float(value) if isinstance(value, int | float | str) else -1.0
-    except ValueError:
+        number = isinstance(value, int | float | str) and not isinstance(value, bool)
+        seconds = float(value) if number else -1.0  # type: ignore[arg-type]
+    except (ValueError, OverflowError):
         seconds = -1.0
-    if not 0 < seconds < 10**7:
+    if not 1 <= seconds < 10**7:
         raise TokenUnavailable(
             f"the token endpoint gave an expires_in that is not a number of seconds "
             f"({str(value)[:20]!r}); check MAILER_OAUTH_TOKEN_URL."
@@ -157,7 +175,9 @@ def _seconds(value: object) -> float:
 
 
 def _refusal(error: str | None, description: str | None) -> str:
-    """What to tell staff when the token endpoint refuses (never the secret)."""
+    """What to tell staff when the token endpoint refuses (never the secret), in one
+    short line whatever the server sent."""
+    error = " ".join((error or "").split())[:80] or None
     first_line = next(iter((description or "").splitlines()), "")[:200]
     text = f"{error or 'refused'}: {first_line}".rstrip(": ")
     if "AADSTS7000222" in (description or ""):

@@ -24,7 +24,7 @@ from .oauth_server import (
     OAuthServer,
     TokenEndpoint,
 )
-from .smtp_server import Server
+from .smtp_server import Server, free_port
 from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
 
 
@@ -152,6 +152,14 @@ def _xoauth2_env(endpoint: TokenEndpoint, port: int, ledger: Path) -> dict[str, 
         (200, b"<html><body>Sign in to your account</body></html>", "not a token response"),
         (502, b"Bad Gateway", "not a token response (HTTP 502)"),
         (200, b'{"access_token": "", "token_type": "Bearer"}', "without an access token"),
+        # 1 followed by 400 zeros raised an OverflowError: a traceback.
+        (
+            200,
+            b'{"access_token": "t", "token_type": "Bearer", "expires_in": 1' + b"0" * 400 + b"}",
+            "expires_in",
+        ),
+        (200, b'{"access_token": "t", "token_type": "Bearer", "expires_in": true}', "expires_in"),
+        (400, b'{"error": "' + b"x\\n" * 3000 + b'"}', "refused to issue a token"),
     ],
 )
 def test_every_odd_token_answer_is_one_clear_line_and_exit_2(
@@ -197,3 +205,54 @@ def test_the_token_goes_after_the_servers_334_never_on_the_auth_line(tmp_path: P
             report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
         assert report.total.sent == 13
         assert relay.handler_obj.initial_responses and not any(relay.handler_obj.initial_responses)
+
+
+def test_a_token_endpoint_dripping_its_answer_cannot_hold_the_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token endpoint sending a byte every half second held every SMTP connection (they
+    wait for the one token fetch) with no end."""
+    import asyncio
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mailer import oauth
+
+    monkeypatch.setattr(oauth, "ANSWER_SECONDS", 1.0)
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            for _ in range(40):  # bounded: 10 s at most
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.25)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = settings_for(
+        25,
+        tmp_path,
+        smtp_auth="xoauth2",
+        smtp_username=MAILBOX,
+        oauth_token_url=f"http://127.0.0.1:{server.server_address[1]}/token",
+        oauth_client_id=CLIENT_ID,
+        oauth_client_secret=CLIENT_SECRET,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(oauth.TokenUnavailable) as raised:
+            asyncio.run(oauth.TokenSource(settings).token())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "still coming" in str(raised.value) and time.monotonic() - started < 6
