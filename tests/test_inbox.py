@@ -465,3 +465,76 @@ def test_the_findings_have_the_same_effect_through_bounces_and_sync(
         assert kept not in rows, kept
     assert rows == (by_file.recipients_dir / "suppressions.csv").read_text()
     assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 4)  # the ticket stays
+
+
+def test_imaplib_still_has_the_line_limit_the_mailbox_reader_raises() -> None:
+    """inbox.LONGEST_LINE relies on imaplib's private _MAXLINE: fail loudly if it goes."""
+    assert isinstance(getattr(imaplib, "_MAXLINE", None), int)
+
+
+def _forwarding_hundreds() -> bytes:
+    """A reply forwarding 500 messages, each to 40 people: its BODYSTRUCTURE is one line
+    of over a megabyte, more than imaplib reads by default."""
+    to = ", ".join(f"person{i}@example.org" for i in range(40))
+    attached = "".join(
+        f"--F\r\nContent-Type: message/rfc822\r\n\r\nFrom: a{n}@example.org\r\nTo: {to}\r\n"
+        f"Subject: forwarded {n}\r\n\r\nText {n}.\r\n"
+        for n in range(500)
+    )
+    return (
+        "From: focal.point@example.com\r\nTo: newsletter@isu.example.org\r\n"
+        "Subject: Re: CCM newsletter\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="F"\r\n\r\n'
+        "--F\r\nContent-Type: text/plain\r\n\r\nThe correspondence you asked for.\r\n"
+        + attached
+        + "--F--\r\n"
+    ).encode()
+
+
+def test_a_message_with_a_huge_structure_stops_nothing(tmp_path: Path, imap: Dovecot) -> None:
+    """Such a message stopped every sync ("got more than 1000000 bytes"), and every
+    bounce after it stayed in the folder."""
+    settings = _sent(tmp_path, imap)
+    _append(imap, _forwarding_hundreds(), bounce_bytes("01-postfix-rfc3464.eml"))
+    result = CliRunner().invoke(
+        app, ["sync", "--recipients", str(settings.recipients_dir)], env=_env(settings)
+    )
+    assert result.exit_code == 0, result.output
+    assert "research@example.com" in (settings.recipients_dir / "suppressions.csv").read_text()
+    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 1)
+
+
+def _large_report_without_verp(returned_type: str) -> bytes:
+    """A report to the sending mailbox (no VERP: Microsoft 365), over 256 KB, that only our
+    Message-ID in the returned message can attribute."""
+    ours = message_id(KEY, "2017-03", "research@example.com", "isu.example.org")
+    received = "".join(
+        f"Received: from relay{i}.example.net by mx.example.net\r\n" for i in range(6000)
+    )
+    if returned_type == "text/rfc822-headers":  # the Message-ID after 300 KB of headers
+        returned = received + f"Message-ID: {ours}\r\nSubject: CCM newsletter\r\n"
+    else:  # message/global: a small header, a large body
+        returned = f"Message-ID: {ours}\r\nSubject: CCM newsletter\r\n\r\n" + "x" * 300_000 + "\r\n"
+    return (
+        "From: postmaster@example.com\r\nTo: newsletter@isu.example.org\r\n"
+        "Subject: Undeliverable: CCM newsletter\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        "--R\r\nContent-Type: text/plain\r\n\r\nDelivery has failed.\r\n"
+        "--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n"
+        "\r\nFinal-Recipient: rfc822; research@example.com\r\nAction: failed\r\n"
+        "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n"
+        f"--R\r\nContent-Type: {returned_type}\r\n\r\n{returned}\r\n--R--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("returned_type", ["text/rfc822-headers", "message/global"])
+def test_a_large_report_attributed_only_by_message_id_is_not_lost(
+    tmp_path: Path, imap: Dovecot, returned_type: str
+) -> None:
+    """Read by structure, such a report lost our Message-ID (past the first 64 KB, or in a
+    message/global part) and was moved away as 'nothing done'."""
+    settings = _sent(tmp_path, imap)
+    _append(imap, _large_report_without_verp(returned_type))
+    result = inbox.read_mailbox(settings, settings.recipients_dir)
+    assert result.effects == {"bounce (hard)": 1}, result.effects
+    assert result.added == ["research@example.com"]
