@@ -31,6 +31,7 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
+from mailer import templating
 from mailer.bulletin import Bulletin, Item, image_file_name
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
@@ -53,15 +54,6 @@ from mailer.settings import PLACEHOLDER_FROM, Settings
 from mailer.signing import PendingSignature, Signer
 from mailer.unsubscribe import TEST_TAG, make_token
 from mailer.verp import id_key, message_id, verp_address
-
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-
-def default_templates() -> Path:
-    """``templates/`` in the current folder (a checkout, as in CI), else the bundled one."""
-    here = Path("templates")
-    return here if (here / "bulletin.html.j2").is_file() else BUNDLED_TEMPLATES
-
 
 _markdown = MarkdownIt("commonmark", {"html": False})
 
@@ -346,23 +338,15 @@ def list_unsubscribe(mailto: str | None, link: str | None, *, personal: bool = F
     return ",\n ".join(safe_header_value(t, "List-Unsubscribe") for t in targets)
 
 
-def _environment(templates: Path) -> jinja2.Environment:
-    if not (templates / "bulletin.html.j2").is_file():
-        raise ConfigError(
-            "no bulletin.html.j2 in the templates folder.",
-            file=templates,
-            field="MAILER_TEMPLATES_DIR",
-        )
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+def _environment(templates: Path | None) -> jinja2.Environment:
+    return templating.environment(
+        templates,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2")),
         undefined=jinja2.StrictUndefined,
-        extensions=["jinja2.ext.i18n"],
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env
 
 
 class Composer:
@@ -381,8 +365,8 @@ class Composer:
         self.bulletin = bulletin
         self.test = test  # test copies (--test-to): say so, and unsubscribe nobody
         self.identity = identity
-        self.templates = templates or default_templates()
-        self.env = _environment(self.templates)
+        self.templates = templates  # None: the bundled set (and ./templates when present)
+        self.env = _environment(templates)
         self.date = format_datetime(now or datetime.now(UTC))
         self.subject_prefix = subject_prefix
         self.variants: dict[VariantKey, Variant] = {}
@@ -484,8 +468,8 @@ class Composer:
 
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
-        catalog = lang.translations(self.templates / "locale", language)
-        self.env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        catalog = templating.translations(self.templates, language)
+        templating.use_language(self.env, catalog)
         items = self.bulletin.items_for(key.segments)
         names: list[str] = []
         context = {
@@ -514,7 +498,9 @@ class Composer:
                 f"template error: {exc.message}.", file=exc.filename, line=exc.lineno
             ) from None
         except jinja2.TemplateError as exc:
-            raise ContentError(f"template error: {exc}.", file=self.templates) from None
+            raise ContentError(
+                f"template error: {exc}.", file=self.templates or templating.BUNDLED
+            ) from None
         html = _inline_css(html_source)
         text = wrap(text_source.replace("\r\n", "\n"))
         hole_names = dict(enumerate(names))

@@ -1,6 +1,7 @@
 """The reader's language: gettext catalogs for template labels, dates in their locale.
 
-Catalogs are the ``.po`` files under ``templates/locale/<lang>/LC_MESSAGES/``,
+Catalogs are the ``.po`` files under ``mailer/templates/locale/<lang>/LC_MESSAGES/``
+(or a project's own, see ``templating.py``),
 compiled in memory at run time with Babel (no build step, nothing generated to
 commit). English is the source language and needs no catalog.
 """

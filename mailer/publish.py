@@ -37,8 +37,8 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from mailer import language as lang
+from mailer import templating
 from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
-from mailer.compose import default_templates
 from mailer.errors import ConfigError, ContentError
 from mailer.ledger import State, ledger_path
 from mailer.recipients import available_segments
@@ -166,13 +166,11 @@ class _Site:
     def __init__(self, settings: Settings, issues: list[Bulletin]) -> None:
         self.settings = settings
         self.issues = issues
-        templates = settings.templates_dir or default_templates()
-        self.locale = templates / "locale"
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(templates)),
+        self.templates = settings.templates_dir
+        self.env = templating.environment(
+            self.templates,
             autoescape=True,
             undefined=jinja2.StrictUndefined,
-            extensions=["jinja2.ext.i18n"],
             trim_blocks=True,
             lstrip_blocks=True,
         )
@@ -215,8 +213,8 @@ class _Site:
     # -- pages ------------------------------------------------------------------------
 
     def _render(self, template: str, language: str, depth: int, **context: Any) -> bytes:
-        catalog = lang.translations(self.locale, language)
-        self.env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        catalog = templating.translations(self.templates, language)
+        templating.use_language(self.env, catalog)
         up = "../" * depth
         context.setdefault("feed_href", f"{up}{language}/feed.atom")
         context.setdefault("feed_title", self._feed_title(language))
@@ -241,7 +239,7 @@ class _Site:
         )
 
     def _index(self, language: str) -> bytes:
-        catalog = lang.translations(self.locale, language)
+        catalog = templating.translations(self.templates, language)
         issues = [
             {
                 "href": f"../{issue.id}/{language}.html",
@@ -311,7 +309,7 @@ class _Site:
     # -- feed -------------------------------------------------------------------------
 
     def _feed_title(self, language: str) -> str:
-        catalog = lang.translations(self.locale, language)
+        catalog = templating.translations(self.templates, language)
         return f"{self.organization} — {catalog.gettext('Bulletin')} ({NAMES[language]})"
 
     def _feed(self, language: str) -> bytes:
@@ -357,7 +355,7 @@ class _Site:
         from icalendar import Calendar, Event  # only when publishing
 
         assert item.starts is not None
-        catalog = lang.translations(self.locale, language)
+        catalog = templating.translations(self.templates, language)
         title = item.text(language).title
         key = item.event or f"{issue.id}-{item.slug}"
         calendar = Calendar()

@@ -37,16 +37,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailer import language as lang
+from mailer import templating
 from mailer.bulletin import LANGUAGES
-from mailer.compose import default_templates
 from mailer.errors import ConfigError, InputError
 from mailer.settings import Settings
 from mailer.unsubscribe import TokenData, read_token
@@ -219,7 +217,7 @@ def create_app(settings: Settings) -> Starlette:
         settings.serve_api_token.get_secret_value().encode() if settings.serve_api_token else b""
     )
     store = Store(settings.serve_db)
-    pages = _Pages(settings.templates_dir or default_templates())
+    pages = _Pages(settings.templates_dir)
     path = urlsplit(settings.unsubscribe_url).path or "/"
 
     def reader(request: Request) -> tuple[TokenData, str] | None:
@@ -345,17 +343,12 @@ async def _asks_to_unsubscribe(request: Request, body: bytes) -> bool:
 class _Pages:
     """The endpoint's short pages, in the reader's language (gettext catalogs)."""
 
-    def __init__(self, templates: Path) -> None:
-        self.locale = templates / "locale"
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(templates)),
-            autoescape=True,
-            extensions=["jinja2.ext.i18n"],
-        )
+    def __init__(self, templates: Path | None) -> None:
+        self.templates = templates
+        self.env = templating.environment(templates, autoescape=True)
 
     def answer(self, kind: str, language: str, status: int) -> HTMLResponse:
-        catalog = lang.translations(self.locale, language)
-        self.env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+        templating.use_language(self.env, templating.translations(self.templates, language))
         html = self.env.get_template("serve/page.html.j2").render(kind=kind, lang=language)
         return HTMLResponse(html, status, headers=HEADERS)
 

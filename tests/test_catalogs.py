@@ -12,7 +12,7 @@ from jinja2.ext import babel_extract
 from mailer.language import PYTHON_MESSAGES
 
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "mailer" / "templates"
 
 
 def _template_messages() -> set[str]:

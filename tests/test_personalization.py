@@ -158,7 +158,7 @@ def test_extra_csv_columns_reach_templates_as_fields(
         encoding="utf-8",
     )
     templates = tmp_path / "templates"
-    shutil.copytree(ROOT / "templates", templates)
+    shutil.copytree(ROOT / "mailer" / "templates", templates)
     text = templates / "bulletin.txt.j2"
     edit(
         text,

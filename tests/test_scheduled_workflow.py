@@ -181,8 +181,14 @@ def _preview(checkout: Path, base: str) -> tuple[int, str]:
 def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     repo = tmp_path / "pr"
     git(tmp_path, "init", "--quiet", "--initial-branch=main", str(repo))
-    for name in ("templates", "recipients", ".github"):
+    for name in ("recipients", ".github"):
         shutil.copytree(ROOT / name, repo / name)
+    # A project's own templates/ overrides the bundled ones file by file.
+    (repo / "templates" / "partials").mkdir(parents=True)
+    shutil.copy(
+        ROOT / "mailer" / "templates" / "partials" / "footer.html.j2",
+        repo / "templates" / "partials" / "footer.html.j2",
+    )
     shutil.copytree(SAMPLE, repo / "bulletins" / "2017-03")
     shutil.copytree(SAMPLE, repo / "bulletins" / "2017-06")
     yaml = repo / "bulletins" / "2017-06" / "bulletin.yaml"

@@ -9,7 +9,7 @@ set -euo pipefail
 base=${BASE_SHA:?BASE_SHA must name the pull request base commit}
 summary=${GITHUB_STEP_SUMMARY:-/dev/stdout}
 
-if git diff --quiet "$base" HEAD -- templates/ recipients/; then
+if git diff --quiet "$base" HEAD -- templates/ mailer/templates/ recipients/; then
   folders=$(git diff --name-only "$base" HEAD -- bulletins/ | cut -d/ -f2 | sort -u \
     | while read -r id; do [ -f "bulletins/$id/bulletin.yaml" ] && echo "bulletins/$id"; done || true)
 else
