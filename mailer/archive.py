@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 
+from mailer import layout
 from mailer.compose import Composer, VariantKey
 from mailer.errors import ConfigError
 from mailer.recipients import RecipientList
@@ -38,7 +39,7 @@ def archive_urls(composer: Composer, recipients: RecipientList) -> list[str]:
         for text in (variant.html, variant.text):
             found.update(dict.fromkeys(pattern.findall(text)))
         # List-Archive: the reader's language index.
-        found[f"{base.rstrip('/')}/{key.language}/index.html"] = None
+        found[layout.url(base, layout.index(key.language))] = None
     return list(found)
 
 

@@ -31,7 +31,7 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from mailer import language as lang
-from mailer import templating
+from mailer import layout, templating
 from mailer.bulletin import Bulletin, Item, image_file_name
 from mailer.errors import ConfigError, ContentError
 from mailer.message import (
@@ -395,7 +395,9 @@ class Composer:
     def image_src(self, image: Image) -> str:
         """Absolute URL under the archive when it hosts the image; else the embedded part."""
         if self.archive and self._hosted(image):
-            return f"{self.archive}/{self.bulletin.id}/images/{quote(image_file_name(image.path))}"
+            return layout.url(
+                self.archive, layout.image(self.bulletin.id, image_file_name(image.path))
+            )
         return f"cid:{image.content_id}"
 
     def variant(self, key: VariantKey) -> Variant:
@@ -463,8 +465,7 @@ class Composer:
         only where ``mailer publish`` writes one (a public item with dates)."""
         if not self.archive or item.starts is None or id(item) not in self._public:
             return None
-        # Same scheme as publish.calendar_path (kept apart: composing imports no publisher).
-        return f"{self.archive}/{self.bulletin.id}/{quote(item.slug)}.{language}.ics"
+        return layout.url(self.archive, layout.calendar(self.bulletin.id, item.slug, language))
 
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
@@ -485,7 +486,9 @@ class Composer:
             # "View in your browser": the issue's page in the reader's language
             # (README, "Web archive": <archive>/<id>/<lang>.html).
             "archive_url": (
-                f"{self.archive}/{self.bulletin.id}/{language}.html" if self.archive else None
+                layout.url(self.archive, layout.issue_page(self.bulletin.id, language))
+                if self.archive
+                else None
             ),
             "recipient": _PersonalFields(names),
             "test": self.test,
@@ -544,9 +547,10 @@ class Composer:
             out.literal(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n")
         if self.archive:  # RFC 2369 and RFC 5064: the list's archive, this issue in it
             archive = self.archive
-            out.literal(header_line("List-Archive", f"<{archive}/{key.language}/index.html>"))
-            page = f"<{archive}/{self.bulletin.id}/{key.language}.html>"
-            out.literal(header_line("Archived-At", page))
+            index = layout.url(archive, layout.index(key.language))
+            out.literal(header_line("List-Archive", f"<{index}>"))
+            page = layout.url(archive, layout.issue_page(self.bulletin.id, key.language))
+            out.literal(header_line("Archived-At", f"<{page}>"))
         # Gmail's feedback loop reports complaints per campaign:segment:type:sender.
         segments = "+".join(key.segments)
         feedback = f"{self.bulletin.id}:{segments}:bulletin:{ident.list_id}"

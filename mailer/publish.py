@@ -37,7 +37,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from mailer import language as lang
-from mailer import templating
+from mailer import layout, templating
 from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
 from mailer.errors import ConfigError, ContentError
 from mailer.ledger import State, ledger_path
@@ -188,15 +188,18 @@ class _Site:
         self.feed_tag = settings.feed_tag or f"tag:{self.domain},2026:bulletin"
 
     def files(self) -> Iterable[tuple[str, bytes | Path]]:
-        yield "index.html", self._languages_page()
+        yield layout.LANGUAGES_PAGE, self._languages_page()
         for language in LANGUAGES:
-            yield f"{language}/index.html", self._index(language)
-            yield f"{language}/feed.atom", self._feed(language)
+            yield layout.index(language), self._index(language)
+            yield layout.feed(language), self._feed(language)
         for issue in self.issues:
-            yield f"{issue.id}/index.html", self._issue_chooser(issue)
+            yield layout.chooser(issue.id), self._issue_chooser(issue)
             items = self.public_items(issue)
             for language in LANGUAGES:
-                yield f"{issue.id}/{language}.html", self._issue_page(issue, items, language)
+                yield (
+                    layout.issue_page(issue.id, language),
+                    self._issue_page(issue, items, language),
+                )
                 for item in items:
                     if item.starts is not None:
                         yield (
@@ -205,7 +208,7 @@ class _Site:
                         )
             images = {i.image_file: i.image for i in items if i.image and i.image_file}
             for name, image in images.items():
-                yield f"{issue.id}/images/{name}", image
+                yield layout.image(issue.id, name), image
 
     def public_items(self, issue: Bulletin) -> list[Item]:
         return list(issue.public_items())
@@ -296,7 +299,12 @@ class _Site:
             "location": item.location,
             "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
             "link": text.link,
-            "image": f"images/{quote(item.image_file)}" if item.image_file else None,
+            # Links from the issue's own folder: the layout's path without "<id>/".
+            "image": (
+                quote(layout.image(issue.id, item.image_file).partition("/")[2])
+                if item.image_file
+                else None
+            ),
             "alt": text.alt,
             "language": language if item.texts.get(language) else "en",
             "calendar": (
@@ -321,15 +329,15 @@ class _Site:
         feed.title(self._feed_title(language))
         feed.author({"name": self.organization})
         feed.language(language)
-        feed.link(href=self._url(f"{language}/feed.atom"), rel="self")
-        feed.link(href=self._url(f"{language}/index.html"), rel="alternate")
+        feed.link(href=self._url(layout.feed(language)), rel="self")
+        feed.link(href=self._url(layout.index(language)), rel="alternate")
         updated = [_moment(issue) for issue in self.issues]
         feed.updated(max(updated, default=datetime.combine(oldest, time(), UTC)))
         for issue in reversed(self.issues):  # feedgen lists the last added first
             entry = feed.add_entry()
             entry.id(f"{self.feed_tag}/{issue.id}/{language}")
             entry.title(issue.title.get(language))
-            entry.link(href=self._url(f"{issue.id}/{language}.html"), rel="alternate")
+            entry.link(href=self._url(layout.issue_page(issue.id, language)), rel="alternate")
             entry.published(_moment(issue))
             entry.updated(_moment(issue))
             content = "".join(
@@ -342,7 +350,7 @@ class _Site:
         return data
 
     def _url(self, path: str) -> str:
-        return f"{self.base}/{path}" if self.base else path
+        return layout.url(self.base, path) if self.base else layout.relative(path, 0)
 
     # -- calendar ---------------------------------------------------------------------
 
@@ -373,7 +381,7 @@ class _Site:
         event.add("dtend", (item.ends or item.starts) + timedelta(days=1))  # exclusive end
         if item.location:
             event.add("location", item.location)
-        event.add("url", self._url(f"{issue.id}/{language}.html"))
+        event.add("url", self._url(layout.issue_page(issue.id, language)))
         calendar.add_component(event)
         if item.deadline is not None:
             deadline = Event()
@@ -390,12 +398,7 @@ class _Site:
 
 
 def _calendar_path(issue: Bulletin, item: Item, language: str) -> str:
-    return calendar_path(issue.id, item.slug, language)
-
-
-def calendar_path(issue: str, slug: str, language: str) -> str:
-    """Where an item's calendar file lives under the archive (messages link it)."""
-    return f"{issue}/{slug}.{language}.ics"
+    return layout.calendar(issue.id, item.slug, language)
 
 
 def _moment(issue: Bulletin) -> datetime:
