@@ -80,3 +80,17 @@ class DeliveryError(MailerError):
         self.code = code  # the SMTP reply code behind it, when there is one
         self.report: object | None = None  # the run's delivery.Report, for the summary
         super().__init__(message)
+
+
+class LedgerLocked(MailerError):
+    """Another run holds this issue's ledger."""
+
+
+class LedgerDamaged(MailerError):
+    """A line in the middle of a ledger is not a record."""
+
+
+class LedgerGone(MailerError):
+    """The ledger file was deleted or replaced while a run was writing to it."""
+
+    exit_code = 1  # the run may have sent some messages before it noticed

@@ -124,7 +124,7 @@ def _connect(settings: Settings) -> Any:
     context = ssl.create_default_context()
     tls = s.imap_security == "tls"
     client = IMAPClient(
-        s.imap_host, port, ssl=tls, ssl_context=context if tls else None, timeout=30
+        s.imap_host, port, ssl=tls, ssl_context=context if tls else None, timeout=s.network_timeout
     )
     try:
         if s.imap_security == "starttls":

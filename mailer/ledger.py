@@ -43,7 +43,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailer.errors import MailerError
+from mailer.errors import LedgerDamaged, LedgerGone, LedgerLocked
+
+__all__ = ["LedgerDamaged", "LedgerGone", "LedgerLocked"]  # their home is errors.py
 
 
 class Outcome(StrEnum):
@@ -69,20 +71,6 @@ class Outcome(StrEnum):
 DONE = (Outcome.SENT, Outcome.FAILED)
 OUTCOMES = (Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED)
 CLAIM, RELEASE, BOUNCE = Outcome.CLAIM, Outcome.RELEASE, Outcome.BOUNCE
-
-
-class LedgerLocked(MailerError):
-    """Another run holds this issue's ledger."""
-
-
-class LedgerDamaged(MailerError):
-    """A line in the middle of a ledger is not a record."""
-
-
-class LedgerGone(MailerError):
-    """The ledger file was deleted or replaced while a run was writing to it."""
-
-    exit_code = 1  # the run may have sent some messages before it noticed
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,10 @@ class TokenUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Token:
-    """An access token and when (``clock`` seconds) to stop using it."""
+    """An access token and when (``clock`` seconds) to fetch the next one."""
 
     value: str = field(repr=False)
     renew_at: float
-    expires_at: float
 
 
 class TokenSource:
@@ -51,7 +50,6 @@ class TokenSource:
     def __init__(self, settings: Settings, clock: Clock = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.fetched = 0  # how many tokens this run obtained (tests and the summary)
         self._token: Token | None = None
         self._lock = asyncio.Lock()
 
@@ -61,7 +59,6 @@ class TokenSource:
             current = self._token
             if current is None or self.clock() >= current.renew_at:
                 current = self._token = await asyncio.to_thread(self._fetch)
-                self.fetched += 1
             return current
 
     def refused(self, token: Token) -> None:
@@ -87,7 +84,7 @@ class TokenSource:
                 s.oauth_token_url,
                 data=form,
                 headers={"Accept": "application/json"},
-                timeout=s.smtp_timeout,
+                timeout=s.network_timeout,
                 allow_redirects=False,  # the client secret must reach no other host
                 stream=True,
             ) as answer:
@@ -156,7 +153,7 @@ def token_from_answer(status: int, body: bytes, started: float) -> Token:
         )
     life = _seconds(data.get("expires_in", 3600))
     margin = min(300.0, life / 10)
-    return Token(value, started + life - margin, started + life)
+    return Token(value, started + life - margin)
 
 
 def _seconds(value: object) -> float:

@@ -73,7 +73,6 @@ class Cause(StrEnum):
     SIZE = "size"
     POLICY = "policy"
     RELAY = "relay"
-    SIGN_IN = "sign-in"  # password sign-in retired (Exchange Online's 5.7.30)
     OWN_MAILBOX = "own mailbox"  # Exchange: the sending mailbox (or its Sent Items) is full
 
 
@@ -245,8 +244,6 @@ ADVICE = {
     "them under MAILER_ARCHIVE_URL (mailer check shows each variant's size).",
     Cause.POLICY: "the relay's policy refuses our messages: check the relay account, its "
     "permissions and the sender's SPF/DKIM with the relay's administrator.",
-    Cause.SIGN_IN: "the relay no longer accepts password sign-in (Basic authentication): set "
-    "MAILER_SMTP_AUTH=xoauth2 and the MAILER_OAUTH_* settings (README, 'Microsoft 365').",
     Cause.OWN_MAILBOX: "the sending mailbox (or its Sent Items folder) is full at the relay: "
     "empty the sending mailbox, or stop the relay saving sent copies, then run the same "
     "command again.",

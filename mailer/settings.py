@@ -1,6 +1,6 @@
 """Settings from the environment and ``.env`` (pydantic-settings), validated once.
 
-The variable names are part of the product contract (DESIGN.md, "Settings").
+The variable names are part of the product contract (README, "Settings").
 A wrong value becomes a :class:`ConfigError` naming the variable; the value itself
 is never echoed, so a password cannot leak through an error message.
 """
@@ -55,7 +55,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 class Settings(BaseSettings):
-    """Every ``MAILER_*`` setting, with the defaults of DESIGN.md."""
+    """Every ``MAILER_*`` setting, with its default (README, "Settings")."""
 
     model_config = SettingsConfigDict(
         env_prefix="MAILER_",
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = Field(30.0, gt=0)
+    # Seconds to wait on the endpoint, the mailbox and the token endpoint (not the relay).
+    network_timeout: float = Field(30.0, gt=0)
     # How to sign in: a password, an OAuth2 token (SASL XOAUTH2), or not at all.
     # Unset: "password" when MAILER_SMTP_USERNAME is set, else "none".
     smtp_auth: Literal["password", "xoauth2", "none"] | None = None

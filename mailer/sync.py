@@ -126,7 +126,7 @@ def _call(settings: Settings, path: str, body: dict[str, Any] | None = None) -> 
     request = urllib.request.Request(url, data=data, headers=headers)
     deadline = time.monotonic() + ANSWER_SECONDS
     try:
-        with _OPENER.open(request, timeout=settings.smtp_timeout) as answer:
+        with _OPENER.open(request, timeout=settings.network_timeout) as answer:
             raw = b""
             while len(raw) <= MAX_ANSWER and (chunk := answer.read1(65536)):
                 raw += chunk

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from mailer import pipeline
 from mailer.cli import app
 from mailer.compose import Identity
-from mailer.errors import ConfigError
-from mailer.ledger import LedgerGone
+from mailer.errors import ConfigError, LedgerGone
 
 from .conftest import SAMPLE, edit, make_settings
 from .smtp_server import Behaviour, Server
