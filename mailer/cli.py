@@ -6,17 +6,16 @@ Exit codes: 0 all good; 1 some recipient failed, was deferred or is in doubt;
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -79,7 +78,21 @@ else:
     standing = _Stage("mailer.status")
     unsubscribing = _Stage("mailer.unsubscribe")
 
+
+class _Commands(typer.core.TyperGroup):
+    """Every command runs under one handler: a MailerError anywhere becomes one clear
+    paragraph and its exit code (the commands themselves only parse, call and print)."""
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context (typer vendors click)
+        try:
+            return super().invoke(ctx)
+        except MailerError as exc:
+            err.print(_label("error:", "bold red", exc.describe()), soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     # Plain click help: typer's rich help imports rich.markdown and markdown-it
@@ -104,8 +117,6 @@ def _bold(text: object) -> Text:
     return Text(str(text), style="bold")
 
 
-T = TypeVar("T")
-
 BulletinArg = Annotated[
     Path, typer.Argument(help="The bulletin folder, e.g. bulletins/2017-03.", show_default=False)
 ]
@@ -129,24 +140,8 @@ SkipInvalidOpt = Annotated[
 ]
 
 
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    """A MailerError inside becomes one clear paragraph and its exit code."""
-    try:
-        yield
-    except MailerError as exc:
-        err.print(_label("error:", "bold red", exc.describe()), soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action`` under :func:`_reported`."""
-    with _reported():
-        return action()
-
-
 def _settings() -> Settings:
-    return _guarded(settings_module.load_settings)
+    return settings_module.load_settings()
 
 
 @app.command()
@@ -185,16 +180,14 @@ def send(
 ) -> None:
     """Send BULLETIN to its segments (resuming where a run stopped), or preview it."""
     settings = _settings()
-    job = _guarded(
-        lambda: pipeline.prepare(
-            bulletin,
-            settings,
-            recipients_dir=recipients,
-            segments=segment or (),
-            skip_invalid=skip_invalid,
-            dry_run=dry_run,
-            limit=limit,
-        )
+    job = pipeline.prepare(
+        bulletin,
+        settings,
+        recipients_dir=recipients,
+        segments=segment or (),
+        skip_invalid=skip_invalid,
+        dry_run=dry_run,
+        limit=limit,
     )
     _print_skipped(job)
     if dry_run:
@@ -203,12 +196,12 @@ def send(
         _test_send(job, settings, test_to)
     else:
         if not allow_stale_sync:
-            _guarded(lambda: syncing.require_fresh(settings))
+            (syncing.require_fresh(settings))
         _real_send(job, settings, yes, allow_mass_suppression)
 
 
 def _dry_run(job: pipeline.Job, out_dir: Path) -> None:
-    result = _guarded(lambda: pipeline.preview(job, out_dir))
+    result = pipeline.preview(job, out_dir)
     table = Table(title=f"Dry run of {job.bulletin.id}: nothing was sent")
     table.add_column("variant (segments · language)")
     table.add_column("messages", justify="right")
@@ -242,10 +235,10 @@ def _warn_dead_archive_links(job: pipeline.Job) -> None:
 
 
 def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
-    checked = _guarded(lambda: pipeline.validate_test_address(address))
+    checked = pipeline.validate_test_address(address)
     if settings.archive_url:
         _warn_dead_archive_links(job)
-    report = _guarded(lambda: pipeline.send_test_messages(job, settings, checked))
+    report = pipeline.send_test_messages(job, settings, checked)
     out.print(
         f"Test send to {checked}: {report.total.sent} of "
         f"{report.total.sent + report.total.failed + report.total.deferred} variant(s) accepted "
@@ -257,7 +250,7 @@ def _test_send(job: pipeline.Job, settings: Settings, address: str) -> None:
 
 
 def _real_send(job: pipeline.Job, settings: Settings, yes: bool, allow_many: bool) -> None:
-    with _reported(), pipeline.open_ledger(job, settings) as ledger:
+    with pipeline.open_ledger(job, settings) as ledger:
         plan = pipeline.plan(job, ledger.state())
         table = Table(title=f"{job.bulletin.id}: to send now")
         table.add_column("segment")
@@ -382,8 +375,8 @@ def status(
 ) -> None:
     """Per segment: how many sent, failed, deferred and pending."""
     settings = _settings()
-    job = _guarded(lambda: issues.load_issue(bulletin, settings, recipients_dir=recipients))
-    result = _guarded(lambda: standing.status(job, settings))
+    job = issues.load_issue(bulletin, settings, recipients_dir=recipients)
+    result = standing.status(job, settings)
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
         return
@@ -456,29 +449,27 @@ def dispatch(
 ) -> None:
     """Send every bulletin whose send_at has passed and whose send is not complete."""
     settings = _settings()
-    moment = _guarded(lambda: dispatcher.parse_now(now))
+    moment = dispatcher.parse_now(now)
     if force is not None:
-        _guarded(lambda: dispatcher.force_release(settings, force))
-    decisions = _guarded(
-        lambda: dispatcher.decide(
-            bulletins, settings, moment, only=only, recipients_dir=recipients, run=run_id
-        )
+        (dispatcher.force_release(settings, force))
+    decisions = dispatcher.decide(
+        bulletins, settings, moment, only=only, recipients_dir=recipients, run=run_id
     )
     due = [d.issue for d in decisions if d.action is dispatcher.Action.DUE]
     if due and not dry_run and not allow_stale_sync:
         # Before claiming too: a claim the send then refused would block the issue.
-        _guarded(lambda: syncing.require_fresh(settings))
+        (syncing.require_fresh(settings))
     if claim:
         if run_id is None:
             err.print("error: --claim needs --run-id (the scheduled run's id).")
             raise typer.Exit(2)
-        _guarded(lambda: dispatcher.claim(decisions, settings, run_id))
+        (dispatcher.claim(decisions, settings, run_id))
     elif dry_run:
-        _guarded(lambda: dispatcher.preview_due(decisions, settings.preview_dir))
+        (dispatcher.preview_due(decisions, settings.preview_dir))
     elif due:
         if not yes:
             _confirm(f"Send {', '.join(due)} now?")
-        _guarded(lambda: dispatcher.send_due(decisions, settings, run=run_id))
+        (dispatcher.send_due(decisions, settings, run=run_id))
     _print_decisions(decisions, moment, claim=claim, dry_run=dry_run)
     raise typer.Exit(dispatcher.exit_code(decisions, settings))
 
@@ -527,16 +518,15 @@ def unsubscribe(
     directory = recipients or settings.recipients_dir
     wanted = list(addresses or [])
     unreadable: list[str] = []
-    with _reported():
-        if token is not None:
-            wanted.append(unsubscribing.token_address(settings, token))
-            reason = "one-click unsubscribe" if reason == "unsubscribed" else reason
-        if from_mbox is not None:
-            wanted.extend(unsubscribing.requests_in_mbox(from_mbox, unreadable))
-            reason = "unsubscribe request by mail" if reason == "unsubscribed" else reason
-        if not wanted:
-            raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
-        result = suppressions.suppress(directory, wanted, reason)
+    if token is not None:
+        wanted.append(unsubscribing.token_address(settings, token))
+        reason = "one-click unsubscribe" if reason == "unsubscribed" else reason
+    if from_mbox is not None:
+        wanted.extend(unsubscribing.requests_in_mbox(from_mbox, unreadable))
+        reason = "unsubscribe request by mail" if reason == "unsubscribed" else reason
+    if not wanted:
+        raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
+    result = suppressions.suppress(directory, wanted, reason)
     for address in result.added:
         out.print(f"suppressed: {address}")
     for address in result.already:
@@ -559,16 +549,14 @@ def bounces(
 ) -> None:
     """Read bounce reports: record them in the ledgers; suppress dead addresses."""
     settings = _settings()
-    report = _guarded(
-        lambda: bounce_reader.process(
-            source,
-            settings.ledger_dir,
-            recipients or settings.recipients_dir,
-            bounce_address=settings.bounce_address,
-            soft_limit=settings.bounce_soft_limit,
-            key=verp.id_key(settings),
-            window=settings.dispatch_window,
-        )
+    report = bounce_reader.process(
+        source,
+        settings.ledger_dir,
+        recipients or settings.recipients_dir,
+        bounce_address=settings.bounce_address,
+        soft_limit=settings.bounce_soft_limit,
+        key=verp.id_key(settings),
+        window=settings.dispatch_window,
     )
     table = Table(title=f"{report.read} message(s) read")
     for column in ("issue", "recipient", "bounce"):
@@ -610,10 +598,8 @@ def publish(
     settings = _settings()
     if recipients is not None:
         settings = settings.model_copy(update={"recipients_dir": recipients})
-    moment = _guarded(lambda: dispatcher.parse_now(now))
-    result = _guarded(
-        lambda: publisher.publish(bulletins, out_dir, settings, moment, include or ())
-    )
+    moment = dispatcher.parse_now(now)
+    result = publisher.publish(bulletins, out_dir, settings, moment, include or ())
     issues = ", ".join(result.issues) or "none yet"
     out.print(f"Published issues: {issues}. {len(result.files)} files in {result.out}.")
     out.print(str(result.out / "index.html"), soft_wrap=True)
@@ -626,7 +612,7 @@ def serve(
 ) -> None:
     """Run the one-click unsubscribe endpoint (RFC 8058) and its export for sync."""
     settings = _settings()
-    _guarded(lambda: endpoint.create_app(settings))  # settings checked before listening
+    (endpoint.create_app(settings))  # settings checked before listening
     endpoint.serve(settings, host, port)
 
 
@@ -634,7 +620,7 @@ def serve(
 def sync(recipients: RecipientsOpt = None) -> None:
     """Bring back what readers and mail servers said (endpoint, mailbox) into suppressions."""
     settings = _settings()
-    results = _guarded(lambda: syncing.sync(settings, recipients or settings.recipients_dir))
+    results = syncing.sync(settings, recipients or settings.recipients_dir)
     if not results:
         err.print(
             "error: no source to sync: set MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN, "
@@ -684,8 +670,8 @@ def dkim_keygen(
 ) -> None:
     """Write a DKIM key pair and print the DNS TXT record to publish."""
     settings = _settings()
-    signing_domain = _guarded(lambda: signing.keygen_domain(settings, domain))
-    private, record = _guarded(lambda: signing.generate_key(out_dir, selector, signing_domain))
+    signing_domain = signing.keygen_domain(settings, domain)
+    private, record = signing.generate_key(out_dir, selector, signing_domain)
     out.print(f"Private key: {private} (keep it secret; never commit it)")
     out.print("Publish this DNS record:")
     out.print(record, soft_wrap=True)
@@ -704,12 +690,8 @@ def check(
 ) -> None:
     """Validate content, recipients, templates and settings; write and send nothing."""
     settings = _settings()
-    job = _guarded(
-        lambda: pipeline.prepare(
-            bulletin, settings, recipients_dir=recipients, skip_invalid=skip_invalid
-        )
-    )
-    report = _guarded(lambda: checks.check(job, settings))
+    job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, skip_invalid=skip_invalid)
+    report = checks.check(job, settings)
     if settings.archive_url:
         _warn_dead_archive_links(job)
     for warning in report.warnings:
