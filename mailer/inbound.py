@@ -11,14 +11,18 @@ classed once, by these rules in order:
    RFC 8098): **automatic**. The machine-readable part decides, whatever
    ``Auto-Submitted`` or the subject says (Exim, Google Groups and 1&1 mark
    their bounces ``Auto-Submitted: auto-replied``, as RFC 3834 allows).
-2. A message from ``MAILER-DAEMON`` or ``postmaster``, or one in which
-   flufl.bounce's detectors find failed recipients: a **delivery report**.
-3. Mail to the unsubscribe address (its subaddresses included): an
+2. Mail to the unsubscribe address (its subaddresses included): an
    **unsubscribe request** (``unsubscribe.py`` decides whether it is trusted).
+   Reports go to our envelope sender, never there, so this comes before the
+   rules below (Apple Mail marks its own unsubscribe mail ``auto-replied``).
+3. A message from ``MAILER-DAEMON`` or ``postmaster`` (by address or name), or
+   one in which flufl.bounce's detectors find failed recipients (attached
+   ``message/rfc822`` parts aside): a **delivery report**.
 4. ``Auto-Submitted`` other than ``no``, ``X-Autoreply``, ``X-Autorespond``,
-   ``Precedence: auto_reply/bulk/junk``, or an automatic-reply subject in one
-   of the languages below: an **automatic reply**, which changes nothing, even
-   at the VERP address.
+   ``Precedence: auto_reply/bulk/junk``, or an automatic-reply subject in
+   one of the languages below: an **automatic reply**, which changes nothing,
+   even at the VERP address. Only then does a bounce's subject
+   (``Undeliverable: …``) make a **delivery report**.
 5. Anything else is a **person's reply**: left for staff, changes nothing.
 
 A message whose structure cannot be parsed at all is **unreadable** (reported,
@@ -85,7 +89,7 @@ _BOUNCE_SUBJECT = re.compile(
     r"mail system error|message not delivered)",
     re.IGNORECASE,
 )
-_AUTO_PRECEDENCE = ("auto_reply", "bulk", "junk", "list")
+_AUTO_PRECEDENCE = ("auto_reply", "bulk", "junk")
 # Automatic-reply subjects after RFC 2047 decoding: English, French, Spanish, German,
 # Portuguese, Italian, Dutch, Arabic, Russian and Chinese.
 _AUTO_SUBJECT = re.compile(
