@@ -399,9 +399,23 @@ def test_a_send_larger_than_the_budget_completes_over_several_runs(
     remote: Path, tmp_path: Path
 ) -> None:
     """At 30 a minute, the job's 180-minute limit ended a send mid-way with the claim
-    still taken; MAILER_SEND_BUDGET ends each run cleanly (exit 75, claim released)."""
+    still taken; MAILER_SEND_BUDGET ends each run cleanly (exit 75, claim released),
+    even with a person pushing a line to the same ledger during the first run."""
     runs = 0
-    with Server(Behaviour(delay=0.25)) as server:
+    editor = tmp_path / "editor"
+
+    def person_records_a_bounce() -> None:
+        git(tmp_path, "clone", "--quiet", str(remote), str(editor))
+        with (editor / "ledger" / "2017-03.jsonl").open("a") as handle:
+            handle.write(
+                '{"time": "2017-03-28T07:30:00.000+00:00", "recipient": "old.contact@example.org",'
+                ' "outcome": "bounce", "attempt": 0, "code": null, "reply": "hard: 5.1.1",'
+                ' "message_id": "", "segments": [], "run": "<by-hand@isu>"}\n'
+            )
+        git(editor, "commit", "--quiet", "-am", "a bounce recorded by hand")
+        git(editor, "push", "--quiet", "origin", "main")
+
+    with Server(Behaviour(delay=0.25, on_first_data=person_records_a_bounce)) as server:
         while len(server.received) < 13 and runs < 8:
             runs += 1
             checkout = tmp_path / f"run-{700 + runs}"
@@ -416,8 +430,10 @@ def test_a_send_larger_than_the_budget_completes_over_several_runs(
             assert done.returncode == 0, done.stdout + done.stderr
         counts = server.by_rcpt()
     assert runs > 2 and len(counts) == 13 and set(counts.values()) == {1}
+    ledger = remote_ledger(remote, tmp_path)
+    assert "by-hand" in ledger and ledger.count('"outcome": "sent"') == 13
     path = tmp_path / "remote-ledger.jsonl"
-    path.write_text(remote_ledger(remote, tmp_path))
+    path.write_text(ledger)
     assert State.load(path).claims == {}
 
 
