@@ -15,7 +15,7 @@ from mailer import pipeline
 from mailer.cli import app
 
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
-from .test_render_chromium import LAUNCH_ARGS, _with_inline_images
+from .helpers import LAUNCH_ARGS, with_inline_images
 
 AXE = Path(
     os.environ.get(
@@ -66,7 +66,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def emails(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     job = pipeline.prepare(SAMPLE, make_settings(), recipients_dir=SAMPLE_RECIPIENTS)
     result = pipeline.preview(job, tmp_path_factory.mktemp("previews"))
-    return [_with_inline_images(message) for message in mbox_messages(result.mbox)]
+    return [with_inline_images(message) for message in mbox_messages(result.mbox)]
 
 
 def _violations(page: Any, rules: dict[str, Any] | None = None) -> list[str]:

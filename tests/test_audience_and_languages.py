@@ -12,8 +12,8 @@ from mailer.compose import OutgoingMessage
 from mailer.errors import ContentError
 
 from .conftest import by_address, edit, html_of, make_settings, parse, text_of
+from .helpers import cli_env, send_cli, settings_for
 from .smtp_server import Server
-from .test_delivery import cli_env, send_cli, settings_for
 
 NDM_UN_EN = "The CCM President at the 20th NDM-UN meeting"
 

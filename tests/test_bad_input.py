@@ -3,7 +3,6 @@ nothing written."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ from typer.testing import CliRunner
 from mailer.cli import app
 
 from .conftest import edit
-
-Sample = Callable[[], tuple[Path, Path]]
+from .helpers import Sample
 
 
 def _dry_run(bulletin: Path, recipients: Path, *extra: str) -> tuple[int, str]:

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from .conftest import SAMPLE
+from .helpers import cli_env, write_list
 from .smtp_server import Behaviour, Server
-from .test_delivery import cli_env, write_list
 
 COUNT = 200
 CONNECTIONS = 4

@@ -43,26 +43,17 @@ from .conftest import (
     parse,
     require_tool,
 )
+from .helpers import (
+    BOUNCE_ADDRESS,
+    BOUNCE_SECRET,
+    BOUNCES,
+    FAST,
+    KEY,
+    bounce_bytes,
+    sent_with_verp,
+    settings_for,
+)
 from .smtp_server import Server
-from .test_delivery import FAST, settings_for
-
-BOUNCES = Path(__file__).parent / "fixtures" / "bounces"
-BOUNCE_ADDRESS = "bounces@isu.example.org"
-BOUNCE_SECRET = "test-bounce-key"
-KEY = BOUNCE_SECRET.encode()
-_PLACEHOLDER = re.compile(r"\{\{(verp-tag|message-id):([^}]+)\}\}")
-
-
-def bounce_bytes(name: str, issue: str = "2017-03") -> bytes:
-    """A bounce fixture with the keyed VERP tags and Message-IDs a real send would carry."""
-
-    def fill(match: re.Match[str]) -> str:
-        if match.group(1) == "verp-tag":
-            return tag(KEY, issue, match.group(2))
-        return message_id(KEY, issue, match.group(2), "isu.example.org")
-
-    return _PLACEHOLDER.sub(fill, (BOUNCES / name).read_text(encoding="utf-8")).encode()
-
 
 # -- DKIM -----------------------------------------------------------------------------
 
@@ -226,16 +217,6 @@ def test_verp_addresses_name_issue_and_recipient() -> None:
     assert parse_verp(address.replace("isu.", "other."), BOUNCE_ADDRESS) is None
 
 
-def _sent_with_verp(server: Server, tmp_path: Path) -> Settings:
-    settings = settings_for(
-        server.port, tmp_path, bounce_address=BOUNCE_ADDRESS, bounce_secret=BOUNCE_SECRET
-    )
-    job = pipeline.prepare(SAMPLE, settings, dry_run=False)
-    with pipeline.open_ledger(job, settings) as ledger:
-        pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
-    return settings
-
-
 def _process(source: Path, ledger_dir: Path, recipients_dir: Path) -> BounceReport:
     """``mailer bounces``' work, with the test deployment's bounce settings."""
     return process(
@@ -263,13 +244,13 @@ def _mbox_of(names: list[str], path: Path) -> Path:
 
 
 def test_each_message_has_its_own_verp_envelope_sender(server: Server, tmp_path: Path) -> None:
-    _sent_with_verp(server, tmp_path)
+    sent_with_verp(server, tmp_path)
     for received in server.received:
         assert received.mail_from == verp_address(BOUNCE_ADDRESS, KEY, "2017-03", received.rcpt)
 
 
 def test_bounce_reports_update_suppressions_exactly_once(server: Server, tmp_path: Path) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     source = _mbox_of(sorted(p.name for p in BOUNCES.glob("*.eml")), tmp_path / "bounces.mbox")
     report = _process(source, settings.ledger_dir, settings.recipients_dir)
     assert report.read == 7 and report.skipped == []
@@ -311,7 +292,7 @@ def _forged(names: str, quoted_id: str) -> bytes:
 def test_forged_bounces_suppress_nobody_and_create_no_ledger(
     server: Server, tmp_path: Path
 ) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     old_style = hashlib.sha256(b"ambassador.moreau@example.org").hexdigest()[:12]
     box = mailbox.mbox(str(tmp_path / "forged.mbox"))
     # An unkeyed (computable) VERP tag of a real reader.
@@ -343,7 +324,7 @@ def test_forged_bounces_suppress_nobody_and_create_no_ledger(
 def test_real_world_bounces_from_many_servers_never_stop_the_batch(
     server: Server, tmp_path: Path
 ) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     corpus = sorted((BOUNCES / "real-world").glob("*.txt"))
     assert len(corpus) > 100
     box = mailbox.mbox(str(tmp_path / "mixed.mbox"))
@@ -362,7 +343,7 @@ def test_real_world_bounces_from_many_servers_never_stop_the_batch(
 def test_a_bounce_recorded_before_a_crash_is_still_suppressed(
     server: Server, tmp_path: Path
 ) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "one.mbox")
     _process(source, settings.ledger_dir, settings.recipients_dir)
     # As if the first run had died between the ledger and the suppression list.
@@ -373,7 +354,7 @@ def test_a_bounce_recorded_before_a_crash_is_still_suppressed(
 
 
 def test_bounces_from_a_maildir_and_the_cli(server: Server, tmp_path: Path) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
     maildir.add(bounce_bytes("04-qmail.eml"))
     result = _bounces_cli(tmp_path / "Maildir", settings)
@@ -407,7 +388,7 @@ def _one_report(tmp_path: Path, name: str, data: bytes) -> Path:
 def test_soft_bounces_on_three_issues_in_a_row_suppress_and_delays_never_count(
     server: Server, tmp_path: Path
 ) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     ledger = settings.ledger_dir
     _copy_ledger(ledger, "2017-06", "2017-09")
     for count, issue in enumerate(("2017-03", "2017-06", "2017-09"), start=1):
@@ -422,7 +403,7 @@ def test_soft_bounces_on_three_issues_in_a_row_suppress_and_delays_never_count(
 
 
 def test_a_delivery_between_soft_bounces_resets_the_count(server: Server, tmp_path: Path) -> None:
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     ledger = settings.ledger_dir
     _copy_ledger(ledger, "2017-06", "2017-09", "2017-12")
     for issue in ("2017-03", "2017-09", "2017-12"):  # 2017-06 was delivered
@@ -594,7 +575,7 @@ def test_a_bounce_for_an_issue_being_sent_is_recorded_without_waiting(
     server: Server, tmp_path: Path
 ) -> None:
     """Sync used to stop with exit 2 ("another run is already sending this issue")."""
-    settings = _sent_with_verp(server, tmp_path)
+    settings = sent_with_verp(server, tmp_path)
     source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "one.mbox")
     with Ledger(settings.ledger_dir, "2017-03") as sending:  # a send holds the issue
         report = _process(source, settings.ledger_dir, settings.recipients_dir)

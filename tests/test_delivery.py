@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 from pathlib import Path
 
 import pytest
 import trustme
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from mailer import pipeline
 from mailer import status as standing
 from mailer.cli import app
-from mailer.delivery import Report, RetryPolicy
+from mailer.delivery import RetryPolicy
 from mailer.errors import DeliveryError
 from mailer.ledger import Ledger, read_records
 from mailer.settings import Settings
 
-from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .helpers import FAST, cli_env, send, settings_for, write_list
 from .smtp_server import (
     Behaviour,
     GreetingRefuser,
@@ -28,67 +28,7 @@ from .smtp_server import (
     refusing_authenticator,
 )
 
-FAST = RetryPolicy(attempts=3, base=0.05, factor=2, jitter=0.1)
 PASSWORD = "hunter2-very-secret"
-
-
-def write_list(directory: Path, count: int) -> Path:
-    """``count`` generated recipients, spread over the three segments."""
-    directory.mkdir(parents=True, exist_ok=True)
-    segments = ("states", "international-organizations", "civil-society")
-    rows: dict[str, list[str]] = {s: ["email,name,language"] for s in segments}
-    for index in range(count):
-        language = ("en", "fr", "es")[index % 3]
-        rows[segments[index % 3]].append(f"reader{index}@example.org,Reader {index},{language}")
-    for segment, lines in rows.items():
-        (directory / f"{segment}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
-
-
-def settings_for(port: int, tmp_path: Path, **extra: object) -> Settings:
-    """Settings for a test server, with a private copy of the sample recipients
-    (a send may add to suppressions.csv)."""
-    recipients = tmp_path / "recipients"
-    if not recipients.exists():
-        shutil.copytree(SAMPLE_RECIPIENTS, recipients)
-    values: dict[str, object] = {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_security": "none",
-        "smtp_timeout": 5,
-        "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
-        "unsubscribe_mailto": "unsubscribe@isu.example.org",
-        "ledger_dir": tmp_path / "ledger",
-        "recipients_dir": recipients,
-        "max_connections": 2,
-    }
-    values.update(extra)
-    return make_settings(**values)
-
-
-def send_cli(recipients: Path, env: dict[str, str], *extra: str) -> Result:
-    """``mailer send`` of the sample bulletin to ``recipients``, as CI runs it (--yes)."""
-    args = ["send", str(SAMPLE), "--recipients", str(recipients), "--yes", *extra]
-    return CliRunner().invoke(app, args, env=env)
-
-
-def cli_env(port: int, ledger_dir: Path, **extra: str) -> dict[str, str]:
-    """MAILER_* variables for running the command line against a test server."""
-    return {
-        "MAILER_SMTP_HOST": "127.0.0.1",
-        "MAILER_SMTP_PORT": str(port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
-        "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@isu.example.org",
-        "MAILER_LEDGER_DIR": str(ledger_dir),
-        **extra,
-    }
-
-
-def send(settings: Settings, recipients: Path | None = None, policy: RetryPolicy = FAST) -> Report:
-    job = pipeline.prepare(SAMPLE, settings, recipients_dir=recipients, dry_run=False)
-    with pipeline.open_ledger(job, settings) as ledger:
-        return pipeline.deliver(job, settings, ledger, ledger.state(), policy=policy)
 
 
 def ledger_of(settings: Settings) -> list[dict[str, object]]:

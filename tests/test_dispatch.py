@@ -12,8 +12,8 @@ from mailer import pipeline
 from mailer.cli import app
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .helpers import FAST, cli_env, settings_for
 from .smtp_server import Server, refusing_authenticator
-from .test_delivery import FAST, cli_env, settings_for
 
 BEFORE = "2017-03-28T08:59:00+02:00"
 DUE = "2017-03-28T09:15:00+02:00"

@@ -17,9 +17,8 @@ from mailer.compose import Identity
 from mailer.errors import ConfigError, LedgerGone
 
 from .conftest import SAMPLE, edit, make_settings
+from .helpers import FAST, Sample, cli_env, settings_for, write_list
 from .smtp_server import Behaviour, Server
-from .test_bad_input import Sample
-from .test_delivery import FAST, cli_env, settings_for, write_list
 
 ITEM = "items/01-7msp-save-the-date.md"
 BOMB = (

@@ -29,9 +29,8 @@ from mailer.settings import Settings
 from mailer.unsubscribe import authenticated, mailed_request
 from mailer.verp import message_id, verp_address
 
+from .helpers import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, sent_with_verp, settings_for
 from .smtp_server import Server
-from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, _sent_with_verp
-from .test_delivery import settings_for
 
 CORPUS = Path(__file__).parent / "fixtures" / "inbound-corpus"
 FLUFL = Path(__file__).parent / "fixtures" / "bounces" / "real-world"
@@ -151,7 +150,7 @@ def sent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real local send of the sample with VERP: its ledger and recipients, once."""
     folder = tmp_path_factory.mktemp("sent")
     with Server() as relay:
-        _sent_with_verp(relay, folder)
+        sent_with_verp(relay, folder)
     return folder
 
 

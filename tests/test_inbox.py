@@ -21,10 +21,9 @@ from mailer.verp import message_id, verp_address
 
 from .conftest import SAMPLE, require_tool
 from .dovecot import PASSWORD, USER, Dovecot
+from .helpers import BOUNCE_ADDRESS, BOUNCE_SECRET, FAST, KEY, bounce_bytes, settings_for
 from .oauth_server import CLIENT_ID, CLIENT_SECRET, EXPIRED_SECRET, TokenEndpoint
 from .smtp_server import Server
-from .test_deliverability import BOUNCE_ADDRESS, BOUNCE_SECRET, KEY, bounce_bytes
-from .test_delivery import FAST, settings_for
 
 ARF = """From: feedback@mailbox-provider.example
 To: abuse@isu.example.org

@@ -16,6 +16,7 @@ from mailer.oauth import token_from_answer
 from mailer.settings import Settings
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .helpers import FAST, cli_env, send_cli, settings_for, write_list
 from .oauth_server import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -25,7 +26,6 @@ from .oauth_server import (
     TokenEndpoint,
 )
 from .smtp_server import Server, free_port
-from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
 
 
 def oauth_settings(endpoint: TokenEndpoint, port: int, tmp_path: Path, **extra: object) -> Settings:

@@ -25,8 +25,8 @@ from mailer.bulletin import image_file_name
 from mailer.cli import app
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
+from .helpers import cli_env, send_cli, settings_for
 from .smtp_server import Server, free_port
-from .test_delivery import cli_env, send_cli, settings_for
 
 ARCHIVE = "https://isu.example.org/bulletin"
 AFTER_SEND = "2017-03-28T10:00:00+02:00"

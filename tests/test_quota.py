@@ -16,8 +16,8 @@ from mailer.ledger import read_records
 from mailer.quota import Limit, Quota, QuotaReached, parse_limits
 
 from .conftest import SAMPLE
+from .helpers import FAST, cli_env, send_cli, settings_for
 from .smtp_server import Server
-from .test_delivery import FAST, cli_env, send_cli, settings_for
 
 DAY = 86400
 

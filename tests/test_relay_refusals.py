@@ -19,8 +19,8 @@ from mailer.ledger import State, ledger_path
 from mailer.replies import Cause, Returned, Verdict, read_reply
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .helpers import FAST, cli_env, send_cli, settings_for, write_list
 from .smtp_server import Behaviour, Server
-from .test_delivery import FAST, cli_env, send_cli, settings_for, write_list
 
 
 @pytest.mark.parametrize(

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import html_of, mbox_messages, require_tool
-
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from .conftest import mbox_messages, require_tool
+from .helpers import LAUNCH_ARGS, with_inline_images
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +22,6 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def _with_inline_images(message: Any) -> str:
-    """The HTML as a client shows it: cid: parts resolved to the embedded images."""
-    body = html_of(message)
-    for part in message.walk():
-        if part.get_content_maintype() == "image":
-            cid = part["Content-ID"].strip("<>")
-            data = base64.b64encode(part.get_content()).decode()
-            body = body.replace(f"cid:{cid}", f"data:{part.get_content_type()};base64,{data}")
-    return body
-
-
 @pytest.mark.parametrize("width", [375, 600])
 def test_every_variant_fits_the_screen_with_alt_text(
     browser: Any, dry_run_files: tuple[Path, Path], tmp_path: Path, width: int
@@ -49,7 +30,7 @@ def test_every_variant_fits_the_screen_with_alt_text(
     messages = mbox_messages(mbox)
     page = browser.new_page(viewport={"width": width, "height": 800})
     for index, message in enumerate(messages):
-        page.set_content(_with_inline_images(message))
+        page.set_content(with_inline_images(message))
         scroll, inner = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert scroll <= inner, f"{message['To']} overflows at {width}px: {scroll} > {inner}"
         alts = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.naturalWidth])")

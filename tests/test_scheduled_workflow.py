@@ -17,8 +17,8 @@ import pytest
 from mailer.ledger import State
 
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, edit
+from .helpers import cli_env
 from .smtp_server import Behaviour, Server
-from .test_delivery import cli_env
 
 DUE = "2017-03-28T09:15:00+02:00"
 

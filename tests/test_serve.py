@@ -31,8 +31,8 @@ from mailer.serve import Store
 from mailer.unsubscribe import make_token
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .helpers import cli_env, send_cli, write_list
 from .smtp_server import Server, free_port
-from .test_delivery import cli_env, send_cli, write_list
 
 SECRET = "endpoint-test-secret"
 API_TOKEN = "sync-api-token-for-tests"

@@ -18,8 +18,8 @@ from mailer.errors import DeliveryError
 from mailer.replies import Cause, Verdict
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings
+from .helpers import settings_for
 from .smtp_server import Server
-from .test_delivery import settings_for
 
 QUICK = RetryPolicy(attempts=3, base=0.001, factor=2, jitter=0.0)
 

@@ -11,8 +11,8 @@ from mailer.cli import app
 from mailer.ledger import read_records
 
 from .conftest import SAMPLE
+from .helpers import cli_env, send_cli, write_list
 from .smtp_server import Behaviour, Server
-from .test_delivery import cli_env, send_cli, write_list
 
 
 def _status(recipients: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:

@@ -10,8 +10,8 @@ from mailer.delivery import RetryPolicy
 from mailer.message import TemplateBuilder, qp_piece, raw_header
 
 from .conftest import text_of
+from .helpers import settings_for
 from .smtp_server import Server
-from .test_delivery import settings_for
 
 
 def _unstuff(wire: bytes) -> bytes:
