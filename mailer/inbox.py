@@ -180,8 +180,7 @@ def _process_folder(
     folder, done = settings.imap_folder, settings.imap_done_folder
     if not client.folder_exists(done):
         client.create_folder(done)
-    client.select_folder(folder)
-    validity = _uid_validity(client, folder)
+    validity = _uid_validity(client, folder)  # selects it
     known = set(remembered.get("uids", [])) if remembered.get("uidvalidity") == validity else set()
     uids = sorted(client.search("ALL"))
     left = [uid for uid in uids if uid in known]
@@ -203,7 +202,10 @@ def _process_folder(
 
 
 def _uid_validity(client: Any, folder: str) -> int:
-    return int(client.folder_status(folder, ["UIDVALIDITY"])[b"UIDVALIDITY"])
+    """The folder's UIDVALIDITY, by selecting it again: STATUS on the selected folder may
+    answer from the session's own view (Dovecot does), blind to a folder recreated
+    meanwhile by another client."""
+    return int(client.select_folder(folder)[b"UIDVALIDITY"])
 
 
 def _fetch(client: Any, uids: list[int]) -> Iterator[tuple[int, bytes]]:

@@ -8,8 +8,10 @@ import imaplib
 import mailbox
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -294,13 +296,28 @@ def test_the_mailbox_signs_in_with_oauth2_and_a_refused_client_is_reported(
 def test_a_folder_recreated_during_sync_moves_nothing(
     tmp_path: Path, imap: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _sent(tmp_path, imap)
-    _append(imap, UNSUBSCRIBE)
-    answers = iter(["1", "2"])  # the UIDVALIDITY before, then after the effects
-    monkeypatch.setattr(inbox, "_uid_validity", lambda *args: next(answers))
+    """Another client deletes and recreates the folder while sync writes its effects: the
+    UIDs sync holds now name other messages, and none of them may be moved."""
+    settings = _sent(tmp_path, imap).model_copy(update={"imap_folder": "Bounces"})
+    other = imaplib.IMAP4("127.0.0.1", imap.port)
+    other.login(USER, PASSWORD)
+    other.create("Bounces")
+    other.append("Bounces", None, None, UNSUBSCRIBE.encode())
+    real_apply = inbox._apply
+
+    def recreated_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        handled = real_apply(*args, **kwargs)  # the effects, for real
+        other.delete("Bounces")
+        time.sleep(1.1)  # Dovecot takes a new folder's UIDVALIDITY from the clock's second
+        other.create("Bounces")
+        other.append("Bounces", None, None, HUMAN.encode())  # takes UID 1 again
+        return handled
+
+    monkeypatch.setattr(inbox, "_apply", recreated_meanwhile)
     result = inbox.read_mailbox(settings, settings.recipients_dir)
-    assert result.error is not None and "UIDVALIDITY" in result.error
-    assert (_count(imap, "INBOX"), _count(imap, "Processed")) == (1, 0)
+    other.logout()
+    assert result.error is not None and "UIDVALIDITY" in result.error, result.error
+    assert (_count(imap, "Bounces"), _count(imap, "Processed")) == (1, 0)
 
 
 def test_a_refused_password_is_one_line_and_exit_2(tmp_path: Path, imap: Dovecot) -> None:
