@@ -138,7 +138,10 @@ def test_a_relay_asking_to_slow_down_gets_fewer_connections_and_no_try_is_used(
     assert sender.allowed_connections == 1  # one fewer for each "slow down"
 
 
-def test_many_temporary_failures_in_a_row_pause_the_run(messages: list[OutgoingMessage]) -> None:
+def test_the_pause_rule_stops_after_six_transient_replies_in_a_row(
+    messages: list[OutgoingMessage],
+) -> None:
+    """The rule alone, against the scripted connection (test_delivery proves it on a relay)."""
     busy = smtp.Refused(421, "4.7.0 Try later", "rcpt")
     script = Script({m.recipient.email: [busy] * 9 for m in messages})
     policy = RetryPolicy(attempts=3, base=0.001, jitter=0.0, max_consecutive_transient=6)
