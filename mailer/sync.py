@@ -162,6 +162,9 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
     # From before acknowledgements: the old sync already applied every row up to its
     # cursor (staff may have re-added some since), so those are acknowledged, not applied.
     applied_before = int(source.get("cursor", 0)) if "database" not in source else 0
+    # ... and only rows received before that sync ran: a database recreated since starts
+    # its ids again, and its rows were never seen.
+    seen_until = str(source.get("last_success", ""))
     after = 0
     try:
         for _ in range(MAX_PAGES):
@@ -175,7 +178,11 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
             source["database"] = database
             if not rows:
                 break
-            fresh = [r["address"] for r in rows if r["id"] > applied_before]
+            fresh = [
+                r["address"]
+                for r in rows
+                if r["id"] > applied_before or str(r.get("received", "")) > seen_until
+            ]
             added = suppressions.suppress(recipients_dir, fresh, "one-click unsubscribe")
             result.added += added.added
             result.already += len(added.already)

@@ -686,22 +686,30 @@ def test_the_first_sync_after_the_upgrade_reapplies_nothing_the_old_one_applied(
         "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL "
         "UNIQUE COLLATE NOCASE, issue TEXT NOT NULL, received TEXT NOT NULL)"
     )
-    for name in ("came.back", "applied", "also.applied", "new"):
+    rows = [
+        ("came.back", "2026-11-01T00:00:00+00:00"),
+        # Id 2, yet received after the old sync ran (a database recreated since): unseen.
+        ("after.recreate", "2026-11-05T00:00:00+00:00"),
+        ("also.applied", "2026-11-01T00:00:00+00:00"),
+        ("new", "2026-11-01T00:00:00+00:00"),
+    ]
+    for name, received in rows:
         old.execute(
             "INSERT INTO requests (address, issue, received) VALUES (?, '2017-03', ?)",
-            (f"{name}@example.org", "2026-11-01T00:00:00+00:00"),
+            (f"{name}@example.org", received),
         )
     old.commit()
     old.close()
     ledger = tmp_path / "ledger"
     ledger.mkdir()
-    (ledger / "sync-state.json").write_text('{"endpoint": {"cursor": 3}}')
+    state = '{"endpoint": {"cursor": 3, "last_success": "2026-11-02T00:00:00+00:00"}}'
+    (ledger / "sync-state.json").write_text(state)
     recipients = write_list(tmp_path / "recipients", 2)
     running = start(tmp_path)
     try:
         first = _sync(running, recipients, ledger)
         assert first.exit_code == 0, first.output
-        assert _suppressed(recipients) == ["new@example.org"]
+        assert _suppressed(recipients) == ["after.recreate@example.org", "new@example.org"]
         good = {"Authorization": f"Bearer {API_TOKEN}"}
         page = httpx.get(f"{running.base}/suppressions?after=0", headers=good).json()
         assert page["requests"] == []  # all four acknowledged
