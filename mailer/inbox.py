@@ -101,6 +101,7 @@ def read_mailbox(
         return result
     try:
         _process_folder(client, settings, recipients_dir, result, remembered or {})
+        _apply([], settings, recipients_dir, result, close_windows=True)
     except (OSError, imaplib.IMAP4.error) as exc:
         result.error = f"reading the mailbox stopped ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
@@ -329,9 +330,16 @@ def _without_content_headers(head: bytes) -> bytes:
 
 
 def _apply(
-    batch: list[tuple[int, bytes]], settings: Settings, recipients_dir: Path, result: InboxResult
+    batch: list[tuple[int, bytes]],
+    settings: Settings,
+    recipients_dir: Path,
+    result: InboxResult,
+    *,
+    close_windows: bool = False,
 ) -> list[int]:
-    """Write the effects of a batch; returns the UIDs to move (all but staff's mail)."""
+    """Write the effects of a batch; returns the UIDs to move (all but staff's mail).
+    ``close_windows`` also counts deferrals whose dispatch window ended (once a sync:
+    it reads every ledger)."""
     report = bounces.process_messages(
         [raw for _, raw in batch],
         settings.ledger_dir,
@@ -339,7 +347,7 @@ def _apply(
         bounce_address=settings.bounce_address,
         soft_limit=settings.bounce_soft_limit,
         key=id_key(settings),
-        window=settings.dispatch_window,
+        window=settings.dispatch_window if close_windows else None,
         unsubscribe_address=settings.unsubscribe_mailto,
         authserv_id=settings.imap_authserv_id,
     )
