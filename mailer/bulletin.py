@@ -273,7 +273,7 @@ def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
 
 
 _LINE_BREAKS = str.maketrans(dict.fromkeys("\v\f\x1c\x1d\x1e\x85\u2028\u2029", "\n"))
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")  # C0 and C1
 
 
 def _read_text(path: Path) -> str:

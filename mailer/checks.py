@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mailer import templating
 from mailer.compose import Variant, VariantKey
 from mailer.errors import ConfigError, ContentError
 from mailer.message import HOLE_PATTERN
 from mailer.pipeline import Job
 from mailer.recipients import Recipient
 from mailer.settings import Settings
+from mailer.verp import id_key
 
 GMAIL_CLIP_BYTES = 102 * 1024
 RELAY_SIZE_WARNING = 10_000_000
@@ -110,6 +112,17 @@ def check(job: Job, settings: Settings) -> CheckReport:
             "a real send will refuse to start."
         )
     report.warnings.extend(_deadlines(job))
+    for name in templating.unknown_overrides(settings.templates_dir):
+        report.warnings.append(
+            f"templates: {name} has no bundled counterpart, so it is never used (a typo in "
+            "its name or folder?)."
+        )
+    if settings.unsubscribe_mailto and id_key(settings) is None:
+        report.warnings.append(
+            "MAILER_UNSUBSCRIBE_MAILTO without MAILER_BOUNCE_SECRET or MAILER_UNSUBSCRIBE_SECRET: "
+            "the mailto is the bare address, not each reader's own, so mailed requests are "
+            "trusted only through MAILER_IMAP_AUTHSERV_ID."
+        )
     if settings.from_ is not None:  # settings a real send would use
         report.warnings.extend(providers_rules(job, settings))
     return report

@@ -193,7 +193,7 @@ class Sender:
         self.run_id = run_id
         self.report = Report()
         budget = settings.send_budget
-        self._budget_end = clock() + budget.total_seconds() if budget else None
+        self._budget_end = clock() + budget.total_seconds() if budget is not None else None
         self.rate = RateLimit(settings.rate_per_second) if settings.rate_per_second else None
         self._stop: str | None = None
         self._stopping = asyncio.Event()  # set with _stop, for the run to wait on

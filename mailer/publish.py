@@ -102,6 +102,7 @@ def publish(
     complete, so a failure leaves the old site whole; and ``out`` is replaced
     only when it is missing, empty or a site publish made (``MARKER``).
     """
+    out = out.resolve()  # "." and a symlink to the site: the real folder, by its name
     _check_out(out)
     issues = published_issues(root, settings, now, include)
     site = _Site(settings, issues)
@@ -120,17 +121,31 @@ def publish(
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that publish did not make: it would be deleted whole."""
-    if not out.exists() or (out.is_dir() and (out / MARKER).is_file()):
+    """Refuse an ``--out`` holding anything publish did not write: it would be deleted.
+
+    The marker lists the files of the last build; a file beside them (a ``CNAME``, a
+    ``.git``) was put there by someone else.
+    """
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if out.is_dir() and not any(out.iterdir()):
-        return
-    what = "a file" if not out.is_dir() else "a folder publish did not make"
+    marker = out / MARKER
+    if out.is_dir() and marker.is_file() and not marker.is_symlink():
+        ours = set(marker.read_text(encoding="utf-8").splitlines()[1:]) | {MARKER}
+        foreign = [
+            str(p.relative_to(out))
+            for p in sorted(out.rglob("*"))
+            if (p.is_file() or p.is_symlink()) and str(p.relative_to(out)) not in ours
+        ]
+        if not foreign:
+            return
+        what = f"a site publish made, but it also holds {foreign[0]}, which publish did not write"
+    else:
+        what = "a file" if not out.is_dir() else "a folder publish did not make"
     raise ConfigError(
         f"{what}: publish replaces its --out whole, so it builds only into a new or empty "
         f"folder, or a site it built before (it holds {MARKER}). Nothing was deleted; "
         "choose another --out (site, or docs for a Pages branch).",
-        file=out.resolve(),
+        file=out,
         field="--out",
     )
 
@@ -147,7 +162,11 @@ def _write(site: _Site, folder: Path) -> list[Path]:
         else:
             target.write_bytes(data)
         written.append(Path(path))
-    (folder / MARKER).write_text("Built by mailer publish; replaced whole on each build.\n")
+    listing = "".join(f"{path.as_posix()}\n" for path in written)
+    (folder / MARKER).write_text(
+        "Built by mailer publish; replaced whole on each build. Its files:\n" + listing,
+        encoding="utf-8",
+    )
     return written
 
 

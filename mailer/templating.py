@@ -57,3 +57,19 @@ def translations(override: Path | None, language: str) -> NullTranslations:
 def use_language(env: jinja2.Environment, catalog: NullTranslations) -> None:
     """Render the next templates of ``env`` in ``catalog``'s language."""
     env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+
+
+def unknown_overrides(override: Path | None) -> list[str]:
+    """Files of a project's templates folder that override nothing (a typo in a name):
+    they are silently never used, so ``mailer check`` names them."""
+    folders = search_path(override)
+    if len(folders) == 1:
+        return []
+    own = folders[0]
+    return sorted(
+        str(path.relative_to(own))
+        for path in own.rglob("*")
+        if path.is_file()
+        and path.suffix in (".j2", ".po")
+        and not (BUNDLED / path.relative_to(own)).is_file()
+    )

@@ -79,6 +79,8 @@ def make_token(secret: bytes, address: str, issue: str = "", *, test: bool = Fal
     """
     from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+    if "\0" in issue or "\0" in address:
+        raise ValueError("a token's issue and address hold no NUL")
     plain = f"{int(test)}\0{issue}\0{address}".encode()
     return _b64(_VERSION + AESSIV(_sealing_key(secret)).encrypt(plain, _CONTEXT))
 

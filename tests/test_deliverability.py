@@ -583,3 +583,28 @@ def test_a_bounce_for_an_issue_being_sent_is_recorded_without_waiting(
     assert report.suppressed.added == ("research@example.com",)
     records = list(read_records(settings.ledger_dir / "2017-03.jsonl"))
     assert [r.recipient for r in records if r.outcome == "bounce"] == ["research@example.com"]
+
+
+def test_check_names_an_override_that_overrides_nothing_and_a_bare_mailto(
+    copy_sample: Callable[[], tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """A misnamed template override was silently never used; a mailto without a key is the
+    bare address, which mailed requests can only be trusted through Authentication-Results."""
+    bulletin, recipients = copy_sample()
+    own = tmp_path / "templates" / "partials"
+    own.mkdir(parents=True)
+    (own / "foter.html.j2").write_text("<p>typo</p>")
+    env = {"MAILER_TEMPLATES_DIR": str(tmp_path / "templates")}
+    env["MAILER_UNSUBSCRIBE_MAILTO"] = "unsubscribe@isu.example.org"
+    result = CliRunner().invoke(
+        app, ["check", str(bulletin), "--recipients", str(recipients)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "partials/foter.html.j2 has no bundled counterpart" in said
+    assert "the mailto is the bare address" in said
+
+
+def test_a_token_refuses_a_nul_in_its_issue_or_address() -> None:
+    with pytest.raises(ValueError):
+        make_token(b"k", "a@example.org", "evil\0victim@example.org")

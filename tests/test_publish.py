@@ -572,3 +572,38 @@ def test_the_feed_id_survives_publishing_an_older_issue(tmp_path: Path) -> None:
     chosen = feedparser.parse((site / "fr" / "feed.atom").read_bytes())
     assert chosen.feed.id == "tag:isu-ccm.org,2026:bulletin/fr"
     assert chosen.entries[0].id == "tag:isu-ccm.org,2026:bulletin/2017-06/fr"
+
+
+def test_publish_keeps_what_someone_else_put_in_its_site(tmp_path: Path) -> None:
+    """A CNAME or a .git added beside a built site was deleted by the next build."""
+    site = tmp_path / "docs"
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND)
+    (site / "CNAME").write_text("bulletin.example.org\n")
+    result = CliRunner().invoke(
+        app,
+        ["publish", "--bulletins", str(SAMPLE.parent), "--out", str(site), "--now", AFTER_SEND],
+        env={"MAILER_ARCHIVE_URL": ARCHIVE},
+    )
+    assert result.exit_code == 2 and "CNAME" in result.output
+    assert (site / "CNAME").read_text() == "bulletin.example.org\n"
+
+
+def test_publish_through_a_symlink_updates_the_real_site(tmp_path: Path) -> None:
+    real = tmp_path / "realsite"
+    _publish(SAMPLE.parent, real, "--now", AFTER_SEND)
+    (tmp_path / "linksite").symlink_to(real)
+    (real / "en" / "index.html").write_text("stale")
+    _publish(SAMPLE.parent, tmp_path / "linksite", "--now", AFTER_SEND)
+    assert (tmp_path / "linksite").is_symlink()
+    assert (real / "en" / "index.html").read_text() != "stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linksite", "realsite"]
+
+
+def test_a_c1_control_character_is_refused_with_its_line(tmp_path: Path) -> None:
+    bulletin = tmp_path / "bulletins" / "2017-03"
+    shutil.copytree(SAMPLE, bulletin)
+    edit(
+        bulletin / "items" / "03-oslo-process-ten-years.md", "Oslo Conference", "Oslo\x9bConference"
+    )
+    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    assert checked.exit_code == 2 and "U+009B" in checked.output

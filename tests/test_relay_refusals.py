@@ -292,3 +292,15 @@ def test_the_sending_mailbox_full_at_exchange_stops_with_that_advice(tmp_path: P
     assert result.exit_code == 2, result.output
     assert "empty the sending mailbox" in " ".join(result.output.split())
     assert not (recipients / "suppressions.csv").exists()
+
+
+def test_a_zero_send_budget_sends_nothing_and_pauses(tmp_path: Path) -> None:
+    """MAILER_SEND_BUDGET=0s meant no budget at all: the run could overrun the job."""
+    with Server() as relay:
+        settings = settings_for(relay.port, tmp_path, send_budget="0s")
+        job = pipeline.prepare(SAMPLE, settings, dry_run=False)
+        with pipeline.open_ledger(job, settings) as ledger:
+            report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
+        assert relay.received == []
+    assert report.paused_until is not None and report.total.sent == 0
+    assert standing.exit_code(job, settings, report) == standing.PAUSED_AT_QUOTA
