@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from markdown_it import MarkdownIt
@@ -292,20 +292,27 @@ def _read_text(path: Path) -> str:
     # refused with its line (it would reach the web archive or crash a later stage).
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_LINE_BREAKS)
     if (bad := _CONTROL.search(text)) is not None:
-        raise ContentError(
+        _refuse_at(
+            text,
+            bad,
+            path,
             f"contains the control character U+{ord(bad.group(0)):04X}, invisible in most "
             "editors (often pasted from another program); delete it.",
-            file=path,
-            line=text.count("\n", 0, bad.start()) + 1,
         )
     if (found := RESERVED_TEXT.search(text)) is not None:
-        raise ContentError(
+        _refuse_at(
+            text,
+            found,
+            path,
             f"contains '{found.group(0)}', text mailer uses internally to place each reader's "
             "name and links; reword it.",
-            file=path,
-            line=text.count("\n", 0, found.start()) + 1,
         )
     return text
+
+
+def _refuse_at(text: str, found: re.Match[str], path: Path, message: str) -> NoReturn:
+    """A ContentError naming the file and the line of ``found`` in ``text``."""
+    raise ContentError(message, file=path, line=text.count("\n", 0, found.start()) + 1)
 
 
 def _one_line(mapping: _Mapping, key: str, *, required: bool = False) -> str | None:

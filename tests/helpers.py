@@ -85,6 +85,15 @@ def send(settings: Settings, recipients: Path | None = None, policy: RetryPolicy
 Sample = Callable[[], tuple[Path, Path]]  # the copy_sample fixture: (bulletin, recipients)
 
 
+def publish_sample(out: Path, now: str, env: dict[str, str] | None = None) -> Path:
+    """``mailer publish`` of the sample bulletin into ``out``, as of ``now``; ``out``."""
+    args = ["publish", "--bulletins", str(SAMPLE.parent), "--out", str(out)]
+    args += ["--recipients", str(SAMPLE_RECIPIENTS), "--now", now]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 # -- bounces ------------------------------------------------------------------------------
 
 BOUNCES = Path(__file__).parent / "fixtures" / "bounces"

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from mailer import pipeline
-from mailer.cli import app
 
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
-from .helpers import LAUNCH_ARGS, with_inline_images
+from .helpers import LAUNCH_ARGS, publish_sample, with_inline_images
 
 AXE = Path(
     os.environ.get(
@@ -44,22 +42,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site") / "site"
-    result = CliRunner().invoke(
-        app,
-        [
-            "publish",
-            "--bulletins",
-            str(SAMPLE.parent),
-            "--out",
-            str(out),
-            "--recipients",
-            str(SAMPLE_RECIPIENTS),
-            "--now",
-            "2017-03-29T00:00:00+00:00",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return out
+    return publish_sample(out, "2017-03-29T00:00:00+00:00")
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from mailer import pipeline
-from mailer.cli import app
 
 from .conftest import (
     ROOT,
@@ -25,6 +23,7 @@ from .conftest import (
     mbox_messages,
     require_tool,
 )
+from .helpers import publish_sample
 
 VNU = Path(
     os.environ.get(
@@ -60,26 +59,14 @@ def _errors(files: list[Path]) -> Counter[str]:
 
 
 def test_every_archive_page_is_valid_html(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    result = CliRunner().invoke(
-        app,
-        [
-            "publish",
-            "--bulletins",
-            str(SAMPLE.parent),
-            "--out",
-            str(site),
-            "--recipients",
-            str(SAMPLE_RECIPIENTS),
-            "--now",
-            "2017-04-01T00:00:00+00:00",
-        ],
+    site = publish_sample(
+        tmp_path / "site",
+        "2017-04-01T00:00:00+00:00",
         env={
             "MAILER_ARCHIVE_URL": "https://isu.example.org/bulletin",
             "MAILER_FROM": "ISU <i@isu.example.org>",
         },
     )
-    assert result.exit_code == 0, result.output
     pages = sorted(site.rglob("*.html"))
     assert len(pages) == 8  # the languages page, 3 indexes, a chooser and 3 issue pages
     assert _errors(pages) == Counter()

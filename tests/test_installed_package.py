@@ -13,44 +13,10 @@ from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS
 
 def test_a_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(dist),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stderr[-2000:]
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(ROOT))
     wheel = next(dist.glob("mailer-*.whl"))
     target = tmp_path / "installed"
-    installed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
+    _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel))
     assert (target / "mailer" / "templates" / "bulletin.html.j2").is_file()
     assert (
         target / "mailer" / "templates" / "locale" / "fr" / "LC_MESSAGES" / "messages.po"
@@ -91,3 +57,13 @@ def test_a_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert (tmp_path / "previews" / "2017-03.mbox").stat().st_size > 100_000
     assert not list(empty.iterdir())  # nothing written where it ran
+
+
+def _pip(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", args[0], "--quiet", *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
