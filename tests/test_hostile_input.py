@@ -326,3 +326,18 @@ def test_address_normalization_agrees_with_email_validator(address: str) -> None
     except ValueError:
         found = None
     assert found == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAILER_SEND_BUDGET", "soon"),
+        ("MAILER_SEND_BUDGET", "-5m"),
+        ("MAILER_FEED_TAG", "urn:isu:bulletin"),
+        ("MAILER_NETWORK_TIMEOUT", "0"),
+        ("MAILER_BOUNCE_SOFT_LIMIT", "-1"),
+    ],
+)
+def test_malformed_new_settings_are_refused_naming_the_variable(name: str, value: str) -> None:
+    result = CliRunner().invoke(app, ["check", str(SAMPLE)], env={name: value})
+    assert result.exit_code == 2 and name in result.output, result.output
