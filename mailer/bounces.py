@@ -43,9 +43,10 @@ from mailer.errors import InputError
 from mailer.inbound import Kind
 from mailer.ledger import BOUNCE, Ledger, Outcome, Record, ledger_path, read_records
 from mailer.replies import Returned
+from mailer.settings import Settings
 from mailer.suppressions import Added, normalize_address, suppress
 from mailer.unsubscribe import mailed_request
-from mailer.verp import parse_verp, tag
+from mailer.verp import id_key, parse_verp, tag
 
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._-]*)\.[0-9a-f]{24}@[^>\s]+>")
 LEFT_FOR_STAFF = "left for staff"
@@ -228,6 +229,21 @@ def process(
         soft_limit=soft_limit,
         key=key,
         window=window,
+    )
+
+
+def process_source(
+    source: Path, settings: Settings, recipients_dir: Path | None = None
+) -> BounceReport:
+    """``mailer bounces``: :func:`process` with the settings' ledgers, lists and VERP key."""
+    return process(
+        source,
+        settings.ledger_dir,
+        recipients_dir or settings.recipients_dir,
+        bounce_address=settings.bounce_address,
+        soft_limit=settings.bounce_soft_limit,
+        key=id_key(settings),
+        window=settings.dispatch_window,
     )
 
 

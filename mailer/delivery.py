@@ -188,7 +188,7 @@ class Sender:
             else None
         )
         self.ledger = ledger
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RetryPolicy(base=settings.retry_delay)
         self.progress = progress or (lambda outcome, message: None)
         self.run_id = run_id
         self.report = Report()

@@ -23,16 +23,17 @@ the workflow's script does (``.github/scripts/``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from mailer import archive, pipeline
+from mailer import pipeline
 from mailer import status as standing
 from mailer.compose import Identity
 from mailer.delivery import Report
-from mailer.errors import ConfigError, MailerError
+from mailer.errors import ConfigError, InputError, MailerError
 from mailer.ledger import CLAIM, RELEASE, Ledger, Record, State, ledger_path
 from mailer.preview import PreviewResult
 from mailer.settings import Settings
@@ -205,8 +206,10 @@ def send_due(
     settings: Settings,
     *,
     run: str | None,
+    allow_stale_sync: bool = False,
 ) -> None:
-    """Send every due bulletin (only those this run claimed, when ``run`` is given)."""
+    """Send every due bulletin (only those this run claimed, when ``run`` is given),
+    each through the one path of a real send (``pipeline.real_send``)."""
     for decision in decisions:
         if decision.action is not Action.DUE or decision.job is None:
             continue
@@ -231,9 +234,10 @@ def send_due(
                     recipients_dir=decision.job.recipients.directory,
                     dry_run=False,
                 )
-                if settings.archive_url:  # never with dead links (README, "Web archive")
-                    archive.require_live(job.composer, job.recipients, settings.archive_wait)
-                decision.report = pipeline.deliver(job, settings, ledger, state, run_id=run)
+                sent = pipeline.real_send(
+                    job, settings, ledger, run_id=run, allow_stale_sync=allow_stale_sync
+                )
+                decision.report = sent.report
             finally:
                 # Whatever happened, this run's outcomes are in the ledger now: the
                 # release tells the next run they came back (only a crash leaves none).
@@ -260,6 +264,46 @@ def preview_due(decisions: list[Decision], out_dir: Path) -> None:
     for decision in decisions:
         if decision.action is Action.DUE and decision.job is not None:
             decision.preview = pipeline.preview(decision.job, out_dir)
+
+
+def run(
+    root: Path,
+    settings: Settings,
+    now: datetime,
+    *,
+    approve: Callable[[list[str]], bool],
+    only: str | None = None,
+    recipients_dir: Path | None = None,
+    run_id: str | None = None,
+    claim_only: bool = False,
+    dry_run: bool = False,
+    force: str | None = None,
+    allow_stale_sync: bool = False,
+) -> list[Decision]:
+    """``mailer dispatch``: decide, then claim, preview or send what is due.
+
+    ``approve`` is asked once with the due issues' ids before a real send (the
+    command line asks the person unless --yes). The endpoint's unsubscribes must be
+    synced recently before a claim too: a claim the send then refused would block
+    the issue until a person released it.
+    """
+    from mailer import sync as syncing
+
+    if claim_only and run_id is None:
+        raise InputError("--claim needs --run-id (the scheduled run's id).", field="--run-id")
+    if force is not None:
+        force_release(settings, force)
+    decisions = decide(root, settings, now, only=only, recipients_dir=recipients_dir, run=run_id)
+    due = [d.issue for d in decisions if d.action is Action.DUE]
+    if due and not dry_run and not allow_stale_sync:
+        syncing.require_fresh(settings)
+    if claim_only:
+        claim(decisions, settings, run_id or "")
+    elif dry_run:
+        preview_due(decisions, settings.preview_dir)
+    elif due and approve(due):
+        send_due(decisions, settings, run=run_id, allow_stale_sync=allow_stale_sync)
+    return decisions
 
 
 def exit_code(decisions: list[Decision], settings: Settings) -> int:

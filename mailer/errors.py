@@ -7,6 +7,10 @@ message can say it in one paragraph.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # delivery imports aiosmtplib: errors stay light
+    from mailer.delivery import Report
 
 
 class MailerError(Exception):
@@ -78,7 +82,7 @@ class DeliveryError(MailerError):
     ) -> None:
         self.exit_code = 2 if configuration else 1
         self.code = code  # the SMTP reply code behind it, when there is one
-        self.report: object | None = None  # the run's delivery.Report, for the summary
+        self.report: Report | None = None  # what the run did before it stopped
         super().__init__(message)
 
 

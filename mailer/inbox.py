@@ -70,6 +70,7 @@ class InboxResult:
     already: int = 0
     refused: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     error: str | None = None
     fatal: bool = False  # a setting must change (sign-in refused): exit 2, not 1
     # Messages left for staff, to skip next time: {"uidvalidity": n, "uids": [...]}.

@@ -12,11 +12,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer import suppressions
+from mailer import archive, suppressions
+from mailer import status as standing
 from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
 from mailer.errors import DeliveryError, RecipientError
@@ -160,6 +162,80 @@ def deliver(
     return report
 
 
+def _no_progress(plan: Plan) -> AbstractContextManager[Progress | None]:
+    return nullcontext()
+
+
+@dataclass
+class SendHooks:
+    """What the person at the terminal sees and decides during a real send: the
+    command line's part, passed in (dispatch, unattended, takes the defaults)."""
+
+    planned: Callable[[Plan], None] = lambda plan: None  # who is mailed now
+    checking_archive: Callable[[], None] = lambda: None  # before a wait of up to a minute
+    approve: Callable[[Plan], bool] = lambda plan: True  # False: nothing is sent
+    # Wraps the send; yields where each outcome goes (a progress bar), or None.
+    sending: Callable[[Plan], AbstractContextManager[Progress | None]] = _no_progress
+
+
+@dataclass
+class SendResult:
+    """What a real send did: its plan, and the run's report unless nothing was sent."""
+
+    plan: Plan
+    report: Report | None  # None: nothing was pending, or the person said no
+    approved: bool
+    exit_code: int
+
+
+def real_send(
+    job: Job,
+    settings: Settings,
+    ledger: Ledger,
+    *,
+    hooks: SendHooks | None = None,
+    run_id: str | None = None,
+    allow_many: bool = False,
+    allow_stale_sync: bool = False,
+) -> SendResult:
+    """The one path of a real send, for ``mailer send`` and ``mailer dispatch``.
+
+    In order: the endpoint's unsubscribes must be synced recently (unless
+    ``allow_stale_sync``); plan who is still to be mailed; with nobody left, only
+    the suppression follow-up runs (a crash or the cap may have left dead mailboxes
+    unsuppressed); the web archive must serve every page the messages link to
+    (a send never goes out with dead links); the person approves; then deliver.
+    ``ledger`` must be entered (it holds the issue's lock).
+    """
+    from mailer import sync as syncing
+
+    hooks = hooks or SendHooks()
+    if not allow_stale_sync:
+        syncing.require_fresh(settings)
+    planned = plan(job, ledger.state())
+    hooks.planned(planned)
+    if planned.pending_total == 0:
+        leftover = Report()
+        suppress_dead_mailboxes(job, planned.state, leftover, allow_many=allow_many)
+        return SendResult(planned, leftover, True, standing.exit_code(job, settings))
+    if settings.archive_url:
+        hooks.checking_archive()
+        archive.require_live(job.composer, job.recipients, settings.archive_wait)
+    if not hooks.approve(planned):
+        return SendResult(planned, None, False, 0)
+    with hooks.sending(planned) as progress:
+        report = deliver(
+            job,
+            settings,
+            ledger,
+            planned.state,
+            progress=progress,
+            run_id=run_id,
+            allow_many=allow_many,
+        )
+    return SendResult(planned, report, True, standing.exit_code(job, settings, report))
+
+
 SUPPRESSION_CAP_SHARE = 0.05
 SUPPRESSION_CAP_MIN = 20
 
@@ -196,6 +272,14 @@ def suppress_dead_mailboxes(
     report.suppressed = list(
         suppressions.suppress(job.recipients.directory, fresh, "rejected: no such mailbox").added
     )
+
+
+def dead_archive_links(job: Job, settings: Settings) -> list[str]:
+    """For ``check`` and ``--test-to``: the archive addresses the messages link to that
+    are not served yet (no wait: before send_at the pages may not be published)."""
+    if not settings.archive_url:
+        return []
+    return archive.missing(archive.archive_urls(job.composer, job.recipients), wait=0)
 
 
 def validate_test_address(address: str) -> str:

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     from_: str | None = Field(None, alias="MAILER_FROM")
     reply_to: str | None = None
     max_connections: int = Field(4, ge=1, le=100)
+    # Seconds before a temporary failure is retried within a run; each later retry waits
+    # three times longer (2, 6, 18 s: about 26 s in all), then it is left deferred.
+    retry_delay: float = Field(2.0, gt=0, le=600)
     rate_per_second: float = Field(0.0, ge=0)
     rate_limits: str | None = None  # "30/minute, 10000/day": see quota.py
     provider: Literal["microsoft365"] | None = None  # a preset; explicit settings win

@@ -47,6 +47,10 @@ class SourceResult:
     refused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    # The same fields as the mailbox's result (inbox.InboxResult), so one view prints both.
+    effects: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    fatal: bool = False
 
 
 def state_path(settings: Settings) -> Path:
@@ -90,7 +94,20 @@ def sync(settings: Settings, recipients_dir: Path) -> list[SourceResult | InboxR
             state["mailbox"]["left"] = mailbox.left  # staff's mail, not read again
             _save_state(settings, state)
         results.append(mailbox)
+    if not results:
+        raise ConfigError(
+            "no source to sync: set MAILER_SERVE_URL and MAILER_SERVE_API_TOKEN, "
+            "or MAILER_IMAP_HOST (and its user and password).",
+        )
     return results
+
+
+def exit_code(results: list[SourceResult | InboxResult]) -> int:
+    """2 when a setting must change (a refused sign-in), 1 when a source could not be
+    read this time, else 0."""
+    if any(result.fatal for result in results):
+        return 2
+    return 1 if any(result.error for result in results) else 0
 
 
 def _now() -> str:

@@ -138,6 +138,38 @@ def _legacy_address(secret: bytes, token: str) -> str:
     return address
 
 
+@dataclass
+class ByHand:
+    """What ``mailer unsubscribe`` was given: the addresses, the reason to keep, and
+    the messages of an mbox that named nobody (listed, never guessed)."""
+
+    addresses: list[str]
+    reason: str
+    unreadable: list[str]
+
+
+def by_hand(
+    settings: Settings,
+    addresses: list[str],
+    *,
+    reason: str = "unsubscribed",
+    token: str | None = None,
+    mbox: Path | None = None,
+) -> ByHand:
+    """Addresses typed, named by a one-click token, or asked for in an mbox of mailed
+    requests. Unless staff gave their own reason, the file says how the request came."""
+    request = ByHand(list(addresses), reason, [])
+    if token is not None:
+        request.addresses.append(token_address(settings, token))
+        if reason == "unsubscribed":
+            request.reason = "one-click unsubscribe"
+    if mbox is not None:
+        request.addresses.extend(requests_in_mbox(mbox, request.unreadable))
+        if reason == "unsubscribed":
+            request.reason = "unsubscribe request by mail"
+    return request
+
+
 def requests_in_mbox(
     path: Path,
     unreadable: list[str] | None = None,

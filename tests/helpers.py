@@ -72,6 +72,7 @@ def cli_env(port: int, ledger_dir: Path, **extra: str) -> dict[str, str]:
         "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>",
         "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@isu.example.org",
         "MAILER_LEDGER_DIR": str(ledger_dir),
+        "MAILER_RETRY_DELAY": "0.05",  # a temporary failure is retried within 0.05 s, not 2
         **extra,
     }
 

@@ -72,7 +72,9 @@ class TokenEndpoint:
 
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Answer)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.01,), daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -335,6 +335,8 @@ def test_address_normalization_agrees_with_email_validator(address: str) -> None
         ("MAILER_SEND_BUDGET", "-5m"),
         ("MAILER_FEED_TAG", "urn:isu:bulletin"),
         ("MAILER_NETWORK_TIMEOUT", "0"),
+        ("MAILER_RETRY_DELAY", "0"),
+        ("MAILER_RETRY_DELAY", "two seconds"),
         ("MAILER_BOUNCE_SOFT_LIMIT", "-1"),
     ],
 )

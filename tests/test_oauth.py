@@ -238,7 +238,7 @@ def test_a_token_endpoint_dripping_its_answer_cannot_hold_the_send(
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Drip)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     settings = settings_for(
         25,
         tmp_path,

@@ -233,7 +233,7 @@ def served_site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     site.mkdir()
     handler = functools.partial(_QuietFiles, directory=str(site))
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield site, f"http://127.0.0.1:{server.server_address[1]}/bulletin"

@@ -57,6 +57,7 @@ def script_env(**extra: str) -> dict[str, str]:
     """The environment a workflow step gives its script: `mailer` on the PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["LEDGER_PUSH_BACKOFF"] = "0"  # a refused push is retried at once (1, 2, 3… s for real)
     env.update(extra)
     return env
 

@@ -436,7 +436,7 @@ def _hostile(
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
+    Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     return server, seen
 
 
@@ -537,7 +537,7 @@ def test_sync_refuses_an_export_it_does_not_understand(tmp_path: Path, body: byt
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Broken)
-    Thread(target=server.serve_forever, daemon=True).start()
+    Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     try:
         env = {
             "MAILER_SERVE_URL": f"http://127.0.0.1:{server.server_address[1]}",

@@ -11,6 +11,8 @@ set -euo pipefail
 message=${1:-"ledger: record dispatch"}
 branch=${LEDGER_BRANCH:-$(git rev-parse --abbrev-ref HEAD)}
 remote=${LEDGER_REMOTE:-origin}
+# Seconds to wait after the first refused push, then twice that, and so on (tests: 0).
+backoff=${LEDGER_PUSH_BACKOFF:-1}
 
 # Who commits: the workflow's bot identity unless the environment names one.
 export GIT_AUTHOR_NAME=${GIT_AUTHOR_NAME:-mailer dispatch}
@@ -48,7 +50,7 @@ for attempt in 1 2 3 4 5; do
     echo "could not rebase the ledger on $remote/$branch" >&2
     exit 1
   fi
-  sleep "$attempt"
+  sleep "$((attempt * backoff))"
 done
 echo "could not push the ledger to $remote/$branch" >&2
 exit 1
