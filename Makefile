@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/mailer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ lint: $(BIN)/mailer
 	$(BIN)/ruff format --check mailer tests bench
 	$(BIN)/mypy
 
+# Four workers on two cores: most tests wait on a server, a subprocess or a judge.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4
+
+# The unit and in-process tests only (no subprocess, browser, Dovecot, SpamAssassin…).
+test-fast: $(BIN)/mailer
+	$(BIN)/pytest -q -n 4 -m "not system"
 
 bench: $(BIN)/mailer
 	$(BIN)/python bench/compose.py

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import SecretStr
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -76,7 +78,7 @@ def main() -> None:
             imap_port=imap.port,
             imap_security="none",
             imap_username=USER,
-            imap_password=PASSWORD,
+            imap_password=SecretStr(PASSWORD),
             unsubscribe_mailto="unsubscribe@isu.example.org",
             ledger_dir=Path(tmp) / "ledger",
         )

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def make_settings(**values: object) -> Settings:
+def make_settings(**values: Any) -> Settings:
     """Settings from explicit values only (no .env, no environment)."""
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -128,13 +129,13 @@ def by_address(messages: list[OutgoingMessage]) -> dict[str, EmailMessage]:
 def text_of(message: EmailMessage) -> str:
     part = message.get_body(("plain",))
     assert part is not None
-    return str(part.get_content())  # type: ignore[attr-defined]
+    return str(part.get_content())
 
 
 def html_of(message: EmailMessage) -> str:
     part = message.get_body(("html",))
     assert part is not None
-    return str(part.get_content())  # type: ignore[attr-defined]
+    return str(part.get_content())
 
 
 @pytest.fixture

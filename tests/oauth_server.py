@@ -126,7 +126,7 @@ class OAuthHandler(Handler):
             answer = await server.challenge_auth("", encode_to_b64=False)
             raw = answer if isinstance(answer, bytes) else b""
         fields = dict(
-            part.split("=", 1) if "=" in part else (part, "")
+            (part.split("=", 1)[0], part.split("=", 1)[-1] if "=" in part else "")
             for part in raw.decode().split("\x01")
             if part
         )
@@ -155,5 +155,9 @@ class OAuthServer(Server):
 
     def __init__(self, endpoint: TokenEndpoint, behaviour: Behaviour | None = None) -> None:
         super().__init__(behaviour, auth_require_tls=False)
-        self.handler_obj = OAuthHandler(behaviour or Behaviour(), endpoint)
-        self.handler = self.handler_obj
+        self.oauth = OAuthHandler(behaviour or Behaviour(), endpoint)
+        self.handler_obj = self.handler = self.oauth
+
+    def __enter__(self) -> OAuthServer:
+        self.start()
+        return self

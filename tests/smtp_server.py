@@ -100,7 +100,7 @@ class Handler:
         if address in b.stall:
             await asyncio.sleep(b.stall[address])
         if count <= b.drop_times.get(address, 0):
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()  # the connection drops before DATA is answered
             return "250 never seen"
         if count <= b.defer_times.get(address, 0):

@@ -15,6 +15,8 @@ from mailer import pipeline
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
 from .helpers import LAUNCH_ARGS, publish_sample, with_inline_images
 
+pytestmark = pytest.mark.system  # Chromium with axe-core
+
 AXE = Path(
     os.environ.get(
         "MAILER_AXE", ROOT / ".ci" / "tools" / "node_modules" / "axe-core" / "axe.min.js"

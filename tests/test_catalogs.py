@@ -22,7 +22,7 @@ def _template_messages() -> set[str]:
             for _, _, message, _ in babel_extract(
                 handle, ("_", "gettext"), [], {"extensions": "jinja2.ext.i18n"}
             ):
-                found.add(message if isinstance(message, str) else message[0])
+                found.add(message if isinstance(message, str) else str(next(iter(message or [""]))))
     return found
 
 
@@ -35,4 +35,5 @@ def test_catalog_translates_every_label(language: str) -> None:
     for message in wanted:
         entry = catalog.get(message)
         assert entry is not None and entry.string, f"{language}: '{message}' is not translated"
-        assert sorted(PLACEHOLDER.findall(message)) == sorted(PLACEHOLDER.findall(entry.string))
+        translated = str(entry.string)
+        assert sorted(PLACEHOLDER.findall(message)) == sorted(PLACEHOLDER.findall(translated))

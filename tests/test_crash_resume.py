@@ -11,9 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from .conftest import SAMPLE
 from .helpers import cli_env, write_list
 from .smtp_server import Behaviour, Server
+
+pytestmark = pytest.mark.system  # mailer killed in a subprocess
 
 COUNT = 200
 CONNECTIONS = 4

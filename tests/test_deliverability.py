@@ -436,6 +436,7 @@ def _spam_scores(messages: list[bytes], home: Path) -> list[float]:
     return scores
 
 
+@pytest.mark.system
 def test_spamassassin_scores_every_variant_at_most_zero(
     dkim_key: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -446,6 +447,7 @@ def test_spamassassin_scores_every_variant_at_most_zero(
     assert max(scores) <= 0.0, dict(zip(one_per_variant, scores, strict=True))
 
 
+@pytest.mark.system
 def test_spamassassin_is_known_to_catch_a_bad_message(tmp_path: Path) -> None:
     bad = (
         b"From: WINNER <prize@example.com>\r\nTo: you@example.org\r\n"

@@ -50,9 +50,12 @@ def test_every_recipient_gets_exactly_one_intact_message(server: Server, tmp_pat
     for received in server.received:
         # Byte for byte what was composed, but for the Date of composition.
         expected = composed[received.rcpt.lower()]
-        strip = lambda data: b"\r\n".join(  # noqa: E731
-            line for line in data.split(b"\r\n") if not line.startswith(b"Date: ")
-        )
+
+        def strip(data: bytes) -> bytes:
+            return b"\r\n".join(
+                line for line in data.split(b"\r\n") if not line.startswith(b"Date: ")
+            )
+
         assert strip(received.data).rstrip(b"\r\n") == strip(expected).rstrip(b"\r\n")
     outcomes = last_outcomes(settings)
     assert set(outcomes.values()) == {"sent"} and len(outcomes) == 13
@@ -195,6 +198,7 @@ def test_starttls_with_a_trusted_certificate_sends(
         assert send(settings).total.sent == 13
 
 
+@pytest.mark.system
 def test_implicit_tls_with_a_trusted_certificate_sends(
     certificate_authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,6 +234,7 @@ def test_connection_cap_holds_and_connections_are_reused(tmp_path: Path) -> None
         assert server.tracker.total == 3  # persistent: many messages a connection
 
 
+@pytest.mark.system
 def test_rate_limit_holds_in_every_one_second_window(tmp_path: Path) -> None:
     with Server() as server:
         recipients = write_list(tmp_path / "list", 130)

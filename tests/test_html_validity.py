@@ -31,6 +31,8 @@ VNU = Path(
         ROOT / ".ci" / "tools" / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar",
     )
 )
+
+pytestmark = pytest.mark.system  # the Nu Html Checker (Java)
 # What HTML email needs and the checker, built for web pages, calls an error:
 EMAIL_NORMAL = {
     # Apple Mail's switch against reformatting takes no content (Apple's documentation).

@@ -27,6 +27,8 @@ from .helpers import BOUNCE_ADDRESS, BOUNCE_SECRET, FAST, KEY, bounce_bytes, set
 from .oauth_server import CLIENT_ID, CLIENT_SECRET, EXPIRED_SECRET, TokenEndpoint
 from .smtp_server import Server
 
+pytestmark = pytest.mark.system  # a private Dovecot
+
 ARF = """From: feedback@mailbox-provider.example
 To: abuse@isu.example.org
 Subject: Complaint about a message
@@ -119,7 +121,7 @@ def _count(imap: Dovecot, folder: str) -> int:
     client.login(USER, PASSWORD)
     kind, data = client.select(f'"{folder}"')
     client.logout()
-    return int(data[0]) if kind == "OK" else -1
+    return int(data[0] or b"-1") if kind == "OK" else -1
 
 
 def _env(settings: Settings) -> dict[str, str]:

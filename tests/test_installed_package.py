@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS
+
+pytestmark = pytest.mark.system  # a wheel built and installed into a fresh venv
 
 
 def test_a_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ from .oauth_server import (
 )
 from .smtp_server import Server, free_port
 
+pytestmark = pytest.mark.system  # token endpoints over HTTP and real-time token expiry
+
 
 def oauth_settings(endpoint: TokenEndpoint, port: int, tmp_path: Path, **extra: object) -> Settings:
     """Settings that sign in with XOAUTH2 through ``endpoint`` (``extra`` overrides)."""
@@ -49,7 +51,7 @@ def test_a_send_longer_than_a_tokens_life_delivers_everyone(tmp_path: Path) -> N
             report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
         assert report.total.sent == 13 and len(relay.received) == 13
         assert len(endpoint.issued) >= 2  # renewed during the send (13 at 4/s ≈ 3 s)
-        assert relay.handler_obj.sign_ins >= 2
+        assert relay.oauth.sign_ins >= 2
         assert all(r["grant_type"] == "client_credentials" for r in endpoint.requests)
         assert {r.get("scope") for r in endpoint.requests} == {
             "https://outlook.office365.com/.default"
@@ -204,7 +206,7 @@ def test_the_token_goes_after_the_servers_334_never_on_the_auth_line(tmp_path: P
         with pipeline.open_ledger(job, settings) as ledger:
             report = pipeline.deliver(job, settings, ledger, ledger.state(), policy=FAST)
         assert report.total.sent == 13
-        assert relay.handler_obj.initial_responses and not any(relay.handler_obj.initial_responses)
+        assert relay.oauth.initial_responses and not any(relay.oauth.initial_responses)
 
 
 def test_a_token_endpoint_dripping_its_answer_cannot_hold_the_send(

@@ -15,7 +15,7 @@ from mailer import bounces, pipeline
 from mailer import status as standing
 from mailer.cli import app
 from mailer.errors import DeliveryError
-from mailer.ledger import State, ledger_path
+from mailer.ledger import State, ledger_path, read_records
 from mailer.replies import Cause, Returned, Verdict, read_reply
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
@@ -260,7 +260,7 @@ def test_one_full_mailbox_defers_that_reader_and_counts_once_as_a_soft_bounce(
     ledger = tmp_path / "ledger"
     state = State.load(ledger_path(ledger, "2017-03"))
     assert state.outcome("reader4@example.org") == "deferred"
-    started = datetime.fromisoformat(next(bounces.read_records(ledger / "2017-03.jsonl")).time)
+    started = datetime.fromisoformat(next(read_records(ledger / "2017-03.jsonl")).time)
     window = timedelta(hours=72)
 
     def close(hours: float) -> bounces.BounceReport:

@@ -11,6 +11,8 @@ import pytest
 from .conftest import mbox_messages, require_tool
 from .helpers import LAUNCH_ARGS, with_inline_images
 
+pytestmark = pytest.mark.system  # Chromium
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:

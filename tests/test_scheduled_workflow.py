@@ -20,6 +20,8 @@ from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, edit
 from .helpers import cli_env
 from .smtp_server import Behaviour, Server
 
+pytestmark = pytest.mark.system  # git repositories and the workflow's scripts in subprocesses
+
 DUE = "2017-03-28T09:15:00+02:00"
 
 

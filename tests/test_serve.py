@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,8 @@ from mailer.unsubscribe import make_token
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .helpers import cli_env, send_cli, write_list
 from .smtp_server import Server, free_port
+
+pytestmark = pytest.mark.system  # the endpoint under uvicorn in a subprocess
 
 SECRET = "endpoint-test-secret"
 API_TOKEN = "sync-api-token-for-tests"
@@ -653,7 +656,9 @@ def test_a_one_click_post_without_a_form_type_still_unsubscribes(
 
 def test_sync_reads_until_an_empty_page_whatever_the_page_size(tmp_path: Path) -> None:
     """An endpoint paging by 500 ended the sync as a success with 700 requests unread."""
-    pending = [{"id": i, "address": f"p{i}@example.org"} for i in range(1, 1201)]
+    pending: list[dict[str, Any]] = [
+        {"id": i, "address": f"p{i}@example.org"} for i in range(1, 1201)
+    ]
 
     def by_500(handler: BaseHTTPRequestHandler) -> None:
         if handler.command == "POST":

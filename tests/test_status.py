@@ -15,12 +15,12 @@ from .helpers import cli_env, send_cli, write_list
 from .smtp_server import Behaviour, Server
 
 
-def _status(recipients: Path, env: dict[str, str]) -> dict[str, dict[str, int]]:
+def _status(recipients: Path, env: dict[str, str]) -> dict[str, int]:
     result = CliRunner().invoke(
         app, ["status", str(SAMPLE), "--recipients", str(recipients), "--json"], env=env
     )
     assert result.exit_code == 0, result.output
-    data: dict[str, dict[str, int]] = json.loads(result.output)["total"]
+    data: dict[str, int] = json.loads(result.output)["total"]
     return data
 
 

@@ -60,12 +60,14 @@ def test_there_are_two_workflows() -> None:
     assert [p.name for p in WORKFLOWS] == ["dispatch.yml", "preview.yml"]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_actionlint_finds_nothing(workflow: Path) -> None:
     result = _actionlint(workflow)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_actionlint_flags_a_broken_workflow(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     broken.write_text(BROKEN)
@@ -73,6 +75,7 @@ def test_actionlint_flags_a_broken_workflow(tmp_path: Path) -> None:
     assert result.returncode != 0 and "unknown-key" in result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_zizmor_finds_nothing(workflow: Path) -> None:
     result = _zizmor(workflow)
@@ -80,6 +83,7 @@ def test_zizmor_finds_nothing(workflow: Path) -> None:
     assert "No findings" in result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_zizmor_flags_template_injection_and_unpinned_actions(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     broken.write_text(BROKEN.replace("    unknown-key: true\n", "").replace("maybe", "true"))
