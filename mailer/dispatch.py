@@ -32,10 +32,10 @@ from pathlib import Path
 from mailer import pipeline
 from mailer import status as standing
 from mailer.compose import Identity
-from mailer.delivery import Report
 from mailer.errors import ConfigError, InputError, MailerError
 from mailer.ledger import CLAIM, RELEASE, Ledger, Record, State, ledger_path
 from mailer.preview import PreviewResult
+from mailer.recorder import Report
 from mailer.settings import Settings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # delivery imports aiosmtplib: errors stay light
-    from mailer.delivery import Report
+    from mailer.recorder import Report
 
 
 class MailerError(Exception):

@@ -15,7 +15,7 @@ from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path, read_re
 from mailer.settings import Settings
 
 if TYPE_CHECKING:  # delivery imports aiosmtplib; status stays light
-    from mailer.delivery import Report
+    from mailer.recorder import Report
 
 
 @dataclass

@@ -29,8 +29,6 @@ from rich.text import Text
 if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.bounces import BounceReport
     from mailer.checks import CheckReport
-    from mailer.delivery import Progress as OnOutcome
-    from mailer.delivery import Report
     from mailer.dispatch import Decision
     from mailer.inbox import InboxResult
     from mailer.issue import Issue
@@ -39,6 +37,8 @@ if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.preview import PreviewResult
     from mailer.publish import Published
     from mailer.recipients import RecipientList
+    from mailer.recorder import Progress as OnOutcome
+    from mailer.recorder import Report
     from mailer.status import Status
     from mailer.suppressions import Added
     from mailer.sync import SourceResult
