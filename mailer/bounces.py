@@ -41,7 +41,7 @@ from pathlib import Path
 from mailer import inbound
 from mailer.errors import InputError
 from mailer.inbound import Kind
-from mailer.ledger import BOUNCE, Ledger, Outcome, Record, ledger_path, read_records
+from mailer.ledger import BOUNCE, LedgerDir, Outcome, Record
 from mailer.replies import Returned
 from mailer.settings import Settings
 from mailer.suppressions import Added, normalize_address, suppress
@@ -102,17 +102,16 @@ class _Ledgers:
     """
 
     def __init__(self, ledger_dir: Path, key: bytes | None) -> None:
-        self.ledger_dir = ledger_dir
+        self.ledgers = LedgerDir(ledger_dir)
         self.key = key
         self.by_issue: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
 
     def _load(self, issue: str) -> tuple[dict[str, str], dict[str, str]]:
         if issue not in self.by_issue:
-            path = ledger_path(self.ledger_dir, issue)
             tags: dict[str, str] = {}
             ids: dict[str, str] = {}
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue) and path.is_file():
-                for record in read_records(path):
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue) and self.ledgers.has(issue):
+                for record in self.ledgers.records(issue):
                     if record.recipient and record.outcome in _MAILED:
                         if self.key is not None:
                             tags[tag(self.key, issue, record.recipient)] = record.recipient
@@ -391,13 +390,13 @@ def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
     """
     fresh: list[Bounce] = []
     by_issue: dict[str, list[Bounce]] = {}
+    ledgers = LedgerDir(ledger_dir)
     for bounce in bounces:
         by_issue.setdefault(bounce.issue, []).append(bounce)
     for issue, items in by_issue.items():
-        path = ledger_path(ledger_dir, issue)
-        if not path.is_file():
+        if not ledgers.has(issue):
             continue  # attribution needs the ledger; never create one here
-        seen = {(r.recipient.lower(), r.run) for r in read_records(path) if r.outcome == BOUNCE}
+        seen = {(r.recipient.lower(), r.report_id) for r in ledgers.records(issue)}
         records = []
         for bounce in items:
             key = (bounce.recipient.lower(), bounce.bounce_id)
@@ -405,19 +404,9 @@ def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
                 continue
             seen.add(key)
             fresh.append(bounce)
-            records.append(
-                Record(
-                    recipient=bounce.recipient,
-                    outcome=BOUNCE,
-                    message_id="",
-                    segments=(),
-                    attempt=0,
-                    reply=bounce.detail,
-                    run=bounce.bounce_id,
-                )
-            )
+            records.append(Record.bounce(bounce.recipient, bounce.detail, bounce.bounce_id))
         if records:
-            Ledger.append_beside(ledger_dir, issue, records)
+            ledgers.append_beside(issue, records)
     return fresh
 
 
@@ -437,8 +426,9 @@ def windows_ended(
         return []
     moment = now or datetime.now(UTC)
     found = []
-    for path in sorted(ledger_dir.glob("*.jsonl")):
-        records = list(read_records(path))
+    ledgers = LedgerDir(ledger_dir)
+    for issue in ledgers.issues():
+        records = list(ledgers.records(issue))
         if not records or not _ended(records[0].time, window, moment):
             continue
         last: dict[str, str] = {}
@@ -452,7 +442,7 @@ def windows_ended(
         for address, outcome in last.items():
             if outcome == Outcome.DEFERRED and address not in counted:
                 detail = "soft: still deferred when the dispatch window ended"
-                found.append(Bounce(path.stem, address, Returned.SOFT, detail, WINDOW_ENDED))
+                found.append(Bounce(issue, address, Returned.SOFT, detail, WINDOW_ENDED))
     return found
 
 
@@ -478,7 +468,8 @@ def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> l
         return []
     wanted = None if addresses is None else {a.lower() for a in addresses}
     history: dict[str, list[bool]] = {}
-    standings = [_standing(path, wanted) for path in ledger_dir.glob("*.jsonl")]
+    ledgers = LedgerDir(ledger_dir)
+    standings = [_standing(ledgers.records(issue), wanted) for issue in ledgers.issues()]
     issues = sorted(standings, key=lambda issue: issue[0])
     for _, standing in issues:  # in the order the issues went out, whatever their ids
         for address, soft in standing.items():
@@ -490,14 +481,14 @@ def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> l
     ]
 
 
-def _standing(path: Path, wanted: set[str] | None) -> tuple[str, dict[str, bool]]:
+def _standing(records: Iterable[Record], wanted: set[str] | None) -> tuple[str, dict[str, bool]]:
     """When one issue went out (its first record), and per reader mailed in it: True
     when it was a soft bounce, False when delivered."""
     last: dict[str, str] = {}
     bounced: dict[str, Returned] = {}
     late: set[str] = set()
     first = ""
-    for record in read_records(path):
+    for record in records:
         first = first or record.time
         address = record.recipient.lower()
         if not address or (wanted is not None and address not in wanted):

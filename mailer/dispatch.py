@@ -33,7 +33,7 @@ from mailer import pipeline
 from mailer import status as standing
 from mailer.compose import Identity
 from mailer.errors import ConfigError, InputError, MailerError
-from mailer.ledger import CLAIM, RELEASE, Ledger, Record, State, ledger_path
+from mailer.ledger import CLAIM, RELEASE, Ledger, LedgerDir, Record
 from mailer.preview import PreviewResult
 from mailer.recorder import Report
 from mailer.settings import Settings
@@ -139,7 +139,7 @@ def _decide_one(
             f"{total['sent']} sent, {total['failed']} failed",
         )
         return decision
-    state = State.load(ledger_path(settings.ledger_dir, bulletin.id))
+    state = LedgerDir(settings.ledger_dir).state(bulletin.id)
     other = state.claimed_by_others(run)
     if other is not None:
         decision.action = Action.BLOCKED
@@ -171,10 +171,6 @@ def _hours(delta: object) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
-def _issue_record(outcome: str, run: str) -> Record:
-    return Record(recipient="", outcome=outcome, message_id="", segments=(), attempt=0, run=run)
-
-
 def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decision]:
     """Record this run's claim on every due bulletin; sends nothing.
 
@@ -188,7 +184,7 @@ def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decis
         if decision.action is not Action.DUE:
             continue
         with Ledger(settings.ledger_dir, decision.issue) as ledger:
-            ledger.write_now([_issue_record(CLAIM, run)])
+            ledger.write_now([Record.for_issue(CLAIM, run)])
         claimed.append(decision)
     return claimed
 
@@ -198,7 +194,7 @@ def force_release(settings: Settings, issue: str) -> None:
     with Ledger(settings.ledger_dir, issue) as ledger:
         state = ledger.state()
         if state.claims:
-            ledger.write_now([_issue_record(RELEASE, run) for run in state.claims])
+            ledger.write_now([Record.for_issue(RELEASE, run) for run in state.claims])
 
 
 def send_due(
@@ -225,7 +221,7 @@ def send_due(
                 # the next scheduled run sees both released and decides again.
                 decision.action = Action.BLOCKED
                 decision.detail = f"run {other.run} claimed it too; this run sends nothing"
-                ledger.write_now([_issue_record(RELEASE, run)])
+                ledger.write_now([Record.for_issue(RELEASE, run)])
                 continue
             try:
                 job = pipeline.prepare(
@@ -242,7 +238,7 @@ def send_due(
                 # Whatever happened, this run's outcomes are in the ledger now: the
                 # release tells the next run they came back (only a crash leaves none).
                 if run is not None:
-                    ledger.write_now([_issue_record(RELEASE, run)])
+                    ledger.write_now([Record.for_issue(RELEASE, run)])
         decision.action = Action.SENT
         decision.detail = _summary(decision.report)
 

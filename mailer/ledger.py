@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from mailer.errors import LedgerDamaged, LedgerGone, LedgerLocked
 
@@ -78,7 +78,7 @@ class Record:
     """One line of the ledger."""
 
     recipient: str
-    outcome: str  # attempt | sent | failed | deferred
+    outcome: Outcome
     message_id: str
     segments: tuple[str, ...]
     attempt: int
@@ -103,11 +103,46 @@ class Record:
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
+    def for_issue(cls, outcome: Outcome, run: str | None, reply: str | None = None) -> Record:
+        """An issue-level record (``claim``, ``release``, ``paused``): no recipient."""
+        return cls(
+            recipient="",
+            outcome=outcome,
+            message_id="",
+            segments=(),
+            attempt=0,
+            reply=reply,
+            run=run,
+        )
+
+    @classmethod
+    def bounce(cls, recipient: str, detail: str, report_id: str) -> Record:
+        """A report that came back later. Its id (what keeps it from being recorded
+        twice) is kept in ``run``, where ledgers have always held it."""
+        return cls(
+            recipient=recipient,
+            outcome=Outcome.BOUNCE,
+            message_id="",
+            segments=(),
+            attempt=0,
+            reply=detail,
+            run=report_id,
+        )
+
+    @property
+    def report_id(self) -> str | None:
+        """A ``bounce`` record's report id (see :meth:`bounce`)."""
+        return self.run if self.outcome == Outcome.BOUNCE else None
+
+    @classmethod
     def from_json(cls, line: str) -> Record:
-        data = json.loads(line)
+        return cls.from_dict(json.loads(line))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
         return cls(
             recipient=data["recipient"],
-            outcome=data["outcome"],
+            outcome=Outcome(data["outcome"]),
             message_id=data.get("message_id", ""),
             segments=tuple(data.get("segments", ())),
             attempt=int(data.get("attempt", 0)),
@@ -128,14 +163,11 @@ def ledger_path(directory: Path, issue: str) -> Path:
 
 def read_records(path: Path) -> Iterator[Record]:
     """Every complete record; a torn last line is skipped, a damaged one is an error."""
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith("\n"):
-                return  # torn by a crash: never acknowledged
-            if line.strip():
-                yield _parse(line, path, number)
+    for number, line, data in _raw_records(path):
+        try:
+            yield Record.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            _damaged(line, path, number)
 
 
 def _raw_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
@@ -154,8 +186,7 @@ def _raw_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                _parse(line, path, number)  # raises LedgerDamaged, naming the line
-                continue
+                _damaged(line, path, number)
             yield number, line, data
 
 
@@ -167,12 +198,16 @@ def _parse(line: str, path: Path, number: int) -> Record:
     try:
         return Record.from_json(line)
     except (ValueError, KeyError, TypeError, AttributeError):
-        excerpt = line.strip()[:60]
-        raise LedgerDamaged(
-            f"{path}, line {number}: not a ledger record ({excerpt!r}). A line was edited "
-            "or a git merge left conflict markers; restore the file from git (git log -- "
-            f"{path}) or remove the damaged line by hand, then run again."
-        ) from None
+        _damaged(line, path, number)
+
+
+def _damaged(line: str, path: Path, number: int) -> NoReturn:
+    excerpt = line.strip()[:60]
+    raise LedgerDamaged(
+        f"{path}, line {number}: not a ledger record ({excerpt!r}). A line was edited "
+        "or a git merge left conflict markers; restore the file from git (git log -- "
+        f"{path}) or remove the damaged line by hand, then run again."
+    )
 
 
 @dataclass
@@ -215,9 +250,8 @@ class State:
                 state.claims.pop(str(data.get("run") or ""), None)
             elif outcome not in (BOUNCE, Outcome.PAUSED):
                 recipient = data.get("recipient")
-                if not isinstance(recipient, str) or not isinstance(outcome, str):
-                    _parse("{}", path, number)  # raises LedgerDamaged, naming the line
-                    continue
+                if not isinstance(recipient, str) or outcome not in outcomes:
+                    _damaged(line, path, number)
                 key = recipient.lower()
                 outcome = outcomes.get(outcome, outcome)
                 state.last[key] = (outcome, int(data.get("attempt") or 0))
@@ -400,3 +434,58 @@ class Ledger:
                 await self._flusher
             self._flusher = None
             self._wake = None
+
+
+class LedgerDir:
+    """The folder of ledgers, one per issue: the only code that finds, reads and parses
+    them. Quotas, bounce attribution, status, dispatch, publish and the reports all
+    read ledgers through it; only :class:`Ledger` writes them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, issue: str) -> Path:
+        return ledger_path(self.directory, issue)
+
+    def has(self, issue: str) -> bool:
+        """Whether the issue has a ledger (attribution never creates one)."""
+        return self.path(issue).is_file()
+
+    def issues(self) -> list[str]:
+        """Every issue with a ledger, by id."""
+        return sorted(p.stem for p in self.directory.glob("*.jsonl"))
+
+    def records(self, issue: str) -> Iterator[Record]:
+        """Every complete record of the issue's ledger, in order (none without one)."""
+        return read_records(self.path(issue))
+
+    def state(self, issue: str, *, with_segments: bool = False) -> State:
+        """Where each reader of the issue stands (see :class:`State`)."""
+        return State.load(self.path(issue), with_segments=with_segments)
+
+    def sent_since(self, since: float) -> list[float]:
+        """Times (epoch seconds) of the messages sent after ``since``, from every ledger:
+        the quota windows' history. Read leniently: a damaged line is for the issue's own
+        run to report, not a reason to stop another issue's send."""
+        starts: list[float] = []
+        for issue in self.issues():
+            with self.path(issue).open(encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if '"sent"' not in line:
+                        continue
+                    try:
+                        data = json.loads(line)
+                        moment = datetime.fromisoformat(data["time"]).timestamp()
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if data.get("outcome") == Outcome.SENT and moment > since:
+                        starts.append(moment)
+        return starts
+
+    def open(self, issue: str) -> Ledger:
+        """The issue's ledger for a run (enter it: it takes the issue's lock)."""
+        return Ledger(self.directory, issue)
+
+    def append_beside(self, issue: str, records: Iterable[Record]) -> None:
+        """Records that are not part of a send (bounces); see :meth:`Ledger.append_beside`."""
+        Ledger.append_beside(self.directory, issue, records)

@@ -147,17 +147,7 @@ def deliver(
     if report.paused_until is not None:  # tells the scheduled run's fast path to come back
         resume = datetime.fromtimestamp(report.paused_until, UTC).isoformat(timespec="seconds")
         ledger.write_now(
-            [
-                Record(
-                    recipient="",
-                    outcome=Outcome.PAUSED,
-                    message_id="",
-                    segments=(),
-                    attempt=0,
-                    reply=f"quota: resume after {resume}",
-                    run=run_id,
-                )
-            ]
+            [Record.for_issue(Outcome.PAUSED, run_id, reply=f"quota: resume after {resume}")]
         )
     return report
 

@@ -40,7 +40,7 @@ from mailer import language as lang
 from mailer import layout, templating
 from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
 from mailer.errors import ConfigError, ContentError
-from mailer.ledger import State, ledger_path
+from mailer.ledger import LedgerDir
 from mailer.recipients import available_segments
 from mailer.settings import Settings
 
@@ -83,7 +83,7 @@ def published_issues(
 
 def _send_began(settings: Settings, issue: str) -> bool:
     """Whether the issue's ledger shows a send began (an issue sent by hand stays up)."""
-    return bool(State.load(ledger_path(settings.ledger_dir, issue)).last)
+    return bool(LedgerDir(settings.ledger_dir).state(issue).last)
 
 
 MARKER = ".mailer-site"  # written into every site publish builds: the folder is ours

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -117,17 +116,6 @@ class Quota:
 
 def ledger_history(ledger_dir: Path, since: float) -> list[float]:
     """Times (epoch seconds) of the messages sent since ``since``, from every ledger."""
-    starts: list[float] = []
-    for path in sorted(ledger_dir.glob("*.jsonl")):
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if '"sent"' not in line:
-                    continue
-                try:
-                    data = json.loads(line)
-                    moment = datetime.fromisoformat(data["time"]).timestamp()
-                except (ValueError, KeyError, TypeError):
-                    continue  # the ledger's own reader reports damaged lines
-                if data.get("outcome") == "sent" and moment > since:
-                    starts.append(moment)
-    return starts
+    from mailer.ledger import LedgerDir
+
+    return LedgerDir(ledger_dir).sent_since(since)

@@ -5,13 +5,13 @@ One rule decides "complete" for ``send``'s exit code and ``dispatch`` alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailer import suppressions
 from mailer.issue import Issue
-from mailer.ledger import OUTCOMES, Outcome, Record, State, ledger_path, read_records
+from mailer.ledger import OUTCOMES, LedgerDir, Outcome, Record
 from mailer.settings import Settings
 
 if TYPE_CHECKING:  # delivery imports aiosmtplib; status stays light
@@ -65,8 +65,8 @@ _COLUMNS = ("sent", "failed", "deferred", "pending")
 
 def status(job: Issue, settings: Settings) -> Status:
     """Where the issue's send stands, from its ledger and the current recipients."""
-    path = ledger_path(settings.ledger_dir, job.bulletin.id)
-    state = State.load(path, with_segments=True)
+    ledgers = LedgerDir(settings.ledger_dir)
+    state = ledgers.state(job.bulletin.id, with_segments=True)
     segments = {s: dict.fromkeys(_COLUMNS, 0) for s in job.recipients.segments}
     total = dict.fromkeys(_COLUMNS, 0)
     in_doubt = unfinished = 0
@@ -92,7 +92,7 @@ def status(job: Issue, settings: Settings) -> Status:
     failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
-    returned, refusing = _returned(path)
+    returned, refusing = _returned(ledgers.records(job.bulletin.id))
     return Status(segments, total, failures, in_doubt, since, unfinished, returned, refusing)
 
 
@@ -102,13 +102,13 @@ REFUSING_READERS = 3
 _SERIOUS = ("hard", "soft", "refused")
 
 
-def _returned(path: Path) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
+def _returned(records: Iterable[Record]) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
     """Readers by the class of their returned reports, and the domains refusing several."""
     from mailer.bounces import returned  # the bounce reader's one reading of its records
 
     worst: dict[str, str] = {}
     refused: dict[str, dict[str, str]] = {}
-    for record in read_records(path):
+    for record in records:
         if record.outcome != Outcome.BOUNCE:
             continue
         kind = str(returned(record))

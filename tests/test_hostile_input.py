@@ -246,6 +246,26 @@ def test_a_damaged_ledger_line_is_named_not_a_traceback(tmp_path: Path) -> None:
     assert len(server.received) == 5
 
 
+def test_a_ledger_line_with_an_unknown_outcome_is_named_not_counted(tmp_path: Path) -> None:
+    """Outcomes are a closed set: a hand edit's "sendt" was read as a state nobody knew
+    and the reader counted as pending, to be mailed again."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    line = (
+        '{"time": "2017-03-28T07:30:00.000+00:00", "recipient": "reader0@example.org", '
+        '"outcome": "%s", "attempt": 1, "code": 250, "reply": "ok", "message_id": "<m@x>", '
+        '"segments": ["states"]}\n'
+    )
+    (ledger / "2017-03.jsonl").write_text(line % "attempt" + line % "sendt")
+    recipients = write_list(tmp_path / "r", 3)
+    result = CliRunner().invoke(
+        app,
+        ["status", str(SAMPLE), "--recipients", str(recipients)],
+        env={"MAILER_LEDGER_DIR": str(ledger)},
+    )
+    assert result.exit_code == 2 and "line 2" in result.output, result.output
+
+
 # -- the way back ------------------------------------------------------------------------------
 
 
