@@ -6,6 +6,8 @@ postfix daemon is never started). Prints, in one run:
 
 (a) ``mailer send`` end to end (load, compose, send, ledger) with 8 connections,
     and (a') the same with DKIM signing;
+(d) the send in a fresh process through ``pipeline.deliver`` twice: DATA in wire
+    form (``smtp._wire_data``, the default) and aiosmtplib's public ``data()``;
 (b) the raw ceiling of aiosmtplib: 8 persistent connections sending pre-built bytes;
 (c) ``smtp-source -s 8`` sending messages of the same size;
 
@@ -53,15 +55,8 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("smtp-sink did not start")
 
 
-def mailer_end_to_end(
-    port: int,
-    recipients: Path,
-    work: Path,
-    extra: dict[str, str] | None = None,
-    *,
-    public_data: bool = False,
-) -> tuple[float, int, int]:
-    """(seconds, messages, average size) for `mailer send --yes`, as staff run it."""
+def bench_env(port: int, work: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The MAILER_* settings of every run: smtp-sink, 8 connections, a fresh ledger."""
     shutil.rmtree(work / "ledger", ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env.update(
@@ -76,19 +71,18 @@ def mailer_end_to_end(
         MAILER_MAX_CONNECTIONS=str(CONNECTIONS),
         **(extra or {}),
     )
-    # public_data: aiosmtplib's public data() instead of smtp.py's fast path.
-    launcher = (
-        [
-            "-c",
-            "import sys, mailer.smtp as s; s.FAST_DATA = False; "
-            "sys.argv[0] = 'mailer'; from mailer.cli import main; main()",
-        ]
-        if public_data
-        else ["-m", "mailer"]
-    )
+    return env
+
+
+def mailer_end_to_end(
+    port: int, recipients: Path, work: Path, extra: dict[str, str] | None = None
+) -> tuple[float, int, int]:
+    """(seconds, messages, average size) for `mailer send --yes`, as staff run it."""
+    env = bench_env(port, work, extra)
     command = [
         sys.executable,
-        *launcher,
+        "-m",
+        "mailer",
         "send",
         str(ROOT / "bulletins" / "2017-03"),
         "--recipients",
@@ -108,6 +102,37 @@ def mailer_end_to_end(
     job.limit = 200
     size = sum(len(m.data) for m in job.messages()) // 200
     return seconds, sent, size
+
+
+def deliver_in_process(port: int, recipients: Path, work: Path, wire_data: bool) -> float:
+    """Seconds for a fresh process to send the list through ``pipeline.deliver`` with
+    DATA in wire form or through aiosmtplib's public data() (the connection's option)."""
+    env = bench_env(port, work)
+    command = [sys.executable, __file__, "--deliver", "wire" if wire_data else "public"]
+    start = time.perf_counter()
+    subprocess.run([*command, str(recipients)], env=env, check=True, cwd=work)
+    return time.perf_counter() - start
+
+
+def _deliver(mode: str, recipients: Path) -> None:
+    """The child of :func:`deliver_in_process`."""
+    from mailer import pipeline, smtp
+    from mailer.delivery import Sender
+    from mailer.settings import load_settings
+
+    settings = load_settings()
+    job = pipeline.prepare(
+        ROOT / "bulletins" / "2017-03", settings, recipients_dir=recipients, dry_run=False
+    )
+    with pipeline.open_ledger(job, settings) as ledger:
+        state = ledger.state()
+        pending = (job.composer.compose(r) for r in job.recipients if not state.is_done(r.email))
+        sender = Sender(
+            settings,
+            ledger,
+            connect=lambda: smtp.AioSmtpConnection(settings, None, wire_data=mode == "wire"),
+        )
+        asyncio.run(sender.run(pending, state.attempts))
 
 
 async def raw_aiosmtplib(port: int, count: int, data: bytes) -> float:
@@ -153,6 +178,9 @@ def smtp_source(port: int, count: int, size: int) -> float:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--deliver"]:
+        _deliver(sys.argv[2], Path(sys.argv[3]))
+        return
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     port = free_port()
     sink = start_sink(port)
@@ -162,7 +190,8 @@ def main() -> None:
             recipients = work / "recipients"
             generate(recipients, count)
             seconds_a, sent, size = mailer_end_to_end(port, recipients, work)
-            seconds_p, sent_p, _ = mailer_end_to_end(port, recipients, work, public_data=True)
+            seconds_w = deliver_in_process(port, recipients, work, wire_data=True)
+            seconds_p = deliver_in_process(port, recipients, work, wire_data=False)
             from mailer.signing import generate_key
 
             key, _ = generate_key(work / "dkim", "bench", "isu.example.org")
@@ -180,18 +209,19 @@ def main() -> None:
         sink.wait()
     a, b, c = sent / seconds_a, count / seconds_b, count / seconds_c
     d = sent_d / seconds_d
-    p = sent_p / seconds_p
+    w, p = count / seconds_w, count / seconds_p
     print(
         f"messages: {count} ({sent} sent by mailer), ~{size / 1024:.1f} KB each, "
         f"{CONNECTIONS} connections, smtp-sink on 127.0.0.1"
     )
     print(f"(a) mailer send, end to end      {a:8.0f} msgs/s  ({seconds_a:.1f} s)")
-    print(f'(a") the same, public data()     {p:8.0f} msgs/s  ({seconds_p:.1f} s)')
     print(f"(a') the same, DKIM-signed        {d:8.0f} msgs/s  ({seconds_d:.1f} s)")
+    print(f"(d) deliver, DATA in wire form   {w:8.0f} msgs/s  ({seconds_w:.1f} s)")
+    print(f"(d') deliver, public data()      {p:8.0f} msgs/s  ({seconds_p:.1f} s)")
     print(f"(b) aiosmtplib, pre-built bytes  {b:8.0f} msgs/s  ({seconds_b:.1f} s)")
     print(f"(c) smtp-source -s {CONNECTIONS}            {c:8.0f} msgs/s  ({seconds_c:.1f} s)")
     print(f"a/b = {a / b:.0%}   a'/b = {d / b:.0%}   a/c = {a / c:.0%}   b/c = {b / c:.0%}")
-    print(f"fast DATA path over public data(): {a / p - 1:+.0%}")
+    print(f"DATA in wire form over public data(): {w / p - 1:+.0%} (d/d')")
 
 
 if __name__ == "__main__":

@@ -160,9 +160,17 @@ class AioSmtpConnection:
     """
 
     def __init__(
-        self, settings: Settings, tls: ssl.SSLContext | None, tokens: TokenSource | None = None
+        self,
+        settings: Settings,
+        tls: ssl.SSLContext | None,
+        tokens: TokenSource | None = None,
+        *,
+        wire_data: bool = True,
     ) -> None:
+        """``wire_data``: send DATA through :func:`_wire_data` (messages are in wire form
+        already) when this aiosmtplib allows it; False: aiosmtplib's public ``data()``."""
         s = settings
+        self.wire_data = wire_data
         by_password = s.sign_in == "password"
         password = s.smtp_password.get_secret_value() if s.smtp_password and by_password else None
         self.timeout = s.smtp_timeout
@@ -261,8 +269,8 @@ class AioSmtpConnection:
 
     async def data(self, wire: bytes) -> tuple[int, str]:
         with _mapped("data"):
-            if fast_data_supported(self._smtp):
-                reply = await _fast_data(self._smtp, wire, self.timeout)
+            if self.wire_data and wire_data_supported(self._smtp):
+                reply = await _wire_data(self._smtp, wire, self.timeout)
             else:
                 reply = await self._smtp.data(unstuff(wire))
         if reply.code != 250:
@@ -295,43 +303,52 @@ def unstuff(wire: bytes) -> bytes:
     return body[1:] if body.startswith(b"..") else body
 
 
-# -- the fast DATA path -----------------------------------------------------------------------
+# -- DATA in wire form ---------------------------------------------------------------------------
 #
 # aiosmtplib's public data() normalizes line ends and dot-stuffs every message with
-# two regular expressions (~0.3 ms for 25 KB); our messages are in wire form
-# already. The fast path below uses aiosmtplib 5's protocol steps (its private
-# _command_lock and _response_pending), checked on every call, with the public
-# data() as the fallback. tests/test_smtp.py fails loudly when a new aiosmtplib
-# drops them. Kept because it pays: bench/send.py (smtp-sink, 8 connections,
-# 20,000 messages of ~22.8 KB, 2026-11-28) measured 1,774 messages a second with
-# it and 1,087 with the public data(): the public path is 39% slower.
+# two regular expressions over the whole message; ours are in wire form already
+# (CRLF, stuffed, ending in CRLF.CRLF). _wire_data takes the steps of aiosmtplib
+# 5.1's execute_data_command (under its command lock: DATA, the 354, the message,
+# the reply) without that re-encoding, through two private attributes of its
+# protocol (_command_lock, _response_pending) checked on every call, with the
+# public data() as the fallback. tests/test_smtp.py compares the bytes on the wire
+# and the replies of both paths on a real aiosmtpd, and fails loudly when a new
+# aiosmtplib drops those attributes.
+#
+# Kept because it pays, measured with bench/send.py (smtp-sink on 127.0.0.1, 8
+# connections, ~23 KB messages, end to end), 2026-11-30:
+#   5,000 readers: 2,429–2,457 messages/s in wire form, 1,587–1,604 public (+51–55%)
+#  20,000 readers: 2,919 messages/s in wire form, 1,829 public (+60%)
 
 
-def fast_data_supported(smtp: aiosmtplib.SMTP) -> bool:
-    """Whether this aiosmtplib still has the protocol internals the fast path uses."""
+def wire_data_supported(smtp: aiosmtplib.SMTP) -> bool:
+    """Whether this aiosmtplib still has the protocol internals _wire_data uses."""
     protocol = smtp.protocol
     return (
-        FAST_DATA
-        and protocol is not None
+        protocol is not None
         and getattr(protocol, "_command_lock", None) is not None
         and hasattr(protocol, "_response_pending")
         and hasattr(protocol, "read_response")
+        and hasattr(protocol, "write")
     )
 
 
-FAST_DATA = True  # bench/send.py turns it off to measure the public path
-
-
-async def _fast_data(smtp: aiosmtplib.SMTP, wire: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
-    """DATA with bytes already in wire form: the steps of aiosmtplib 5's
-    ``execute_data_command``, without its re-encoding."""
+async def _wire_data(smtp: aiosmtplib.SMTP, wire: bytes, timeout: float) -> aiosmtplib.SMTPResponse:
+    """DATA with the message already in wire form: aiosmtplib 5.1's
+    ``execute_data_command`` without its re-encoding (one lock for DATA, the 354,
+    the message and the reply, as there)."""
     protocol = smtp.protocol
     assert protocol is not None and protocol._command_lock is not None
-    lock = protocol._command_lock
-    start = await protocol.execute_command(b"DATA", timeout=timeout)
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
-    async with lock:
-        protocol._response_pending = True
-        protocol.write(wire)
-        return await protocol.read_response(timeout=timeout)
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            protocol.write(wire)
+            return await protocol.read_response(timeout=timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()  # as the public data() does
+        raise
