@@ -18,6 +18,7 @@ lint: $(BIN)/mailer
 	$(BIN)/ruff check mailer tests bench
 	$(BIN)/ruff format --check mailer tests bench
 	$(BIN)/mypy
+	$(BIN)/vulture mailer vulture_whitelist.py --min-confidence 60
 
 # Four workers on two cores: most tests wait on a server, a subprocess or a judge.
 test: lint

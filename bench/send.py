@@ -130,7 +130,7 @@ def _deliver(mode: str, recipients: Path) -> None:
         sender = Sender(
             settings,
             ledger,
-            connect=lambda: smtp.AioSmtpConnection(settings, None, wire_data=mode == "wire"),
+            connect=lambda: smtp.AioSmtpConnection(settings.smtp, None, wire_data=mode == "wire"),
         )
         asyncio.run(sender.run(pending, state.attempts))
 

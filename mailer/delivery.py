@@ -109,9 +109,10 @@ class Sender:
         # which a reconnect after every drop should not pay again.
         tls = ssl.create_default_context() if settings.smtp_security != "none" else None
         # One token source for every connection: a token is fetched once, not per session.
-        self.tokens = TokenSource(settings) if settings.sign_in == "xoauth2" else None
+        self.tokens = TokenSource(settings.oauth) if settings.sign_in == "xoauth2" else None
+        relay = settings.smtp
         self.connect: ConnectionFactory = connect or (
-            lambda: smtp.AioSmtpConnection(settings, tls, self.tokens)
+            lambda: smtp.AioSmtpConnection(relay, tls, self.tokens)
         )
 
     @property

@@ -39,7 +39,7 @@ from typing import Any
 
 from mailer import bounces, suppressions
 from mailer.errors import ConfigError
-from mailer.settings import Settings
+from mailer.settings import ImapSettings, Settings
 from mailer.verp import id_key
 
 BATCH = 500  # messages classed, written and moved together
@@ -90,7 +90,7 @@ def read_mailbox(
     """
     result = InboxResult()
     try:
-        client = _connect(settings)
+        client = _connect(settings.imap)
     except _SignInRefused as exc:
         result.error, result.fatal = str(exc), True
         return result
@@ -111,43 +111,42 @@ def read_mailbox(
     return result
 
 
-def _connect(settings: Settings) -> Any:
+def _connect(settings: ImapSettings) -> Any:
     """A signed-in IMAPClient (imapclient: modified UTF-7 names, parsed BODYSTRUCTURE)."""
     from imapclient import IMAPClient
 
     if getattr(imaplib, "_MAXLINE", LONGEST_LINE) < LONGEST_LINE:
         imaplib._MAXLINE = LONGEST_LINE  # type: ignore[attr-defined]  # see LONGEST_LINE
     s = settings
-    if not s.imap_host or not s.imap_username:
+    if not s.host or not s.username:
         raise ConfigError("reading the mailbox needs these settings.", field="MAILER_IMAP_HOST")
-    if s.imap_auth == "password" and s.imap_password is None:
+    if s.auth == "password" and s.password is None:
         raise ConfigError("reading the mailbox needs its password.", field="MAILER_IMAP_PASSWORD")
-    port = s.imap_port or (993 if s.imap_security == "tls" else 143)
     context = ssl.create_default_context()
-    tls = s.imap_security == "tls"
+    tls = s.security == "tls"
     client = IMAPClient(
-        s.imap_host, port, ssl=tls, ssl_context=context if tls else None, timeout=s.network_timeout
+        s.host, s.port, ssl=tls, ssl_context=context if tls else None, timeout=s.timeout
     )
     try:
-        if s.imap_security == "starttls":
+        if s.security == "starttls":
             client.starttls(context)
-        if s.imap_auth == "xoauth2":
+        if s.auth == "xoauth2":
             _sign_in_by_token(client, s)
         else:
-            assert s.imap_password is not None
-            client.login(s.imap_username, s.imap_password.get_secret_value())
+            assert s.password is not None
+            client.login(s.username, s.password.get_secret_value())
     except imaplib.IMAP4.error as exc:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             client.logout()
         names = (
             "MAILER_IMAP_USERNAME and the MAILER_OAUTH_* settings (and the application's "
             "IMAP.AccessAsApp permission)"
-            if s.imap_auth == "xoauth2"
+            if s.auth == "xoauth2"
             else "MAILER_IMAP_USERNAME and MAILER_IMAP_PASSWORD"
         )
         reply = " ".join(str(exc).split())[:200]
         raise _SignInRefused(
-            f"the mailbox {s.imap_host} refused the sign-in ({reply}); check {names}."
+            f"the mailbox {s.host} refused the sign-in ({reply}); check {names}."
         ) from None
     return client
 
@@ -156,17 +155,17 @@ class _SignInRefused(Exception):
     """The mailbox, or the token endpoint before it, refused us: a setting must change."""
 
 
-def _sign_in_by_token(client: Any, settings: Settings) -> None:
+def _sign_in_by_token(client: Any, settings: ImapSettings) -> None:
     """AUTHENTICATE XOAUTH2 with a client-credentials token (the same MAILER_OAUTH_*
     settings as SMTP; Microsoft 365 needs the application's IMAP.AccessAsApp)."""
     from mailer.oauth import TokenSource, TokenUnavailable
 
-    assert settings.imap_username
+    assert settings.username
     try:
-        token = asyncio.run(TokenSource(settings).token())
+        token = asyncio.run(TokenSource(settings.oauth).token())
     except TokenUnavailable as exc:
         raise _SignInRefused(f"no OAuth2 token for the mailbox: {exc}") from None
-    answers = [f"user={settings.imap_username}\x01auth=Bearer {token.value}\x01\x01".encode()]
+    answers = [f"user={settings.username}\x01auth=Bearer {token.value}\x01\x01".encode()]
     # The first challenge gets the token; an error challenge (base64 JSON) gets an
     # empty response, as the XOAUTH2 protocol asks, and the server then says no.
     client.sasl_login("XOAUTH2", lambda _: answers.pop() if answers else b"")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailer.settings import Settings
+from mailer.settings import OAuthSettings
 
 Clock = Callable[[], float]
 
@@ -47,7 +47,7 @@ class Token:
 class TokenSource:
     """Access tokens for the sending mailbox, cached and renewed before they expire."""
 
-    def __init__(self, settings: Settings, clock: Clock = time.time) -> None:
+    def __init__(self, settings: OAuthSettings, clock: Clock = time.time) -> None:
         self.settings = settings
         self.clock = clock
         self._token: Token | None = None
@@ -70,21 +70,21 @@ class TokenSource:
         import requests  # only when signing in by OAuth
 
         s = self.settings
-        assert s.oauth_token_url and s.oauth_client_id and s.oauth_client_secret
+        assert s.token_url and s.client_id and s.client_secret
         form = {
             "grant_type": "client_credentials",
-            "client_id": s.oauth_client_id,
-            "client_secret": s.oauth_client_secret.get_secret_value(),
+            "client_id": s.client_id,
+            "client_secret": s.client_secret.get_secret_value(),
         }
-        if s.oauth_scope:
-            form["scope"] = s.oauth_scope
+        if s.scope:
+            form["scope"] = s.scope
         started = self.clock()
         try:
             with requests.post(
-                s.oauth_token_url,
+                s.token_url,
                 data=form,
                 headers={"Accept": "application/json"},
-                timeout=s.network_timeout,
+                timeout=s.timeout,
                 allow_redirects=False,  # the client secret must reach no other host
                 stream=True,
             ) as answer:

@@ -8,6 +8,7 @@ is never echoed, so a password cannot leak through an error message.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -52,6 +53,46 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise ValueError("expected a duration such as 72h, 90m or 3d")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """What an SMTP connection needs (``smtp.py``), and nothing else."""
+
+    host: str
+    port: int
+    security: str  # starttls | tls | none
+    username: str | None
+    password: SecretStr | None  # None unless signing in by password
+    timeout: float
+    sign_in: str  # password | xoauth2 | none
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """What the client-credentials token request needs (``oauth.py``)."""
+
+    token_url: str | None
+    client_id: str | None
+    client_secret: SecretStr | None
+    scope: str | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    """What signing in to the inbound mailbox and walking its folders needs (``inbox.py``)."""
+
+    host: str | None
+    port: int  # the setting, else 993 for tls and 143 otherwise
+    security: str  # tls | starttls | none
+    username: str | None
+    password: SecretStr | None
+    auth: str  # password | xoauth2
+    folder: str
+    done_folder: str
+    timeout: float
+    oauth: OAuthSettings
 
 
 class Settings(BaseSettings):
@@ -212,6 +253,47 @@ class Settings(BaseSettings):
         if self.smtp_auth is not None:
             return self.smtp_auth
         return "password" if self.smtp_username else "none"
+
+    @property
+    def smtp(self) -> SmtpSettings:
+        """The narrow view a connection to the relay is given."""
+        by_password = self.sign_in == "password"
+        return SmtpSettings(
+            host=self.smtp_host,
+            port=self.smtp_port,
+            security=self.smtp_security,
+            username=self.smtp_username,
+            password=self.smtp_password if by_password else None,
+            timeout=self.smtp_timeout,
+            sign_in=self.sign_in,
+        )
+
+    @property
+    def oauth(self) -> OAuthSettings:
+        """The narrow view the token request is given (SMTP and IMAP share it)."""
+        return OAuthSettings(
+            token_url=self.oauth_token_url,
+            client_id=self.oauth_client_id,
+            client_secret=self.oauth_client_secret,
+            scope=self.oauth_scope,
+            timeout=self.network_timeout,
+        )
+
+    @property
+    def imap(self) -> ImapSettings:
+        """The narrow view the mailbox reader signs in and walks folders with."""
+        return ImapSettings(
+            host=self.imap_host,
+            port=self.imap_port or (993 if self.imap_security == "tls" else 143),
+            security=self.imap_security,
+            username=self.imap_username,
+            password=self.imap_password,
+            auth=self.imap_auth,
+            folder=self.imap_folder,
+            done_folder=self.imap_done_folder,
+            timeout=self.network_timeout,
+            oauth=self.oauth,
+        )
 
     def check_sign_in(self) -> None:
         """Refuse, naming the variable, a sign-in a real send could not complete."""

@@ -21,7 +21,7 @@ import aiosmtplib
 
 from mailer.oauth import Token, TokenSource, TokenUnavailable, xoauth2
 from mailer.replies import Cause, Reading, Verdict, read_reply
-from mailer.settings import Settings
+from mailer.settings import SmtpSettings
 
 
 class SmtpProblem(Exception):
@@ -161,7 +161,7 @@ class AioSmtpConnection:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SmtpSettings,
         tls: ssl.SSLContext | None,
         tokens: TokenSource | None = None,
         *,
@@ -172,20 +172,20 @@ class AioSmtpConnection:
         s = settings
         self.wire_data = wire_data
         by_password = s.sign_in == "password"
-        password = s.smtp_password.get_secret_value() if s.smtp_password and by_password else None
-        self.timeout = s.smtp_timeout
-        self.mailbox = s.smtp_username or ""
+        password = s.password.get_secret_value() if s.password is not None else None
+        self.timeout = s.timeout
+        self.mailbox = s.username or ""
         self.tokens = tokens
         self._token: Token | None = None
         self._smtp = aiosmtplib.SMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            timeout=s.smtp_timeout,
-            use_tls=s.smtp_security == "tls",
-            start_tls=s.smtp_security == "starttls",
-            validate_certs=s.smtp_security != "none",
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            validate_certs=s.security != "none",
             tls_context=tls,
-            username=s.smtp_username if by_password else None,
+            username=s.username if by_password else None,
             password=password,
         )
 

@@ -99,11 +99,6 @@ def token_address(settings: Settings, token: str) -> str:
     return found.address
 
 
-def verify_token(secret: bytes, token: str) -> str:
-    """The address a genuine token names; raises InputError for a forged or broken one."""
-    return read_token(secret, token).address
-
-
 def read_token(secret: bytes, token: str) -> TokenData:
     """What a genuine token says (either format); InputError for a forged or broken one."""
     token = token.strip()

@@ -30,7 +30,6 @@ from mailer.unsubscribe import (
     make_token,
     read_token,
     requests_in_mbox,
-    verify_token,
 )
 from mailer.verp import message_id, parse_verp, tag, verp_address
 
@@ -144,13 +143,12 @@ def test_unsubscribe_token_round_trip_and_forgery() -> None:
     secret = UNSUBSCRIBE_SECRET.encode()
     token = make_token(secret, "Liaison@Example.org", "2017-03")
     assert read_token(secret, token) == TokenData("Liaison@Example.org", "2017-03", False)
-    assert verify_token(secret, token) == "Liaison@Example.org"
     other = make_token(secret, "someone.else@example.org", "2017-03")
     for forged in (token[:20] + other[20:], token[:-2] + "AA", token[:-3], "garbage", ""):
         with pytest.raises(InputError):
-            verify_token(secret, forged)
+            read_token(secret, forged)
     with pytest.raises(InputError):
-        verify_token(b"another key", token)
+        read_token(b"another key", token)
     test_copy = make_token(secret, "Liaison@Example.org", "2017-03", test=True)
     assert read_token(secret, test_copy).test
 

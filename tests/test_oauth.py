@@ -253,7 +253,7 @@ def test_a_token_endpoint_dripping_its_answer_cannot_hold_the_send(
     started = time.monotonic()
     try:
         with pytest.raises(oauth.TokenUnavailable) as raised:
-            asyncio.run(oauth.TokenSource(settings).token())
+            asyncio.run(oauth.TokenSource(settings.oauth).token())
     finally:
         server.shutdown()
         server.server_close()

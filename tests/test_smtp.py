@@ -204,7 +204,7 @@ def test_this_aiosmtplib_still_has_what_wire_data_needs(server: Server, tmp_path
     public path is used then: correct, and slower; see smtp.py for the figures)."""
 
     async def probe() -> bool:
-        connection = smtp.AioSmtpConnection(settings_for(server.port, tmp_path), None)
+        connection = smtp.AioSmtpConnection(settings_for(server.port, tmp_path).smtp, None)
         await connection.open()
         try:
             return smtp.wire_data_supported(connection._smtp)
@@ -237,7 +237,7 @@ async def _through_a_tap(
     relay = await asyncio.start_server(tap, "127.0.0.1", 0)
     tap_port = relay.sockets[0].getsockname()[1]
     settings = settings_for(tap_port, settings_path)
-    connection = smtp.AioSmtpConnection(settings, None, wire_data=wire_data)
+    connection = smtp.AioSmtpConnection(settings.smtp, None, wire_data=wire_data)
     replies: list[tuple[int, str]] = []
     await connection.open()
     for recipient, wire in messages:
