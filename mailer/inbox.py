@@ -178,7 +178,7 @@ def _process_folder(
     result: InboxResult,
     remembered: dict[str, Any],
 ) -> None:
-    folder, done = settings.imap_folder, settings.imap_done_folder
+    folder, done = settings.imap.folder, settings.imap.done_folder
     if not client.folder_exists(done):
         client.create_folder(done)
     validity = _uid_validity(client, folder)  # selects it
