@@ -249,9 +249,12 @@ def run_pool(
     size: int = 3,
     gate_open: bool = True,
     stop_after: int | None = None,
+    retry: RetryPolicy = QUICK,
 ) -> tuple[list[tuple[int, int]], Memory, Pool[int], list[int]]:
     """Send messages 0…count-1; ``script`` gives each message's actions, try by try
-    (SENT once they run out). Returns the tries (message, attempt) in order."""
+    (SENT once they run out); ``stop_after`` tries, the run is asked to stop. Returns
+    the tries (message, attempt) in order, the connections, the pool and the retries
+    handed back unsent."""
     memory = Memory()
     tries: list[tuple[int, int]] = []
     abandoned: list[int] = []
@@ -275,7 +278,7 @@ def run_pool(
 
         pool: Pool[int] = Pool(
             size,
-            QUICK,
+            retry,
             gate=gate,
             open_connection=opener,
             send=send,
@@ -316,34 +319,6 @@ def test_a_stop_sends_nothing_more_and_a_closed_gate_sends_nothing() -> None:
 
 def test_retries_still_waiting_when_the_run_stops_are_handed_back() -> None:
     slow = RetryPolicy(attempts=3, base=60, jitter=0)
-    memory = Memory()
-    abandoned: list[int] = []
-
-    async def main() -> None:
-        async def opener() -> MemoryConnection:
-            connection = MemoryConnection(memory)
-            await connection.open()
-            return connection
-
-        async def gate() -> bool:
-            return True
-
-        async def send(connection: smtp.Connection, item: Item[int], _: Journal) -> Action:
-            if item.message == 0:
-                return Action.RETRY  # waits 60 s
-            pool.request_stop("stopped")
-            return Action.SENT
-
-        pool: Pool[int] = Pool(
-            1,
-            slow,
-            gate=gate,
-            open_connection=opener,
-            send=send,
-            journal=Recorder(None, clock=time.time).journal,
-            abandoned=abandoned.append,
-        )
-        await pool.run(iter(range(2)), lambda _: 0)
-
-    asyncio.run(main())
+    tries, _, _, abandoned = run_pool(2, {0: [Action.RETRY]}, size=1, stop_after=2, retry=slow)
+    assert tries == [(0, 1), (1, 1)]
     assert abandoned == [0]  # not waited for: the run ended, the reader stays deferred
