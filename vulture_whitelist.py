@@ -7,6 +7,7 @@ Each line names a use vulture misses; dead code itself is removed, never listed 
 from mailer import cli, settings, sync
 
 cli.dkim_keygen
+cli._main  # the group callback: --version, and the help for a bare `mailer`
 # pydantic-settings: the model's configuration and its validators, called by pydantic.
 settings.Settings.model_config
 settings.Settings._preset

@@ -40,17 +40,19 @@ class _Commands(typer.core.TyperGroup):
 app = typer.Typer(
     cls=_Commands,
     add_completion=False,
-    no_args_is_help=True,
+    invoke_without_command=True,
     # Plain click help: typer's rich help imports rich.markdown and markdown-it
     # (about 50 ms), and rich tracebacks would print local variables (settings).
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    help="Compose, preview and send a secretariat's email bulletin.",
 )
 
 
 BulletinArg = Annotated[
-    Path, typer.Argument(help="The bulletin folder, e.g. bulletins/2017-03.", show_default=False)
+    Path,
+    typer.Argument(
+        metavar="BULLETIN", help="The bulletin folder, e.g. bulletins/2017-03.", show_default=False
+    ),
 ]
 RecipientsOpt = Annotated[
     Path | None,
@@ -72,17 +74,60 @@ SkipInvalidOpt = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from mailer import __version__
+
+        views.line(f"mailer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Compose, preview and send a secretariat's email bulletin.
+
+    The usual order: mailer check, then send --dry-run, send --test-to, send;
+    then status, publish and sync.
+    """
+    if ctx.invoked_subcommand is None:  # bare `mailer`: the help, and no error
+        views.line(ctx.get_help())
+        raise typer.Exit(0)
+
+
 def _settings() -> Settings:
     from mailer.settings import load_settings
 
     return load_settings()
 
 
-@app.command()
+@app.command(short_help="Check a bulletin, its lists and the settings; send nothing.")
+def check(
+    bulletin: BulletinArg,
+    recipients: RecipientsOpt = None,
+    skip_invalid: SkipInvalidOpt = False,
+) -> None:
+    """Validate content, recipients, templates and settings; write and send nothing."""
+    from mailer import checks, pipeline
+
+    settings = _settings()
+    job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, skip_invalid=skip_invalid)
+    report = checks.check(job, settings)
+    views.dead_archive_links(pipeline.dead_archive_links(job, settings))
+    views.checked(job, report, checks.relay_summary(settings, sum(report.variants.values())))
+
+
+@app.command(short_help="Send a bulletin (or resume it), preview it or test it.")
 def send(
     bulletin: BulletinArg,
     segment: Annotated[
-        list[str] | None, typer.Option("--segment", help="Only this segment (repeatable).")
+        list[str] | None,
+        typer.Option("--segment", metavar="SEGMENT", help="Only this segment (repeatable)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Send nothing; write an mbox and a preview page.")
@@ -91,15 +136,22 @@ def send(
         Path | None,
         typer.Option(
             "--out",
+            metavar="FOLDER",
             help="Dry-run output folder.",
             show_default="MAILER_PREVIEW_DIR, else previews/",
         ),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most N messages.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", min=0, help="At most N messages.")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     test_to: Annotated[
         str | None,
-        typer.Option("--test-to", help="Send one message of each variant to this address only."),
+        typer.Option(
+            "--test-to",
+            metavar="ADDRESS",
+            help="Send one message of each variant to this address only.",
+        ),
     ] = None,
     recipients: RecipientsOpt = None,
     skip_invalid: SkipInvalidOpt = False,
@@ -164,7 +216,7 @@ def send(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(short_help="Show where an issue's send stands, per segment.")
 def status(
     bulletin: BulletinArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON.")] = False,
@@ -183,11 +235,53 @@ def status(
         views.status(job, result)
 
 
-@app.command()
+@app.command(short_help="Build the public web archive of the issues that are due.")
+def publish(
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", metavar="FOLDER", help="Where to build the site (replaced whole)."),
+    ] = Path("site"),
+    bulletins: Annotated[
+        Path, typer.Option("--bulletins", metavar="FOLDER", help="Folder of bulletin folders.")
+    ] = Path("bulletins"),
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            metavar="MOMENT",
+            help="Publish what is due at this moment (ISO 8601, with zone).",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="ID",
+            help="Also publish this bulletin id, due or not (repeatable).",
+        ),
+    ] = None,
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Build the public web archive: pages, indexes, feeds, images, calendar files."""
+    from mailer import dispatch as dispatcher
+    from mailer import publish as publisher
+
+    settings = _settings()
+    if recipients is not None:
+        settings = settings.model_copy(update={"recipients_dir": recipients})
+    moment = dispatcher.parse_now(now)
+    views.published(publisher.publish(bulletins, out_dir, settings, moment, include or ()))
+
+
+@app.command(short_help="Send every scheduled issue that is due (the workflow's job).")
 def dispatch(
     now: Annotated[
         str | None,
-        typer.Option("--now", help="Decide as if it were this moment (ISO 8601, with zone)."),
+        typer.Option(
+            "--now",
+            metavar="MOMENT",
+            help="Decide as if it were this moment (ISO 8601, with zone).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Send nothing; preview what would go out.")
@@ -198,17 +292,21 @@ def dispatch(
     ] = False,
     run_id: Annotated[
         str | None,
-        typer.Option("--run-id", help="The scheduled run's id: claims are recorded under it."),
+        typer.Option(
+            "--run-id", metavar="RUN", help="The scheduled run's id: claims are recorded under it."
+        ),
     ] = None,
     only: Annotated[
-        str | None, typer.Option("--only", help="Consider only this bulletin id.")
+        str | None, typer.Option("--only", metavar="ID", help="Consider only this bulletin id.")
     ] = None,
     force: Annotated[
         str | None,
-        typer.Option("--force", help="Release a dangling claim on this bulletin id first."),
+        typer.Option(
+            "--force", metavar="ID", help="Release a dangling claim on this bulletin id first."
+        ),
     ] = None,
     bulletins: Annotated[
-        Path, typer.Option("--bulletins", help="Folder of bulletin folders.")
+        Path, typer.Option("--bulletins", metavar="FOLDER", help="Folder of bulletin folders.")
     ] = Path("bulletins"),
     recipients: RecipientsOpt = None,
     allow_stale_sync: AllowStaleSyncOpt = False,
@@ -235,21 +333,85 @@ def dispatch(
     raise typer.Exit(dispatcher.exit_code(decisions, settings))
 
 
-@app.command()
+@app.command(short_help="Run the one-click unsubscribe endpoint.")
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="ADDRESS",
+            help="Address to listen on.",
+            show_default="MAILER_UNSUBSCRIBE_URL's when it is local, else 127.0.0.1",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="Port to listen on.",
+            show_default="MAILER_UNSUBSCRIBE_URL's when it is local, else 8058",
+        ),
+    ] = None,
+) -> None:
+    """Run the one-click unsubscribe endpoint (RFC 8058) and its export for sync."""
+    from mailer import serve as endpoint
+
+    endpoint.serve(_settings(), host, port, say=views.line, warn=views.warning)
+
+
+@app.command(short_help="Bring back unsubscribes and bounces into suppressions.csv.")
+def sync(recipients: RecipientsOpt = None) -> None:
+    """Bring back what readers and mail servers said (endpoint, mailbox) into suppressions."""
+    from mailer import sync as syncing
+
+    settings = _settings()
+    results = syncing.sync(settings, recipients or settings.recipients_dir)
+    views.synced(results)
+    raise typer.Exit(syncing.exit_code(results))
+
+
+@app.command(short_help="Read bounce reports from an mbox or a Maildir.")
+def bounces(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MBOX_OR_MAILDIR",
+            help="An mbox file or a Maildir of bounce reports.",
+            show_default=False,
+        ),
+    ],
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Read bounce reports: record them in the ledgers; suppress dead addresses."""
+    from mailer import bounces as bounce_reader
+
+    settings = _settings()
+    views.bounces(bounce_reader.process_source(source, settings, recipients))
+
+
+@app.command(short_help="Add addresses to suppressions.csv by hand.")
 def unsubscribe(
     addresses: Annotated[
-        list[str] | None, typer.Argument(help="Addresses to suppress.", show_default=False)
+        list[str] | None,
+        typer.Argument(metavar="ADDRESS...", help="Addresses to suppress.", show_default=False),
     ] = None,
     reason: Annotated[
-        str, typer.Option("--reason", help="Why (kept in the file).")
+        str, typer.Option("--reason", metavar="TEXT", help="Why (kept in the file).")
     ] = "unsubscribed",
     token: Annotated[
         str | None,
-        typer.Option("--token", help="A one-click token (from the https unsubscribe URL)."),
+        typer.Option(
+            "--token", metavar="TOKEN", help="A one-click token (from the https unsubscribe URL)."
+        ),
     ] = None,
     from_mbox: Annotated[
         Path | None,
-        typer.Option("--from-mbox", help="An mbox of requests sent to the mailto target."),
+        typer.Option(
+            "--from-mbox", metavar="MBOX", help="An mbox of requests sent to the mailto target."
+        ),
     ] = None,
     recipients: RecipientsOpt = None,
 ) -> None:
@@ -271,82 +433,23 @@ def unsubscribe(
         raise typer.Exit(2)  # a person typed it: say so with the exit code too
 
 
-@app.command()
-def bounces(
-    source: Annotated[
-        Path,
-        typer.Argument(help="An mbox file or a Maildir of bounce reports.", show_default=False),
-    ],
-    recipients: RecipientsOpt = None,
-) -> None:
-    """Read bounce reports: record them in the ledgers; suppress dead addresses."""
-    from mailer import bounces as bounce_reader
-
-    settings = _settings()
-    views.bounces(bounce_reader.process_source(source, settings, recipients))
-
-
-@app.command()
-def publish(
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Where to build the site (replaced whole).")
-    ] = Path("site"),
-    bulletins: Annotated[
-        Path, typer.Option("--bulletins", help="Folder of bulletin folders.")
-    ] = Path("bulletins"),
-    now: Annotated[
-        str | None,
-        typer.Option("--now", help="Publish what is due at this moment (ISO 8601, with zone)."),
-    ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option("--include", help="Also publish this bulletin id, due or not (repeatable)."),
-    ] = None,
-    recipients: RecipientsOpt = None,
-) -> None:
-    """Build the public web archive: pages, indexes, feeds, images, calendar files."""
-    from mailer import dispatch as dispatcher
-    from mailer import publish as publisher
-
-    settings = _settings()
-    if recipients is not None:
-        settings = settings.model_copy(update={"recipients_dir": recipients})
-    moment = dispatcher.parse_now(now)
-    views.published(publisher.publish(bulletins, out_dir, settings, moment, include or ()))
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8025,
-) -> None:
-    """Run the one-click unsubscribe endpoint (RFC 8058) and its export for sync."""
-    from mailer import serve as endpoint
-
-    endpoint.serve(_settings(), host, port)
-
-
-@app.command()
-def sync(recipients: RecipientsOpt = None) -> None:
-    """Bring back what readers and mail servers said (endpoint, mailbox) into suppressions."""
-    from mailer import sync as syncing
-
-    settings = _settings()
-    results = syncing.sync(settings, recipients or settings.recipients_dir)
-    views.synced(results)
-    raise typer.Exit(syncing.exit_code(results))
-
-
-@app.command("dkim-keygen")
+@app.command("dkim-keygen", short_help="Make a DKIM key pair and print its DNS record.")
 def dkim_keygen(
-    selector: Annotated[str, typer.Argument(help="The DKIM selector, e.g. bulletin2026.")],
+    selector: Annotated[
+        str, typer.Argument(metavar="SELECTOR", help="The DKIM selector, e.g. bulletin2026.")
+    ],
     domain: Annotated[
         str | None,
         typer.Option(
-            "--domain", help="Signing domain.", show_default="MAILER_DKIM_DOMAIN, else From's"
+            "--domain",
+            metavar="DOMAIN",
+            help="Signing domain.",
+            show_default="MAILER_DKIM_DOMAIN, else From's",
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the keys.")] = Path("dkim"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="FOLDER", help="Where to write the keys.")
+    ] = Path("dkim"),
 ) -> None:
     """Write a DKIM key pair and print the DNS TXT record to publish."""
     from mailer import signing
@@ -354,22 +457,6 @@ def dkim_keygen(
     signing_domain = signing.keygen_domain(_settings(), domain)
     private, record = signing.generate_key(out_dir, selector, signing_domain)
     views.dkim_key(private, record, signing_domain, selector)
-
-
-@app.command()
-def check(
-    bulletin: BulletinArg,
-    recipients: RecipientsOpt = None,
-    skip_invalid: SkipInvalidOpt = False,
-) -> None:
-    """Validate content, recipients, templates and settings; write and send nothing."""
-    from mailer import checks, pipeline
-
-    settings = _settings()
-    job = pipeline.prepare(bulletin, settings, recipients_dir=recipients, skip_invalid=skip_invalid)
-    report = checks.check(job, settings)
-    views.dead_archive_links(pipeline.dead_archive_links(job, settings))
-    views.checked(job, report, checks.relay_summary(settings, sum(report.variants.values())))
 
 
 def _interactive() -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -353,11 +354,59 @@ class _Pages:
         return HTMLResponse(html, status, headers=HEADERS)
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the endpoint under uvicorn (no access log: URLs carry tokens)."""
+# RFC 8058's number: no mail tool listens there (8025, the old default, is where
+# MailHog, Mailpit and aiosmtpd's examples take test mail).
+DEFAULT_PORT = 8058
+
+
+def listen_address(settings: Settings, host: str | None, port: int | None) -> tuple[str, int]:
+    """Where to listen: what is given; else, when MAILER_UNSUBSCRIBE_URL points at this
+    machine (a local trial), its host and port, so the links in the messages work;
+    else 127.0.0.1 (behind a reverse proxy) and DEFAULT_PORT."""
+    url = urlsplit(settings.unsubscribe_url or "")
+    local = url.hostname in ("127.0.0.1", "localhost")
+    default_host = "127.0.0.1"
+    default_port = (url.port or 80) if local and url.scheme == "http" else DEFAULT_PORT
+    return host or default_host, port or default_port
+
+
+def _free(host: str, port: int) -> None:
+    """Refuse, in one line, an address another program holds (uvicorn would print a
+    traceback's worth and exit 3)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program "
+                "holds it, or the address is not this machine's; pass --port (or --host).",
+                field="--port",
+            ) from None
+
+
+def serve(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> None:
+    """Run the endpoint under uvicorn (no access log: URLs carry tokens); ``say`` tells
+    the person where it listens, ``warn`` what is missing."""
     import uvicorn
 
     app = create_app(settings)
+    host, port = listen_address(settings, host, port)
+    _free(host, port)
+    say(f"Unsubscribe endpoint on http://{host}:{port}/unsubscribe (Ctrl-C stops it).")
+    if settings.unsubscribe_url:
+        say(f"Messages link to {settings.unsubscribe_url}: put it in front of this address.")
+    if settings.serve_api_token is None:
+        warn(
+            "MAILER_SERVE_API_TOKEN is not set: readers can unsubscribe, but "
+            "`mailer sync` cannot collect their requests (it would get 401)."
+        )
     uvicorn.run(
         app,
         host=host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -760,3 +761,33 @@ def test_an_endpoint_dripping_its_answer_cannot_hold_the_sync(
         server.server_close()
     assert result.exit_code == 1 and "still coming after" in result.output
     assert time.monotonic() - started < 8
+
+
+def test_the_endpoint_says_where_it_listens_and_warns_without_an_api_token(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(
+        MAILER_UNSUBSCRIBE_URL=f"http://127.0.0.1:{port}/unsubscribe",  # a local trial
+        MAILER_UNSUBSCRIBE_SECRET=SECRET,
+        MAILER_SERVE_DB=str(tmp_path / "requests.sqlite3"),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "serve"],  # no --port: the URL's
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=10)
+    assert f"on http://127.0.0.1:{port}/unsubscribe" in out
+    assert "MAILER_SERVE_API_TOKEN is not set" in err and "401" in err
