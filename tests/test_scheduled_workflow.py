@@ -419,7 +419,7 @@ def test_a_send_larger_than_the_budget_completes_over_several_runs(
         git(editor, "push", "--quiet", "origin", "main")
 
     with Server(Behaviour(delay=0.25, on_first_data=person_records_a_bounce)) as server:
-        while len(server.received) < 13 and runs < 8:
+        while len(server.received) < 13 and runs < 30:  # a loaded machine sends fewer a run
             runs += 1
             checkout = tmp_path / f"run-{700 + runs}"
             git(tmp_path, "clone", "--quiet", str(remote), str(checkout))
