@@ -92,9 +92,12 @@ def mailer_end_to_end(
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=work)
     seconds = time.perf_counter() - start
-    sent = sum(1 for line in (work / "ledger" / "2017-03.jsonl").open() if '"sent"' in line)
     sys.path.insert(0, str(ROOT))
     from mailer import pipeline
+    from mailer.ledger import LedgerDir, Outcome
+
+    records = LedgerDir(work / "ledger").records("2017-03")
+    sent = sum(1 for record in records if record.outcome == Outcome.SENT)
     from mailer.settings import Settings
 
     settings = Settings(_env_file=None, MAILER_FROM="ISU <news@isu.example.org>")  # type: ignore[call-arg]

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from mailer import layout
 from mailer.compose import Composer, VariantKey
@@ -64,13 +65,27 @@ def _served(url: str, timeout: float) -> bool:
         return False
 
 
-def require_live(composer: Composer, recipients: RecipientList, wait: float) -> None:
-    """Refuse a send while any archive URL its messages hold is not served."""
+def require_live(
+    composer: Composer, recipients: RecipientList, wait: float, now: datetime | None = None
+) -> None:
+    """Refuse a send while any archive URL its messages hold is not served, saying the
+    command that publishes this issue (plain ``mailer publish`` leaves out an issue
+    whose ``send_at`` is ahead, so the advice must name it)."""
     dead = missing(archive_urls(composer, recipients), wait=wait)
-    if dead:
-        raise ConfigError(
-            f"the web archive does not serve {len(dead)} of the addresses this issue's "
-            f"messages link to (first: {dead[0]}). Publish the site (mailer publish, then "
-            "deploy it) and run again: a send never goes out with dead links.",
-            field="MAILER_ARCHIVE_URL",
+    if not dead:
+        return
+    bulletin = composer.bulletin
+    moment = now or datetime.now(UTC)
+    if bulletin.send_at is not None and bulletin.send_at > moment:
+        publish = (
+            f"mailer publish --include {bulletin.id} (plain mailer publish leaves it out "
+            f"until its send_at, {bulletin.send_at.isoformat()})"
         )
+    else:
+        publish = "mailer publish"
+    raise ConfigError(
+        f"the web archive does not serve {len(dead)} of the addresses this issue's "
+        f"messages link to (first: {dead[0]}). Publish the site with {publish}, then "
+        "deploy it, and run again: a send never goes out with dead links.",
+        field="MAILER_ARCHIVE_URL",
+    )

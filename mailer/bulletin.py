@@ -581,6 +581,11 @@ def _item_paths(folder: Path, order: list[Any] | None, mapping: _Mapping) -> lis
     return chosen
 
 
+def bulletin_folders(root: Path) -> list[Path]:
+    """Every bulletin folder under ``root`` (one holding a bulletin.yaml), in name order."""
+    return sorted(p.parent for p in root.glob("*/bulletin.yaml"))
+
+
 def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
     """Load and validate ``folder``; ``segments`` are the recipient segments that exist."""
     known = tuple(segments)

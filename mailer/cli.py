@@ -1,7 +1,8 @@
 """The command line: parse arguments, call the pipeline, print, pick the exit code.
 
 Exit codes: 0 all good; 1 some recipient failed, was deferred or is in doubt;
-2 bad input or configuration (nothing was sent or written).
+2 bad input or configuration (nothing was sent or written); 75 a send paused at a
+quota or at MAILER_SEND_BUDGET, nothing else wrong (the next run continues).
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def send(
         bool,
         typer.Option(
             "--allow-mass-suppression",
-            help="Suppress every address refused as a dead mailbox, even beyond 5% of the list.",
+            help="Suppress every address refused as a dead mailbox, even beyond what one "
+            "run suppresses alone (5% of the list, at least 20).",
         ),
     ] = False,
     allow_stale_sync: AllowStaleSyncOpt = False,
@@ -179,7 +181,8 @@ def send(
     )
     views.skipped_rows(job.recipients)
     if dry_run:
-        views.dry_run(job, pipeline.preview(job, out_dir or settings.preview_dir))
+        preview = pipeline.preview(job, out_dir or settings.preview_dir)
+        views.dry_run(job, preview, pipeline.plan_now(job, settings))
         return
     if test_to is not None:
         address = pipeline.validate_test_address(test_to)
@@ -423,14 +426,11 @@ def unsubscribe(
     request = unsubscribing.by_hand(
         settings, addresses or [], reason=reason, token=token, mbox=from_mbox
     )
-    if not request.addresses:
-        raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
     result = suppressions.suppress(
         recipients or settings.recipients_dir, request.addresses, request.reason
     )
     views.suppressed(result, request.unreadable)
-    if result.refused and from_mbox is None:
-        raise typer.Exit(2)  # a person typed it: say so with the exit code too
+    raise typer.Exit(request.exit_code(result))
 
 
 @app.command("dkim-keygen", short_help="Make a DKIM key pair and print its DNS record.")
@@ -473,5 +473,4 @@ def _ask(question: str) -> bool:
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="mailer")
-    sys.exit(0)
+    app(prog_name="mailer")  # exits with the command's code

@@ -12,8 +12,8 @@
 :class:`Sender` wires them: it owns the gates every try passes (the send budget,
 the global rate limit, the relay's quota windows) and sends one message on one
 connection. Every attempt is in the ledger *before* its DATA and every outcome
-after it; the next message on a connection starts only once the previous
-outcome is durable (see ``ledger.py``).
+after it: a connection's DATA waits until its previous outcome and its current
+attempt are durable (the fsync overlaps MAIL and RCPT; see ``recorder.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from mailer.settings import Settings
 from mailer.smtp import Connection, ConnectionFactory
 
 __all__ = ["Progress", "Report", "RetryPolicy", "Sender"]
+
+# Failed connection attempts after which the wait before the next stops growing.
+CONNECT_BACKOFF_STEPS = 3
 
 
 class RateLimit:
@@ -88,7 +91,6 @@ class Sender:
         self.quota = quota if quota is not None else _quota(settings, clock)
         self.recorder = Recorder(ledger, run_id=run_id, progress=progress, clock=clock)
         self.rulings = ReplyPolicy(
-            attempts=self.policy.attempts,
             max_consecutive_transient=self.policy.max_consecutive_transient,
             max_connect_failures=self.policy.max_connect_failures,
             relay=f"{settings.smtp_host}:{settings.smtp_port}",
@@ -190,7 +192,8 @@ class Sender:
                 raise ruling.error from None
             if ruling.stop is not None:
                 self.request_stop(ruling.stop)
-            failures = min(self.rulings.connect_failures, 3)
+            # A quarter of the usual retry wait, growing with the failures (at most 18/4 s).
+            failures = min(self.rulings.connect_failures, CONNECT_BACKOFF_STEPS)
             await asyncio.sleep(self.policy.delay(failures) / 4)
             return None
         self.rulings.connected()

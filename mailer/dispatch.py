@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
 from mailer import pipeline
 from mailer import status as standing
+from mailer.bulletin import bulletin_folders
 from mailer.compose import Identity
 from mailer.errors import ConfigError, InputError, MailerError
 from mailer.ledger import CLAIM, RELEASE, Ledger, LedgerDir, Record
@@ -84,11 +85,6 @@ def parse_now(text: str | None) -> datetime:
             field="--now",
         )
     return moment
-
-
-def bulletin_folders(root: Path) -> list[Path]:
-    """Every bulletin folder under ``root``, in name order."""
-    return sorted(p.parent for p in root.glob("*/bulletin.yaml"))
 
 
 def decide(
@@ -157,7 +153,7 @@ def _decide_one(
     if overdue > settings.dispatch_window and not started:
         decision.action = Action.STALE
         decision.detail = (
-            f"send_at {bulletin.send_at.isoformat()} is {_hours(overdue)} ago, beyond "
+            f"send_at {bulletin.send_at.isoformat()} is {_age(overdue)} ago, beyond "
             f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
         )
         return decision
@@ -166,9 +162,10 @@ def _decide_one(
     return decision
 
 
-def _hours(delta: object) -> str:
-    seconds = getattr(delta, "total_seconds", lambda: 0.0)()
-    return f"{seconds / 3600:.0f} h"
+def _age(delta: timedelta) -> str:
+    """An age as staff say it: hours up to two days, then days."""
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
 
 
 def claim(decisions: list[Decision], settings: Settings, run: str) -> list[Decision]:

@@ -23,7 +23,7 @@ from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
 from mailer.errors import DeliveryError, RecipientError
 from mailer.issue import Issue, load_issue
-from mailer.ledger import Ledger, Outcome, Record, State
+from mailer.ledger import Ledger, LedgerDir, Outcome, Record, State
 from mailer.preview import PreviewResult, write_preview
 from mailer.quota import Clock
 from mailer.replies import read_reply
@@ -96,6 +96,12 @@ def plan(job: Job, state: State) -> Plan:
         for segment in segments:
             result.pending[segment] = result.pending.get(segment, 0) + 1
     return result
+
+
+def plan_now(job: Job, settings: Settings) -> Plan:
+    """What a real send would mail now, read from the ledger without taking its lock
+    (a dry run says it; a real send plans again under the lock)."""
+    return plan(job, LedgerDir(settings.ledger_dir).state(job.bulletin.id))
 
 
 def open_ledger(job: Job, settings: Settings) -> Ledger:

@@ -48,8 +48,16 @@ class Item(Generic[T]):
     """One message in the pool, with its attempt number (numbered across runs)."""
 
     message: T
-    attempt: int
+    attempt: int  # numbered across runs (the ledger remembers earlier runs' tries)
     last: int  # the last attempt this run may make
+    first: int = 0  # this run's first attempt (0: ``attempt``)
+
+    def __post_init__(self) -> None:
+        self.first = self.first or self.attempt
+
+    def again(self) -> Item[T]:
+        """The next try of the same message."""
+        return Item(self.message, self.attempt + 1, self.last, self.first)
 
 
 Gate = Callable[[], Awaitable[bool]]
@@ -123,7 +131,9 @@ class Pool(Generic[T]):
                 waiting.pop(id(item), None)
                 queue.put_nowait(item)
 
-            delay = self.retry.delay(item.attempt - 1)
+            # Counted within this run: a reader tried in earlier runs waits 2, 6, 18 s
+            # again, not the 162 s and more of its fifth try overall.
+            delay = self.retry.delay(item.attempt - item.first)
             waiting[id(item)] = (asyncio.get_running_loop().call_later(delay, due), item)
 
         def producer_done(_: object) -> None:
@@ -186,7 +196,7 @@ class Pool(Generic[T]):
                     retry_later(item)  # the same try again: a throttle does not use one up
                     continue
                 if action is Action.RETRY:
-                    retry_later(Item(item.message, item.attempt + 1, item.last))
+                    retry_later(item.again())
                     connection = connection if connection.is_open else None
                     continue
                 settle()

@@ -38,7 +38,7 @@ from markupsafe import Markup
 
 from mailer import language as lang
 from mailer import layout, templating
-from mailer.bulletin import LANGUAGES, Bulletin, Item, load_bulletin
+from mailer.bulletin import LANGUAGES, Bulletin, Item, bulletin_folders, load_bulletin
 from mailer.errors import ConfigError, ContentError
 from mailer.ledger import LedgerDir
 from mailer.recipients import available_segments
@@ -65,7 +65,7 @@ def published_issues(
     wanted = set(include)
     chosen = []
     seen = set()
-    for folder in sorted(p.parent for p in root.glob("*/bulletin.yaml")):
+    for folder in bulletin_folders(root):
         bulletin = load_bulletin(folder, known)
         seen.add(bulletin.id)
         if not bulletin.public:

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 from mailer.compose import OutgoingMessage
 from mailer.ledger import Ledger, Outcome, Record
+from mailer.quota import Clock
 
 Progress = Callable[[str, OutgoingMessage], None]
-Clock = Callable[[], float]
 
 
 @dataclass
@@ -65,7 +65,8 @@ class Report:
 
     @property
     def complete(self) -> bool:
-        return self.stopped is None and self.total.failed == 0 and self.total.deferred == 0
+        """Nobody failed or deferred and no stop: a test send's exit code 0."""
+        return not self.met_trouble
 
 
 class Recorder:

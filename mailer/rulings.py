@@ -76,7 +76,8 @@ class Ruling:
     """The policy's answer to one reply."""
 
     action: Action
-    # Stop taking new messages, cleanly (exit 1, or 75 with ``pause``): why.
+    # Stop taking new messages, cleanly: why (status.exit_code picks the exit code:
+    # 75 for a pause with nothing else wrong).
     stop: str | None = None
     pause: float | None = None  # seconds until sending may resume (the relay's quota)
     error: RunStop | None = None  # stop the run with this error, after recording
@@ -89,7 +90,6 @@ class Ruling:
 class ReplyPolicy:
     """Remembers one run's recent replies and rules on each new one."""
 
-    attempts: int = 4  # tries of one message within a run (RetryPolicy.attempts)
     max_consecutive_transient: int = 50
     max_connect_failures: int = 3
     relay: str = "the relay"  # host:port, for messages
@@ -181,9 +181,10 @@ class ReplyPolicy:
         self._connect_failures = 0
 
     def connection_failed(self, problem: smtp.SmtpProblem) -> Ruling:
-        """A connection could not be opened: stop at once (login, TLS), stop when the
-        relay has refused every connection so far, or try again (HELD: the message goes
-        back to the queue; it was never tried)."""
+        """A connection could not be opened: stop at once (login, TLS; ``error``), stop
+        when the relay has refused every connection so far, or try again (RETRY, with a
+        pause when too many temporary failures came in a row). The message was never
+        tried: it goes back to the queue."""
         if smtp.classify(problem).verdict is Verdict.FATAL:
             return Ruling(Action.HELD, error=self.sign_in_error(problem))
         self._connect_failures += 1

@@ -40,6 +40,9 @@ class Status:
     # by their most serious report), and domains refusing several readers for policy.
     bounces: dict[str, int] = field(default_factory=dict)
     refusing: list[tuple[str, int, str]] = field(default_factory=list)
+    # Readers this issue reached who are in suppressions.csv now (unsubscribed or
+    # bounced since): counted as sent, and never mailed again.
+    sent_then_suppressed: int = 0
 
     @property
     def complete(self) -> bool:
@@ -92,8 +95,11 @@ def status(job: Issue, settings: Settings) -> Status:
     failures = sorted(state.unfinished.values(), key=lambda r: r.recipient)
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
+    reached = sum(1 for key in suppressed if state.last.get(key, ("", 0))[0] == Outcome.SENT)
     returned, refusing = _returned(ledgers.records(job.bulletin.id))
-    return Status(segments, total, failures, in_doubt, since, unfinished, returned, refusing)
+    return Status(
+        segments, total, failures, in_doubt, since, unfinished, returned, refusing, reached
+    )
 
 
 # This many readers of one issue at one domain refused for policy or reputation is the

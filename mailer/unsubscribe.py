@@ -26,9 +26,13 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailer.errors import ConfigError, InputError
 from mailer.settings import Settings
+
+if TYPE_CHECKING:
+    from mailer.suppressions import Added
 
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: far beyond guessing
 TEST_TAG = "test"  # the tag of a test copy's unsubscribe mailto: never a reader's (hex)
@@ -141,6 +145,12 @@ class ByHand:
     addresses: list[str]
     reason: str
     unreadable: list[str]
+    typed: bool = True  # False for an mbox of requests: strangers' mail, not a person's typing
+
+    def exit_code(self, result: Added) -> int:
+        """2 when an address a person typed was refused (say it with the exit code
+        too); an mbox's unusable requests are listed, not an error."""
+        return 2 if result.refused and self.typed else 0
 
 
 def by_hand(
@@ -153,7 +163,7 @@ def by_hand(
 ) -> ByHand:
     """Addresses typed, named by a one-click token, or asked for in an mbox of mailed
     requests. Unless staff gave their own reason, the file says how the request came."""
-    request = ByHand(list(addresses), reason, [])
+    request = ByHand(list(addresses), reason, [], typed=mbox is None)
     if token is not None:
         request.addresses.append(token_address(settings, token))
         if reason == "unsubscribed":
@@ -162,6 +172,8 @@ def by_hand(
         request.addresses.extend(requests_in_mbox(mbox, request.unreadable))
         if reason == "unsubscribed":
             request.reason = "unsubscribe request by mail"
+    if not request.addresses:
+        raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")
     return request
 
 

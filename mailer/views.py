@@ -81,7 +81,7 @@ def skipped_rows(recipients: RecipientList) -> None:
         warning(problem.describe())
 
 
-def dry_run(job: Job, result: PreviewResult) -> None:
+def dry_run(job: Job, result: PreviewResult, now: Plan | None = None) -> None:
     table = Table(title=f"Dry run of {job.bulletin.id}: nothing was sent")
     table.add_column("variant (segments · language)")
     table.add_column("messages", justify="right")
@@ -91,6 +91,11 @@ def dry_run(job: Job, result: PreviewResult) -> None:
     out.print(table)
     counts = ", ".join(f"{s}: {n}" for s, n in job.recipients.per_segment.items())
     out.print(f"Per segment: {counts}; suppressed: {job.recipients.suppressed}.")
+    if now is not None and now.done:
+        out.print(
+            f"The ledger shows {now.done} of them done in earlier runs: a real send now "
+            f"would mail {now.pending_total}."
+        )
     if job.composer.identity.placeholder:
         out.print(
             f"MAILER_FROM is not set: using the placeholder {job.composer.identity.from_header}."
@@ -126,6 +131,7 @@ def plan(job: Job, plan: Plan) -> None:
     table.add_column("recipients", justify="right")
     for name in job.recipients.segments:
         table.add_row(name, str(plan.pending.get(name, 0)))
+    table.add_row(_bold("all (each address once)"), _bold(plan.pending_total))
     out.print(table)
     if plan.done:
         out.print(f"{plan.done} recipient(s) already done in an earlier run: skipped.")
@@ -244,10 +250,16 @@ def status(job: Issue, result: Status) -> None:
     out.print(table)
     if result.in_doubt:
         out.print(f"{result.in_doubt} pending recipient(s) are in doubt (a run stopped mid-send).")
-    if job.recipients.suppressed:
+    if result.sent_then_suppressed:
         out.print(
-            f"{job.recipients.suppressed} address(es) of the lists are in suppressions.csv "
-            "(unsubscribed or bounced): never mailed."
+            f"{result.sent_then_suppressed} reader(s) received this issue and unsubscribed "
+            "or bounced since: sent, and in suppressions.csv now (never mailed again)."
+        )
+    unmailed = job.recipients.suppressed - result.sent_then_suppressed
+    if unmailed > 0:
+        out.print(
+            f"{unmailed} address(es) of the lists are in suppressions.csv (unsubscribed or "
+            "bounced): not mailed this issue."
         )
     if any(result.bounces.values()):
         b = result.bounces

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from mailer import dispatch as dispatcher
 from mailer import pipeline
 from mailer.cli import app
 
-from .conftest import SAMPLE, SAMPLE_RECIPIENTS
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings
 from .helpers import FAST, cli_env, settings_for
 from .smtp_server import Server, refusing_authenticator
 
@@ -72,6 +73,11 @@ def test_stale_bulletin_is_reported_not_sent(
     assert result.exit_code == 1
     assert "stale" in result.output and "MAILER_DISPATCH_WINDOW" in result.output
     assert server.received == []
+    settings = make_settings(ledger_dir=tmp_path / "ledger")
+    [decision] = dispatcher.decide(
+        bulletins, settings, dispatcher.parse_now(STALE), recipients_dir=SAMPLE_RECIPIENTS
+    )
+    assert "is 5 days ago" in decision.detail  # not "120 h"
 
 
 def test_two_bulletins_due_at_once_are_both_sent(

@@ -9,7 +9,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ import pytest
 import vobject
 from typer.testing import CliRunner
 
-from mailer import pipeline
+from mailer import archive, pipeline
 from mailer.bulletin import image_file_name
 from mailer.cli import app
+from mailer.errors import ConfigError
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
 from .helpers import cli_env, send_cli, settings_for
@@ -269,7 +270,14 @@ def test_a_send_refuses_while_the_archive_is_not_live(
         refused = send_cli(recipients, env)
         assert refused.exit_code == 2, refused.output
         assert "does not serve" in refused.output and "dead links" in refused.output
+        assert "with mailer publish, then deploy it" in " ".join(refused.output.split())
         assert relay.received == []
+        # Before its send_at, plain `mailer publish` leaves the issue out: say --include.
+        early = pipeline.prepare(SAMPLE, settings_for(relay.port, tmp_path, archive_url=base))
+        with pytest.raises(ConfigError, match=r"mailer publish --include 2017-03 \(plain"):
+            archive.require_live(
+                early.composer, early.recipients, 0, now=datetime(2017, 3, 1, tzinfo=UTC)
+            )
         checked = CliRunner().invoke(
             app, ["check", str(SAMPLE), "--recipients", str(recipients)], env=env
         )

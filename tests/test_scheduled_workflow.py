@@ -47,6 +47,7 @@ def remote(tmp_path: Path) -> Path:
     shutil.copytree(SAMPLE_RECIPIENTS, seed / "recipients")
     shutil.copytree(ROOT / ".github" / "scripts", seed / ".github" / "scripts")
     shutil.copy(ROOT / ".gitattributes", seed / ".gitattributes")
+    shutil.copy(ROOT / ".gitignore", seed / ".gitignore")
     (seed / "ledger").mkdir()
     (seed / "ledger" / ".gitkeep").touch()
     git(seed, "add", ".")
@@ -110,6 +111,8 @@ def test_two_scheduled_runs_in_a_row_send_once(
     ledger = remote_ledger(remote, tmp_path)
     assert ledger.count('"outcome": "sent"') == 13
     assert '"outcome": "claim"' in ledger and '"outcome": "release"' in ledger
+    tracked = git(tmp_path / "remote.git", "ls-tree", "-r", "--name-only", "main", "ledger/")
+    assert tracked.split() == ["ledger/.gitkeep", "ledger/2017-03.jsonl"]  # no lock file
     second = ci_run(remote, tmp_path, server, "101-1")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "complete" in second.stdout and len(server.received) == 13

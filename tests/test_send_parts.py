@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,7 @@ def run_pool(
     gate_open: bool = True,
     stop_after: int | None = None,
     retry: RetryPolicy = QUICK,
+    before: int = 0,
 ) -> tuple[list[tuple[int, int]], Memory, Pool[int], list[int]]:
     """Send messages 0…count-1; ``script`` gives each message's actions, try by try
     (SENT once they run out); ``stop_after`` tries, the run is asked to stop. Returns
@@ -289,7 +291,7 @@ def run_pool(
         def stream() -> Iterator[int]:
             yield from range(count)
 
-        await pool.run(stream(), lambda _: 0)
+        await pool.run(stream(), lambda _: before)
         return pool
 
     pool = asyncio.run(main())
@@ -322,3 +324,23 @@ def test_retries_still_waiting_when_the_run_stops_are_handed_back() -> None:
     tries, _, _, abandoned = run_pool(2, {0: [Action.RETRY]}, size=1, stop_after=2, retry=slow)
     assert tries == [(0, 1), (1, 1)]
     assert abandoned == [0]  # not waited for: the run ended, the reader stays deferred
+
+
+@dataclass(frozen=True)
+class CountedRetry(RetryPolicy):
+    """A retry policy that notes which try each wait follows (within this run)."""
+
+    waits: list[int] = field(default_factory=list)
+
+    def delay(self, attempt: int) -> float:
+        self.waits.append(attempt)
+        return 0.0
+
+
+def test_a_reader_tried_in_earlier_runs_waits_as_after_a_first_try() -> None:
+    """Attempts are numbered across runs; the waits were too: a reader deferred in
+    three runs waited 2·3⁴ s, 2·3⁵ s… in the fourth instead of 2, 6, 18 s."""
+    retry = CountedRetry(attempts=3)
+    tries, _, _, _ = run_pool(1, {0: [Action.RETRY, Action.RETRY]}, retry=retry, before=9)
+    assert tries == [(0, 10), (0, 11), (0, 12)]
+    assert retry.waits == [1, 2]  # after this run's first and second try

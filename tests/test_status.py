@@ -112,3 +112,37 @@ def test_status_counts_returned_reports_and_names_a_domain_refusing_several_read
     assert data["bounces"] == {"hard": 1, "soft": 1, "refused": 3}
     assert data["refusing_domains"][0]["domain"] == "example.org"
     assert data["refusing_domains"][0]["readers"] == 3
+
+
+def test_a_reader_mailed_then_unsubscribed_is_sent_not_never_mailed(tmp_path: Path) -> None:
+    """status said "in suppressions.csv: never mailed" of readers this issue reached."""
+    recipients = write_list(tmp_path / "recipients", 6)
+    with Server() as server:
+        env = cli_env(server.port, tmp_path / "ledger")
+        assert send_cli(recipients, env).exit_code == 0
+    with (recipients / "suppressions.csv").open("w") as handle:
+        handle.write("email,reason\nreader1@example.org,one-click unsubscribe\n")
+    table = CliRunner().invoke(
+        app, ["status", str(SAMPLE), "--recipients", str(recipients)], env=env
+    )
+    text = " ".join(table.output.split())
+    assert "1 reader(s) received this issue and unsubscribed or bounced since" in text
+    assert "never mailed." not in text and "not mailed this issue" not in text
+    # A dry run of the complete issue says what a real send would do now.
+    dry = CliRunner().invoke(
+        app,
+        [
+            "send",
+            str(SAMPLE),
+            "--recipients",
+            str(recipients),
+            "--dry-run",
+            "--out",
+            str(tmp_path / "preview"),
+        ],
+        env=env,
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "5 of them done in earlier runs: a real send now would mail 0" in " ".join(
+        dry.output.split()
+    )
