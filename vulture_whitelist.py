@@ -16,6 +16,7 @@ settings.Settings._address
 settings.Settings._list_id
 settings.Settings._https
 settings.Settings._mailto
+settings.Settings._locales
 # urllib calls the redirect handler's hook by name (sync refuses every redirect).
 sync._NoRedirect.redirect_request
 # Starlette's router option, set as an attribute (serve.py).

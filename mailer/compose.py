@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parseaddr
@@ -87,6 +87,8 @@ class Identity:
     signer: Signer | None = field(default=None, repr=False)
     placeholder: bool = False
     notes: tuple[str, ...] = ()
+    # The Babel locale of each language's dates (MAILER_LOCALES; see language.py).
+    locales: Mapping[str, str] = field(default_factory=lambda: dict(lang.DEFAULT_LOCALES))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool) -> Identity:
@@ -138,6 +140,7 @@ class Identity:
                 secret.get_secret_value().encode() if secret else b"preview-only-not-a-secret"
             ),
             bounce_address=settings.bounce_address,
+            locales=settings.locale_map,
             id_key=key,
             signer=Signer.from_settings(settings),
             placeholder=placeholder,
@@ -450,9 +453,13 @@ class Composer:
             "title": text.title,
             "html": Markup(_markdown.render(text.body)),
             "text": markdown_to_text(text.body),
-            "when": lang.date_span(item.starts, item.ends, language) if item.starts else None,
+            "when": lang.date_span(item.starts, item.ends, self.identity.locales[language])
+            if item.starts
+            else None,
             "location": item.location,
-            "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
+            "deadline": lang.full_date(item.deadline, self.identity.locales[language])
+            if item.deadline
+            else None,
             "link": text.link,
             "image": self.image_src(image) if image else None,
             "alt": text.alt,
@@ -470,7 +477,7 @@ class Composer:
     def _render(self, key: VariantKey) -> Variant:
         language = key.language
         catalog = templating.translations(self.templates, language)
-        templating.use_language(self.env, catalog)
+        templating.use_language(self.env, catalog, language)
         items = self.bulletin.items_for(key.segments)
         names: list[str] = []
         context = {
@@ -479,7 +486,7 @@ class Composer:
                 "id": self.bulletin.id,
                 "title": self.bulletin.title.get(language),
                 "preheader": self.bulletin.preheader.get(language),
-                "date": lang.long_date(self.bulletin.date, language),
+                "date": lang.long_date(self.bulletin.date, self.identity.locales[language]),
             },
             "items": [self._item_view(item, language) for item in items],
             "segments": [lang.segment_label(s, catalog) for s in key.segments],

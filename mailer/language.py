@@ -54,21 +54,37 @@ def translations(locale_dir: Path, language: str) -> NullTranslations:
     return Translations(buffer, domain=DOMAIN)
 
 
-def long_date(day: date, language: str) -> str:
+# The Babel locale each language's dates are written in, unless MAILER_LOCALES says
+# otherwise: English the international way (en_GB: "20 January 2027", never
+# "January 20, 2027"), as the secretariat's own text writes it.
+DEFAULT_LOCALES = {"en": "en_GB", "fr": "fr_FR", "es": "es_ES"}
+
+
+def long_date(day: date, locale: str) -> str:
     """``18 August 2017``, ``18 août 2017``, ``18 de agosto de 2017``."""
-    return str(format_date(day, "long", locale=language))
+    return str(format_date(day, "long", locale=locale))
 
 
-def full_date(day: date, language: str) -> str:
+def full_date(day: date, locale: str) -> str:
     """With the weekday, for deadlines: ``Friday, 18 August 2017``."""
-    return str(format_date(day, "full", locale=language))
+    return str(format_date(day, "full", locale=locale))
 
 
-def date_span(starts: date, ends: date | None, language: str) -> str:
-    """An event's dates, as one date or a localized range (``4–6 sept. 2017``)."""
+def date_span(starts: date, ends: date | None, locale: str) -> str:
+    """An event's dates, as one date or a range as CLDR writes it (``4–6 Sept 2017``)."""
     if ends is None or ends == starts:
-        return long_date(starts, language)
-    return str(format_interval(starts, ends, "yMMMd", locale=language))
+        return long_date(starts, locale)
+    return str(format_interval(starts, ends, "yMMMd", locale=locale))
+
+
+# Before a colon, French puts a no-break space (U+00A0); English and Spanish none.
+_BEFORE_COLON = {"fr": "\u00a0"}
+
+
+def label(text: str, language: str) -> str:
+    """A label followed by its colon, in the language's typography (``Lieu\u00a0:``).
+    For template labels only: never applied to item text, URLs or times."""
+    return f"{text}{_BEFORE_COLON.get(language, '')}:"
 
 
 def segment_label(segment: str, catalog: NullTranslations) -> str:

@@ -202,6 +202,7 @@ class _Site:
         )
         self.organization = name or self.domain
         self.base = (settings.archive_url or "").rstrip("/")
+        self.locales = settings.locale_map
         self.sequences = _event_sequences(issues)
         # Fixed once (RFC 4151); never derived from the issues, so it never changes.
         self.feed_tag = settings.feed_tag or f"tag:{self.domain},2026:bulletin"
@@ -236,7 +237,7 @@ class _Site:
 
     def _render(self, template: str, language: str, depth: int, **context: Any) -> bytes:
         catalog = templating.translations(self.templates, language)
-        templating.use_language(self.env, catalog)
+        templating.use_language(self.env, catalog, language)
         up = "../" * depth
         context.setdefault("feed_href", f"{up}{language}/feed.atom")
         context.setdefault("feed_title", self._feed_title(language))
@@ -266,7 +267,7 @@ class _Site:
             {
                 "href": f"../{issue.id}/{language}.html",
                 "title": issue.title.get(language),
-                "date": lang.long_date(issue.date, language),
+                "date": lang.long_date(issue.date, self.locales[language]),
             }
             for issue in self.issues
         ]
@@ -302,7 +303,7 @@ class _Site:
             page_title=issue.title.get(language),
             issue={
                 "title": issue.title.get(language),
-                "date": lang.long_date(issue.date, language),
+                "date": lang.long_date(issue.date, self.locales[language]),
             },
             items=views,
             alternates=_alternates(lambda code: f"{code}.html"),
@@ -314,9 +315,13 @@ class _Site:
         return {
             "title": text.title,
             "html": Markup(_markdown.render(text.body)),
-            "when": lang.date_span(item.starts, item.ends, language) if item.starts else None,
+            "when": lang.date_span(item.starts, item.ends, self.locales[language])
+            if item.starts
+            else None,
             "location": item.location,
-            "deadline": lang.full_date(item.deadline, language) if item.deadline else None,
+            "deadline": lang.full_date(item.deadline, self.locales[language])
+            if item.deadline
+            else None,
             "link": text.link,
             # Links from the issue's own folder: the layout's path without "<id>/".
             "image": (

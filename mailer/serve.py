@@ -349,7 +349,8 @@ class _Pages:
         self.env = templating.environment(templates, autoescape=True)
 
     def answer(self, kind: str, language: str, status: int) -> HTMLResponse:
-        templating.use_language(self.env, templating.translations(self.templates, language))
+        catalog = templating.translations(self.templates, language)
+        templating.use_language(self.env, catalog, language)
         html = self.env.get_template("serve/page.html.j2").render(kind=kind, lang=language)
         return HTMLResponse(html, status, headers=HEADERS)
 

@@ -95,6 +95,32 @@ class ImapSettings:
     oauth: OAuthSettings
 
 
+def parse_locales(text: str) -> dict[str, str]:
+    """``en=en_GB, fr=fr_CH``: a Babel locale per bulletin language, each checked."""
+    from babel import Locale, UnknownLocaleError
+
+    from mailer.bulletin import LANGUAGES
+
+    found: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        language, _, locale = (s.strip() for s in part.partition("="))
+        if language not in LANGUAGES or not locale:
+            raise ValueError(
+                f"'{part}': expected language=locale with a language among "
+                f"{', '.join(LANGUAGES)}, e.g. en=en_GB"
+            )
+        try:
+            parsed = Locale.parse(locale)
+        except (ValueError, UnknownLocaleError):
+            raise ValueError(
+                f"'{locale}' is not a locale Babel knows (e.g. en_GB, fr_CH)"
+            ) from None
+        if parsed.language != language:
+            raise ValueError(f"'{locale}' is not a locale of language '{language}'")
+        found[language] = str(parsed)
+    return found
+
+
 class Settings(BaseSettings):
     """Every ``MAILER_*`` setting, with its default (README, "Settings")."""
 
@@ -171,6 +197,9 @@ class Settings(BaseSettings):
     imap_authserv_id: str | None = None
     # Seconds a real send retries the archive's pages before refusing (a deploy takes a minute).
     archive_wait: float = Field(90.0, ge=0)
+    # The Babel locale of each language's dates: "en=en_GB,fr=fr_CH,es=es_ES". Unset
+    # languages keep language.DEFAULT_LOCALES (English: en_GB, "20 January 2027").
+    locales: str | None = None
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: Path | None = None
@@ -197,6 +226,21 @@ class Settings(BaseSettings):
 
         parse_limits(value)  # raises ValueError naming the part it cannot read
         return value
+
+    @field_validator("locales")
+    @classmethod
+    def _locales(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_locales(value)  # raises ValueError naming the part it cannot read
+        return value
+
+    @property
+    def locale_map(self) -> dict[str, str]:
+        """Each language's Babel locale: MAILER_LOCALES over language.DEFAULT_LOCALES."""
+        from mailer.language import DEFAULT_LOCALES
+
+        return {**DEFAULT_LOCALES, **parse_locales(self.locales or "")}
 
     @property
     def limits(self) -> tuple[Limit, ...]:

@@ -54,9 +54,11 @@ def translations(override: Path | None, language: str) -> NullTranslations:
     return lang.translations(BUNDLED / "locale", language)
 
 
-def use_language(env: jinja2.Environment, catalog: NullTranslations) -> None:
-    """Render the next templates of ``env`` in ``catalog``'s language."""
+def use_language(env: jinja2.Environment, catalog: NullTranslations, language: str) -> None:
+    """Render the next templates of ``env`` in ``language`` (``catalog`` is its catalog):
+    its labels, and the ``label`` filter that writes a label's colon its way."""
     env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+    env.filters["label"] = lambda text: lang.label(str(text), language)
 
 
 def unknown_overrides(override: Path | None) -> list[str]:

@@ -52,7 +52,10 @@ def test_french_reader_gets_french_items_labels_and_dates(
     parsed = by_address(sample_messages)["ambassador.moreau@example.org"]
     text, html = text_of(parsed), html_of(parsed)
     assert "Septième Assemblée des États parties" in text
-    assert "Date limite: vendredi 18 août 2017" in text
+    # French typography in labels: a no-break space before the colon, never a plain one.
+    assert "Date limite\u00a0: vendredi 18 août 2017" in text
+    assert "En savoir plus\u00a0:" in text and "Se désabonner\u00a0:" in text
+    assert "Date limite:" not in text and "Lieu:" not in text  # labels only: item text is theirs
     assert "En savoir plus" in html and "Read more" not in html
     assert "Dans ce numéro" in html and "27 mars 2017" in html
     assert "Se désabonner" in html

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
-from mailer import verp
+from mailer import pipeline, verp
 from mailer.bulletin import image_file_name
 from mailer.compose import OutgoingMessage
 from mailer.unsubscribe import read_token
 
 from .conftest import (
     SAMPLE,
+    SAMPLE_RECIPIENTS,
     SEND_SETTINGS,
     UNSUBSCRIBE_SECRET,
     by_address,
@@ -177,7 +178,9 @@ def test_plain_text_is_readable_wrapped_and_free_of_markup(
     english = english.replace("\r\n", "\n")
     assert "ccm@unog.ch" in english
     assert "Read more:\nhttps://www.unog.ch/" in english
-    assert "Deadline: Friday, August 18, 2017" in english
+    # International dates (en_GB), as the secretariat's text writes them.
+    assert "Deadline: Friday, 18 August 2017" in english and "27 March 2017" in english
+    assert "August 18" not in english and "March 27" not in english
 
 
 def test_the_inliner_keeps_the_templates_own_attributes(
@@ -190,3 +193,11 @@ def test_the_inliner_keeps_the_templates_own_attributes(
     assert image is not None and 'width="552"' in image.group(0)
     assert 'height="auto"' not in html and 'width="100%"' not in image.group(0)
     assert not re.search(r"<a [^>]*bgcolor", html)
+
+
+def test_each_languages_dates_follow_the_locale_staff_chose() -> None:
+    """MAILER_LOCALES: a secretariat that writes American English dates can say so."""
+    settings = make_settings(locales="en=en_US, fr=fr_CH")
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=SAMPLE_RECIPIENTS)
+    english = text_of(by_address(list(job.messages()))["disarmament.desk@example.org"])
+    assert "Deadline: Friday, August 18, 2017" in english
