@@ -111,7 +111,7 @@ class _Ledgers:
             tags: dict[str, str] = {}
             ids: dict[str, str] = {}
             if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue) and self.ledgers.has(issue):
-                for record in self.ledgers.records(issue):
+                for record in self.ledgers.records(issue, skip_damaged=True):
                     if record.recipient and record.outcome in _MAILED:
                         if self.key is not None:
                             tags[tag(self.key, issue, record.recipient)] = record.recipient
@@ -396,7 +396,9 @@ def _record(bounces: Iterable[Bounce], ledger_dir: Path) -> list[Bounce]:
     for issue, items in by_issue.items():
         if not ledgers.has(issue):
             continue  # attribution needs the ledger; never create one here
-        seen = {(r.recipient.lower(), r.report_id) for r in ledgers.records(issue)}
+        seen = {
+            (r.recipient.lower(), r.report_id) for r in ledgers.records(issue, skip_damaged=True)
+        }
         records = []
         for bounce in items:
             key = (bounce.recipient.lower(), bounce.bounce_id)
@@ -428,7 +430,7 @@ def windows_ended(
     found = []
     ledgers = LedgerDir(ledger_dir)
     for issue in ledgers.issues():
-        records = list(ledgers.records(issue))
+        records = list(ledgers.records(issue, skip_damaged=True))
         if not records or not _ended(records[0].time, window, moment):
             continue
         last: dict[str, str] = {}
@@ -469,7 +471,9 @@ def soft_failures(ledger_dir: Path, addresses: set[str] | None, limit: int) -> l
     wanted = None if addresses is None else {a.lower() for a in addresses}
     history: dict[str, list[bool]] = {}
     ledgers = LedgerDir(ledger_dir)
-    standings = [_standing(ledgers.records(issue), wanted) for issue in ledgers.issues()]
+    standings = [
+        _standing(ledgers.records(issue, skip_damaged=True), wanted) for issue in ledgers.issues()
+    ]
     issues = sorted(standings, key=lambda issue: issue[0])
     for _, standing in issues:  # in the order the issues went out, whatever their ids
         for address, soft in standing.items():

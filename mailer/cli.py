@@ -196,20 +196,18 @@ def send(
         approve=lambda plan: yes or _ask(f"Send {plan.pending_total} messages?"),
         sending=lambda plan: views.progress_bar(plan.pending_total),
     )
-    with pipeline.open_ledger(job, settings) as ledger:
-        try:
-            result = pipeline.real_send(
-                job,
-                settings,
-                ledger,
-                hooks=hooks,
-                allow_many=allow_mass_suppression,
-                allow_stale_sync=allow_stale_sync,
-            )
-        except DeliveryError as exc:
-            if exc.report is not None:
-                views.report(job, exc.report, stopped=False)  # the error says why
-            raise
+    try:
+        result = pipeline.real_send(
+            job,
+            settings,
+            hooks=hooks,
+            allow_many=allow_mass_suppression,
+            allow_stale_sync=allow_stale_sync,
+        )
+    except DeliveryError as exc:
+        if exc.report is not None:
+            views.report(job, exc.report, stopped=False)  # the error says why
+        raise
     if not result.approved:
         views.line("Nothing sent.")
     elif result.report is not None and result.plan.pending_total == 0:
@@ -323,7 +321,7 @@ def dispatch(
         bulletins,
         settings,
         moment,
-        approve=lambda due: yes or _ask(f"Send {', '.join(due)} now?"),
+        approve=lambda due: yes or _ask(f"Send {', '.join(due)} now?") or _nothing_sent(),
         only=only,
         recipients_dir=recipients,
         run_id=run_id,
@@ -469,6 +467,12 @@ def _ask(question: str) -> bool:
     if not _interactive():
         raise InputError("not a terminal, so nothing to confirm with: pass --yes.")
     return typer.confirm(question, default=False)
+
+
+def _nothing_sent() -> bool:
+    """The person said no: say so and stop (exit 0), before any table."""
+    views.line("Nothing sent.")
+    raise typer.Exit(0)
 
 
 def main() -> None:

@@ -161,13 +161,30 @@ def ledger_path(directory: Path, issue: str) -> Path:
     return directory / f"{issue}.jsonl"
 
 
-def read_records(path: Path) -> Iterator[Record]:
-    """Every complete record; a torn last line is skipped, a damaged one is an error."""
-    for number, line, data in _raw_records(path):
+def read_records(path: Path, *, skip_damaged: bool = False) -> Iterator[Record]:
+    """Every complete record; a torn last line is skipped, a damaged one is an error
+    (or, with ``skip_damaged``, skipped: see :meth:`LedgerDir.records`)."""
+    lines = _lenient_lines(path) if skip_damaged else _raw_records(path)
+    for number, line, data in lines:
         try:
             yield Record.from_dict(data)
         except (ValueError, KeyError, TypeError, AttributeError):
-            _damaged(line, path, number)
+            if not skip_damaged:
+                _damaged(line, path, number)
+
+
+def _lenient_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Like :func:`_raw_records`, skipping lines that are not JSON objects."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                return
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if isinstance(data, dict):
+                    yield number, line, data
 
 
 def _raw_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
@@ -455,9 +472,14 @@ class LedgerDir:
         """Every issue with a ledger, by id."""
         return sorted(p.stem for p in self.directory.glob("*.jsonl"))
 
-    def records(self, issue: str) -> Iterator[Record]:
-        """Every complete record of the issue's ledger, in order (none without one)."""
-        return read_records(self.path(issue))
+    def records(self, issue: str, *, skip_damaged: bool = False) -> Iterator[Record]:
+        """Every complete record of the issue's ledger, in order (none without one).
+
+        A damaged line stops the reader, naming its place, unless ``skip_damaged``:
+        readers that gather from every issue (bounce attribution, soft-bounce
+        standings) skip it, so one hand-edited old ledger does not stop the reading
+        of every report; the issue's own send, status and dispatch still refuse it."""
+        return read_records(self.path(issue), skip_damaged=skip_damaged)
 
     def state(self, issue: str, *, with_segments: bool = False) -> State:
         """Where each reader of the issue stands (see :class:`State`)."""

@@ -187,7 +187,7 @@ class SendResult:
 def real_send(
     job: Job,
     settings: Settings,
-    ledger: Ledger,
+    ledger: Ledger | None = None,
     *,
     hooks: SendHooks | None = None,
     run_id: str | None = None,
@@ -201,13 +201,28 @@ def real_send(
     the suppression follow-up runs (a crash or the cap may have left dead mailboxes
     unsuppressed); the web archive must serve every page the messages link to
     (a send never goes out with dead links); the person approves; then deliver.
-    ``ledger`` must be entered (it holds the issue's lock).
+    ``ledger``, when given, must be entered (it holds the issue's lock; dispatch holds
+    it across its claim); else it is opened here, after the sync check, so a refused
+    send writes nothing.
     """
     from mailer import sync as syncing
 
-    hooks = hooks or SendHooks()
     if not allow_stale_sync:
         syncing.require_fresh(settings)
+    if ledger is None:
+        with open_ledger(job, settings) as opened:
+            return _real_send(job, settings, opened, hooks or SendHooks(), run_id, allow_many)
+    return _real_send(job, settings, ledger, hooks or SendHooks(), run_id, allow_many)
+
+
+def _real_send(
+    job: Job,
+    settings: Settings,
+    ledger: Ledger,
+    hooks: SendHooks,
+    run_id: str | None,
+    allow_many: bool,
+) -> SendResult:
     planned = plan(job, ledger.state())
     hooks.planned(planned)
     if planned.pending_total == 0:

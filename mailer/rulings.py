@@ -137,8 +137,10 @@ class ReplyPolicy:
         pause = self._count_transient()
         if reading.verdict is Verdict.SLOW_DOWN and not stopping:
             return Ruling(Action.SLOW_DOWN, stop=pause)
-        if attempt < last and not stopping:
-            return Ruling(Action.RETRY, stop=pause)
+        if attempt < last and not stopping and pause is None:
+            return Ruling(Action.RETRY)
+        # The last try of this run, or the run stops (the one that pauses it included):
+        # deferred for the next run, in the summary with its reply.
         return Ruling(Action.DEFERRED, stop=pause)
 
     def _failed(

@@ -348,7 +348,10 @@ async def _wire_data(smtp: aiosmtplib.SMTP, wire: bytes, timeout: float) -> aios
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             protocol._response_pending = True
             protocol.write(wire)
-            return await protocol.read_response(timeout=timeout)
+            response = await protocol.read_response(timeout=timeout)
+            if response.code != 250:  # as execute_data_command: mapped like the public path
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return response
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         smtp.close()  # as the public data() does
         raise

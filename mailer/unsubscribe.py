@@ -170,7 +170,7 @@ def by_hand(
             request.reason = "one-click unsubscribe"
     if mbox is not None:
         request.addresses.extend(requests_in_mbox(mbox, request.unreadable))
-        if reason == "unsubscribed":
+        if request.reason == "unsubscribed":
             request.reason = "unsubscribe request by mail"
     if not request.addresses:
         raise InputError("name addresses, --token or --from-mbox.", field="ADDRESS")

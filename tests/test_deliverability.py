@@ -241,6 +241,23 @@ def _mbox_of(names: list[str], path: Path) -> Path:
     return path
 
 
+def test_a_hand_edited_old_ledger_does_not_stop_the_reading_of_bounces(
+    server: Server, tmp_path: Path
+) -> None:
+    """Outcomes became a closed set; one odd line in another issue's ledger then made
+    `mailer bounces` exit 2 for every report. Readers across issues skip it."""
+    settings = sent_with_verp(server, tmp_path)
+    (settings.ledger_dir / "2016-12.jsonl").write_text(
+        '{"recipient": "a@example.org", "outcome": "attempt", "attempt": 1}\n'
+        '{"recipient": "a@example.org", "outcome": "skipped", "attempt": 1}\n'
+        "<<<<<<< HEAD\n"
+    )
+    source = _mbox_of(["01-postfix-rfc3464.eml"], tmp_path / "bounces.mbox")
+    result = _bounces_cli(source, settings)
+    assert result.exit_code == 0, result.output
+    assert "research@example.com" in _suppressed(settings.recipients_dir)
+
+
 def test_each_message_has_its_own_verp_envelope_sender(server: Server, tmp_path: Path) -> None:
     sent_with_verp(server, tmp_path)
     for received in server.received:

@@ -364,6 +364,19 @@ def test_real_send_asks_before_sending_and_needs_yes_without_a_terminal(
     assert "all (each address once)" in accepted.output
 
 
+def test_dispatch_asks_too_and_a_no_sends_nothing(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = cli_env(server.port, tmp_path / "ledger")
+    args = ["dispatch", "--bulletins", str(SAMPLE.parent), "--recipients", str(SAMPLE_RECIPIENTS)]
+    args += ["--now", "2017-03-28T09:15:00+02:00"]
+    assert CliRunner().invoke(app, args, env=env).exit_code == 2  # nobody to ask
+    monkeypatch.setattr("mailer.cli._interactive", lambda: True)
+    declined = CliRunner().invoke(app, args, env=env, input="n\n")
+    assert declined.exit_code == 0 and "Nothing sent." in declined.output
+    assert "Send 2017-03 now? [y/N]" in declined.output and server.received == []
+
+
 @pytest.mark.parametrize("offers_dsn", [True, False])
 def test_returned_copies_carry_only_headers_where_the_relay_offers_dsn(
     tmp_path: Path, offers_dsn: bool

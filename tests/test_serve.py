@@ -257,6 +257,7 @@ def test_a_send_refuses_while_the_last_sync_is_too_old(endpoint: Endpoint, tmp_p
         refused = send_cli(recipients, env)
         assert refused.exit_code == 2 and "mailer sync first" in refused.output
         assert relay.received == []
+        assert not (tmp_path / "ledger").exists()  # refused before the ledger was opened
         forced = send_cli(recipients, env, "--allow-stale-sync", "--limit", "1")
         assert forced.exit_code in (0, 1) and len(relay.received) == 1
         assert (
