@@ -89,6 +89,8 @@ class Identity:
     notes: tuple[str, ...] = ()
     # The Babel locale of each language's dates (MAILER_LOCALES; see language.py).
     locales: Mapping[str, str] = field(default_factory=lambda: dict(lang.DEFAULT_LOCALES))
+    # The list's stable name (MAILER_LIST_NAME): List-Id's display name and the footer's.
+    list_name: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool) -> Identity:
@@ -141,6 +143,7 @@ class Identity:
             ),
             bounce_address=settings.bounce_address,
             locales=settings.locale_map,
+            list_name=(settings.list_name or "").strip() or name.strip() or domain,
             id_key=key,
             signer=Signer.from_settings(settings),
             placeholder=placeholder,
@@ -490,6 +493,7 @@ class Composer:
             },
             "items": [self._item_view(item, language) for item in items],
             "segments": [lang.segment_label(s, catalog) for s in key.segments],
+            "list_name": self.identity.list_name,
             # "View in your browser": the issue's page in the reader's language
             # (README, "Web archive": <archive>/<id>/<lang>.html).
             "archive_url": (
@@ -545,7 +549,9 @@ class Composer:
             out.literal(
                 header_line("Reply-To", encode_address(*parseaddr(ident.reply_to)), encoded=True)
             )
-        list_id = encode_address(self.bulletin.title.get("en"), ident.list_id)
+        # A stable display name: mail filters and list headers key on it (an issue's
+        # title, with its month, made each issue look like a new list).
+        list_id = encode_address(ident.list_name, ident.list_id)
         out.literal(header_line("List-Id", list_id, encoded=True))
         out.literal(b"List-Unsubscribe: ")
         out.hole("list_unsubscribe", raw_header)

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     preview_dir: Path = Path("previews")
     templates_dir: Path | None = None
     list_id: str | None = None
+    # The list's name as readers see it (List-Id's display name, the footer): stable
+    # from issue to issue. Unset: MAILER_FROM's display name, else its domain.
+    list_name: str | None = Field(None, max_length=100, pattern=r"^[^\r\n\x00]*$")
     unsubscribe_mailto: str | None = None
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None

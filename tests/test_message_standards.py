@@ -99,7 +99,18 @@ def test_list_headers_name_the_list_and_the_unsubscribe_targets(
     sample_messages: list[OutgoingMessage],
 ) -> None:
     parsed = by_address(sample_messages)["research@example.com"]
-    assert parsed["List-Id"].endswith("<bulletin.isu.example.org>")
+    # The display name is the list's stable name (MAILER_FROM's), never the issue's title:
+    # filters and list headers key on it, and a month in it made every issue a new list.
+    assert str(parsed["List-Id"]) == "ISU-CCM <bulletin.isu.example.org>"
+    footer = text_of(parsed)
+    assert "You receive this bulletin from ISU-CCM as a contact on its mailing list" in (
+        " ".join(footer.split())
+    )
+    assert "March 2017 as a contact" not in " ".join(footer.split())
+    named = make_settings(**SEND_SETTINGS, list_name="CCM Newsletter")
+    job = pipeline.prepare(SAMPLE, named, recipients_dir=SAMPLE_RECIPIENTS)
+    first = parse(next(job.messages()).data)
+    assert str(first["List-Id"]) == "CCM Newsletter <bulletin.isu.example.org>"
     targets = re.findall(r"<([^>]+)>", str(parsed["List-Unsubscribe"]))
     # The reader's own keyed subaddress: the proof of who asks, since mail clients blank
     # or drop a mailto's subject.
