@@ -41,7 +41,7 @@ _ITEM_FIELDS = {
     "public",
     "event",
 }
-_TRANSLATION_FIELDS = {"title", "link", "alt"}
+_TRANSLATION_FIELDS = {"title", "link", "alt", "location"}
 _LOCALIZED = ("title", "subject", "preheader")
 _BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items", "public"} | {
     f"{name}_{lang}" if lang != DEFAULT_LANGUAGE else name
@@ -72,6 +72,7 @@ class ItemText:
     link: str | None
     alt: str | None
     source: Path
+    location: str | None = None  # the venue as this language names it ("Genève")
 
 
 @dataclass(frozen=True)
@@ -426,7 +427,8 @@ def _check_body_links(body: str, file: Path, first_line: int) -> None:
 
 
 def _item_text(front: _Mapping, body: str, body_line: int, base: ItemText | None) -> ItemText:
-    """The text of an item; a translation inherits title, link and alt it does not set."""
+    """The text of an item; a translation inherits title, link, alt and location it
+    does not set."""
     title = _one_line(front, "title", required=base is None)
     _check_body_links(body, front.file, body_line)
     if not body.strip() and base is None:
@@ -437,6 +439,7 @@ def _item_text(front: _Mapping, body: str, body_line: int, base: ItemText | None
         link=_link(front, "link") or (base.link if base else None),
         alt=_one_line(front, "alt") or (base.alt if base else None),
         source=front.file,
+        location=_one_line(front, "location") or (base.location if base else None),
     )
 
 
@@ -473,8 +476,8 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
             _refuse_unknown(
                 t_front,
                 _TRANSLATION_FIELDS,
-                "A translation may set only title, link and alt; dates, venue, audience "
-                "and image come from the English item.",
+                "A translation may set only title, link, alt and location (the venue in "
+                "its language); dates, audience and image come from the English item.",
             )
             texts[language] = _item_text(t_front, t_body, t_line, english)
     return Item(

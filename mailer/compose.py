@@ -459,7 +459,7 @@ class Composer:
             "when": lang.date_span(item.starts, item.ends, self.identity.locales[language])
             if item.starts
             else None,
-            "location": item.location,
+            "location": text.location,
             "deadline": lang.full_date(item.deadline, self.identity.locales[language])
             if item.deadline
             else None,

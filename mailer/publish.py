@@ -318,7 +318,7 @@ class _Site:
             "when": lang.date_span(item.starts, item.ends, self.locales[language])
             if item.starts
             else None,
-            "location": item.location,
+            "location": text.location,
             "deadline": lang.full_date(item.deadline, self.locales[language])
             if item.deadline
             else None,
@@ -403,8 +403,8 @@ class _Site:
         event.add("summary", title)
         event.add("dtstart", item.starts)
         event.add("dtend", (item.ends or item.starts) + timedelta(days=1))  # exclusive end
-        if item.location:
-            event.add("location", item.location)
+        if location := item.text(language).location:
+            event.add("location", location)
         event.add("url", self._url(layout.issue_page(issue.id, language)))
         calendar.add_component(event)
         if item.deadline is not None:

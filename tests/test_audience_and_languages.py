@@ -56,6 +56,10 @@ def test_french_reader_gets_french_items_labels_and_dates(
     assert "Date limite\u00a0: vendredi 18 août 2017" in text
     assert "En savoir plus\u00a0:" in text and "Se désabonner\u00a0:" in text
     assert "Date limite:" not in text and "Lieu:" not in text  # labels only: item text is theirs
+    # The venue as the translation names it; English readers keep the English one.
+    assert "Lieu\u00a0: Palais des Nations, Genève" in text
+    english = text_of(by_address(sample_messages)["disarmament.desk@example.org"])
+    assert "Venue: Palais des Nations, Geneva" in english
     assert "En savoir plus" in html and "Read more" not in html
     assert "Dans ce numéro" in html and "27 mars 2017" in html
     assert "Se désabonner" in html

@@ -174,6 +174,7 @@ def test_calendar_files_announce_one_event_across_issues(tmp_path: Path) -> None
         assert b"DTSTART;VALUE=DATE:20170904" in raw
         event, deadline = calendar.walk("VEVENT")
         assert str(event["SUMMARY"]).startswith("À vos agendas")
+        assert str(event["LOCATION"]) == "Palais des Nations, Genève"  # the venue in French
         assert _when(event["DTSTART"]) == date(2017, 9, 4)
         assert _when(deadline["DTSTART"]) == date(2017, 8, 18)
         events[issue] = event
