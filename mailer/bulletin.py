@@ -41,7 +41,8 @@ _ITEM_FIELDS = {
     "public",
     "event",
 }
-_TRANSLATION_FIELDS = {"title", "link", "alt", "location"}
+_TRANSLATION_FIELDS = {"title", "link", "alt", "location", "source"}
+_BLOB_ID = re.compile(r"^[0-9a-f]{40}$")
 _LOCALIZED = ("title", "subject", "preheader")
 _BULLETIN_FIELDS = {"id", "date", "send_at", "segments", "items", "public"} | {
     f"{name}_{lang}" if lang != DEFAULT_LANGUAGE else name
@@ -73,6 +74,9 @@ class ItemText:
     alt: str | None
     source: Path
     location: str | None = None  # the venue as this language names it ("Genève")
+    # A translation's ``source:``: the git blob id of the English item file it was made
+    # from (see translations.py); None for the English text and unstamped ones.
+    translates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,18 @@ def _refuse_at(text: str, found: re.Match[str], path: Path, message: str) -> NoR
     raise ContentError(message, file=path, line=text.count("\n", 0, found.start()) + 1)
 
 
+def _blob_id(front: _Mapping) -> str | None:
+    """A translation's ``source:``, as ``mailer translations --stamp`` writes it."""
+    value = _one_line(front, "source")
+    if value is not None and not _BLOB_ID.match(value):
+        raise front.error(
+            "source",
+            "is not the id mailer translations --stamp writes (40 hex digits); delete the "
+            "line and stamp the translation again once it is reviewed.",
+        )
+    return value
+
+
 def _one_line(mapping: _Mapping, key: str, *, required: bool = False) -> str | None:
     """A single-line text field; line breaks are refused because they may reach headers."""
     value = mapping.data.get(key)
@@ -440,6 +456,7 @@ def _item_text(front: _Mapping, body: str, body_line: int, base: ItemText | None
         alt=_one_line(front, "alt") or (base.alt if base else None),
         source=front.file,
         location=_one_line(front, "location") or (base.location if base else None),
+        translates=_blob_id(front) if base is not None else None,
     )
 
 
@@ -476,8 +493,9 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
             _refuse_unknown(
                 t_front,
                 _TRANSLATION_FIELDS,
-                "A translation may set only title, link, alt and location (the venue in "
-                "its language); dates, audience and image come from the English item.",
+                "A translation may set only title, link, alt, location (the venue in its "
+                "language) and source (written by mailer translations --stamp); dates, "
+                "audience and image come from the English item.",
             )
             texts[language] = _item_text(t_front, t_body, t_line, english)
     return Item(

@@ -68,6 +68,31 @@ def _deliverability(variant: Variant, key: VariantKey) -> list[str]:
     return found
 
 
+def _translations(job: Job) -> list[str]:
+    """Stale translations (a real send refuses them), each with the English change when
+    git has the old text; unstamped ones in one line (they block nothing)."""
+    from mailer import translations
+
+    found = []
+    every = translations.of(job.bulletin)
+    for stale in (t for t in every if t.state is translations.State.STALE):
+        change = translations.english_change(stale)
+        found.append(
+            f"{stale.name}: the English item changed after this translation was made; a real "
+            f"send refuses until it is reviewed and stamped (mailer translations "
+            f"{job.bulletin.path} --stamp {stale.name})."
+            + (f" English change: {change}" if change else "")
+        )
+    unstamped = [t.name for t in every if t.state is translations.State.UNSTAMPED]
+    if unstamped:
+        found.append(
+            f"{len(unstamped)} translation(s) say nothing of the English they translate "
+            f"({', '.join(unstamped)}): once reviewed, stamp them (mailer translations "
+            f"{job.bulletin.path} --stamp NAME), so a later English change is noticed."
+        )
+    return found
+
+
 def check(job: Job, settings: Settings) -> CheckReport:
     """Render every variant the list needs and check what a real send would need."""
     report = CheckReport()
@@ -97,6 +122,7 @@ def check(job: Job, settings: Settings) -> CheckReport:
             )
         report.warnings.extend(_deliverability(variant, key))
     report.warnings = list(dict.fromkeys(report.warnings))  # one per language, not per variant
+    report.warnings.extend(_translations(job))
     report.warnings.extend(p.describe() for p in job.recipients.warnings)
     report.warnings.extend(f"skipped: {p.describe()}" for p in job.recipients.skipped)
     if settings.from_ is None:

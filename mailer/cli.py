@@ -123,6 +123,35 @@ def check(
     views.checked(job, report, checks.relay_summary(settings, sum(report.variants.values())))
 
 
+@app.command(short_help="Show which translations are current, stale or missing.")
+def translations(
+    bulletin: BulletinArg,
+    stamp: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stamp",
+            metavar="NAME",
+            help="Record that this translation (SLUG.fr, or SLUG for all its languages) "
+            "translates the English item as it is now; after a review (repeatable).",
+        ),
+    ] = None,
+    recipients: RecipientsOpt = None,
+) -> None:
+    """Per item and language: current, stale (the English changed since), unstamped or
+    missing; with --stamp, mark reviewed translations as current."""
+    from mailer import translations as translating
+    from mailer.bulletin import load_bulletin
+    from mailer.recipients import available_segments
+
+    segments = available_segments(recipients or _settings().recipients_dir)
+    loaded = load_bulletin(bulletin, segments)
+    if stamp:
+        for path in translating.stamp(loaded, stamp):
+            views.line(f"stamped: {path}")
+        loaded = load_bulletin(bulletin, segments)
+    views.translations(loaded, translating.of(loaded))
+
+
 @app.command(short_help="Send a bulletin (or resume it), preview it or test it.")
 def send(
     bulletin: BulletinArg,
@@ -165,6 +194,14 @@ def send(
         ),
     ] = False,
     allow_stale_sync: AllowStaleSyncOpt = False,
+    allow_stale_translations: Annotated[
+        bool,
+        typer.Option(
+            "--allow-stale-translations",
+            help="Send although a translation is older than its English item: those "
+            "readers get the English item.",
+        ),
+    ] = False,
 ) -> None:
     """Send BULLETIN to its segments (resuming where a run stopped), or preview it."""
     from mailer import pipeline
@@ -178,6 +215,7 @@ def send(
         skip_invalid=skip_invalid,
         dry_run=dry_run,
         limit=limit,
+        english_for_stale=allow_stale_translations,
     )
     views.skipped_rows(job.recipients)
     if dry_run:
@@ -214,6 +252,7 @@ def send(
         views.suppressions(result.report)
     elif result.report is not None:
         views.report(job, result.report)
+    views.fallbacks(job)
     raise typer.Exit(result.exit_code)
 
 

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from mailer import pipeline
+from mailer import pipeline, translations
 from mailer import status as standing
 from mailer.bulletin import bulletin_folders
 from mailer.compose import Identity
@@ -50,12 +50,13 @@ class Action(StrEnum):
     BLOCKED = "blocked"
     DUE = "due"
     INVALID = "invalid"
+    TRANSLATIONS = "stale translation"  # a translation is older than its English item
     SENT = "sent"  # after send_due
     SKIPPED = "skipped"  # due, but not claimed by this run
 
 
 # Decisions that need a person: the run exits 1.
-NEEDS_A_PERSON = (Action.STALE, Action.BLOCKED, Action.SKIPPED)
+NEEDS_A_PERSON = (Action.STALE, Action.BLOCKED, Action.SKIPPED, Action.TRANSLATIONS)
 
 
 @dataclass
@@ -155,6 +156,15 @@ def _decide_one(
         decision.detail = (
             f"send_at {bulletin.send_at.isoformat()} is {_age(overdue)} ago, beyond "
             f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
+        )
+        return decision
+    if stale := translations.stale(bulletin):
+        decision.action = Action.TRANSLATIONS
+        decision.detail = (
+            f"the English changed after these translations were made: "
+            f"{', '.join(t.name for t in stale)}; have them reviewed and stamped (mailer "
+            f"translations {folder} --stamp NAME), or send by hand with "
+            "--allow-stale-translations"
         )
         return decision
     if started:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer import archive, suppressions
+from mailer import archive, suppressions, translations
 from mailer import status as standing
 from mailer.compose import Composer, Identity, OutgoingMessage, VariantKey
 from mailer.delivery import Progress, Report, RetryPolicy, Sender
@@ -28,6 +28,7 @@ from mailer.preview import PreviewResult, write_preview
 from mailer.quota import Clock
 from mailer.replies import read_reply
 from mailer.settings import Settings
+from mailer.translations import Translation
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Job(Issue):
 
     composer: Composer = field(kw_only=True)
     limit: int | None = None
+    # Stale translations left out (--allow-stale-translations): their readers get English.
+    fallbacks: list[Translation] = field(default_factory=list, kw_only=True)
 
     def messages(self) -> Iterator[OutgoingMessage]:
         """The lazy message stream, cut at ``--limit`` when one is given."""
@@ -52,8 +55,13 @@ def prepare(
     skip_invalid: bool = False,
     dry_run: bool = True,
     limit: int | None = None,
+    english_for_stale: bool = False,
 ) -> Job:
-    """Load and validate everything a send or a preview needs; nothing is written."""
+    """Load and validate everything a send or a preview needs; nothing is written.
+
+    ``english_for_stale``: translations whose English changed since they were made
+    are left out, so their readers get the English item (``--allow-stale-translations``).
+    """
     issue = load_issue(
         folder,
         settings,
@@ -62,8 +70,11 @@ def prepare(
         skip_invalid=skip_invalid,
     )
     identity = Identity.from_settings(settings, dry_run=dry_run)
-    composer = Composer(issue.bulletin, identity, templates=settings.templates_dir)
-    return Job(issue.bulletin, issue.recipients, composer=composer, limit=limit)
+    bulletin, fallbacks = issue.bulletin, list[Translation]()
+    if english_for_stale:
+        bulletin, fallbacks = translations.without_stale(bulletin)
+    composer = Composer(bulletin, identity, templates=settings.templates_dir)
+    return Job(bulletin, issue.recipients, composer=composer, limit=limit, fallbacks=fallbacks)
 
 
 def preview(job: Job, out_dir: Path) -> PreviewResult:
@@ -196,7 +207,8 @@ def real_send(
 ) -> SendResult:
     """The one path of a real send, for ``mailer send`` and ``mailer dispatch``.
 
-    In order: the endpoint's unsubscribes must be synced recently (unless
+    In order: no translation may be older than its English item (see
+    ``translations.py``); the endpoint's unsubscribes must be synced recently (unless
     ``allow_stale_sync``); plan who is still to be mailed; with nobody left, only
     the suppression follow-up runs (a crash or the cap may have left dead mailboxes
     unsuppressed); the web archive must serve every page the messages link to
@@ -207,6 +219,7 @@ def real_send(
     """
     from mailer import sync as syncing
 
+    translations.refuse_stale(job.bulletin)
     if not allow_stale_sync:
         syncing.require_fresh(settings)
     if ledger is None:

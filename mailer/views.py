@@ -28,6 +28,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.bounces import BounceReport
+    from mailer.bulletin import Bulletin
     from mailer.checks import CheckReport
     from mailer.dispatch import Decision
     from mailer.inbox import InboxResult
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.status import Status
     from mailer.suppressions import Added
     from mailer.sync import SourceResult
+    from mailer.translations import Translation
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -400,3 +402,29 @@ def checked(job: Job, report: CheckReport, relay: list[str]) -> None:
         f"{max(report.sizes.values(), default=0) // 1024} KB, largest message "
         f"{max(report.message_sizes.values(), default=0) // 1024} KB)."
     )
+
+
+def translations(bulletin: Bulletin, found: list[Translation]) -> None:
+    """Item × language: where each translation stands against its English item."""
+    languages = list(dict.fromkeys(t.language for t in found))  # the bulletin's order
+    table = Table(title=f"{bulletin.id}: translations")
+    table.add_column("item")
+    for language in languages:
+        table.add_column(language)
+    styles = {"current": "green", "stale": "bold red", "unstamped": "yellow", "missing": "dim"}
+    for item in bulletin.items:
+        states = {t.language: str(t.state) for t in found if t.item is item}
+        table.add_row(
+            item.slug, *(Text(states[lang], style=styles[states[lang]]) for lang in languages)
+        )
+    out.print(table)
+
+
+def fallbacks(job: Job) -> None:
+    """After a send with --allow-stale-translations: who got which item in English."""
+    for translation in job.fallbacks:
+        readers = sum(1 for r in job.recipients if r.language == translation.language)
+        warning(
+            f"{translation.name} is stale: its {readers} reader(s) in '{translation.language}' "
+            "got the English item."
+        )
