@@ -390,8 +390,8 @@ def checked(job: Job, report: CheckReport, relay: list[str]) -> None:
         table.add_row(
             key.label(),
             str(count),
-            f"{report.sizes[key] / 1024:,.0f} KB",
-            f"{report.message_sizes[key] / 1024:,.0f} KB",
+            _kb(report.sizes[key]),
+            _kb(report.message_sizes[key]),
         )
     out.print(table)
     for text in relay:
@@ -399,8 +399,8 @@ def checked(job: Job, report: CheckReport, relay: list[str]) -> None:
     out.print(
         f"{job.bulletin.id}: OK. {len(job.bulletin.items)} items, {total} recipients, "
         f"{len(report.variants)} variants (largest HTML "
-        f"{max(report.sizes.values(), default=0) // 1024} KB, largest message "
-        f"{max(report.message_sizes.values(), default=0) // 1024} KB)."
+        f"{_kb(max(report.sizes.values(), default=0))}, largest message "
+        f"{_kb(max(report.message_sizes.values(), default=0))})."
     )
 
 
@@ -428,3 +428,8 @@ def fallbacks(job: Job) -> None:
             f"{translation.name} is stale: its {readers} reader(s) in '{translation.language}' "
             "got the English item."
         )
+
+
+def _kb(size: int) -> str:
+    """One rounding for every size ``check`` prints: the table and its summary agree."""
+    return f"{size / 1024:,.0f} KB"

@@ -499,7 +499,14 @@ def test_check_warns_about_what_inbox_providers_dislike(
     result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
     assert result.exit_code == 0, result.output
     assert "http://www.clusterconvention.org/ is not https" in result.output
+    # One line a finding, naming the variants it concerns (it was one line a variant).
+    assert result.output.count("is not https") == 1
     assert "the subject in 'en' has" in result.output
+    # The summary rounds sizes as the table does (it said 24 KB beside a table's 25 KB).
+    sizes = re.findall(r"│ +(\d+) KB", result.output)  # the table's cells
+    summary = " ".join(result.output.split())
+    largest = re.search(r"largest HTML (\d+) KB, largest message (\d+) KB", summary)
+    assert largest is not None and largest[1] in sizes and largest[2] in sizes
     assert "a real send will refuse to start" in result.output
     # Configured for a real send, those two warnings go away.
     env = {
