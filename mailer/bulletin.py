@@ -40,6 +40,7 @@ _ITEM_FIELDS = {
     "deadline",
     "public",
     "event",
+    "draft",
 }
 _TRANSLATION_FIELDS = {"title", "link", "alt", "location", "source"}
 _BLOB_ID = re.compile(r"^[0-9a-f]{40}$")
@@ -95,6 +96,9 @@ class Item:
     public: bool | None = None  # None: public when the item has no audience
     event: str | None = None  # names a meeting announced across issues (one calendar entry)
     image_type: str | None = None  # the image's MIME type, from its checked content
+    # Copied by `mailer new --from` from the last issue: to edit or delete. Previews show
+    # it; a real send refuses while any item is still a draft.
+    draft: bool = False
 
     @property
     def image_file(self) -> str | None:
@@ -142,6 +146,18 @@ class Bulletin:
         if not self.public:
             return ()
         return tuple(item for item in self.items if item.is_public())
+
+    def refuse_drafts(self) -> None:
+        """A real send refuses while an item is still a draft (``mailer new --from``)."""
+        drafts = [item for item in self.items if item.draft]
+        if drafts:
+            raise ContentError(
+                f"{len(drafts)} item(s) are still drafts copied from the last issue "
+                f"({', '.join(item.slug for item in drafts)}): edit each and delete its "
+                "'draft: true' line, or delete the item file.",
+                file=drafts[0].source,
+                field="draft",
+            )
 
     def items_for(self, segments: Iterable[str]) -> tuple[Item, ...]:
         """The items a reader in ``segments`` receives, in bulletin order."""
@@ -511,6 +527,7 @@ def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
         texts=MappingProxyType(texts),
         public=_a_flag(front, "public"),
         event=_event_key(front),
+        draft=_a_flag(front, "draft") is True,
     )
 
 
@@ -607,6 +624,11 @@ def bulletin_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("*/bulletin.yaml"))
 
 
+def valid_id(text: str) -> bool:
+    """An issue id: letters, digits, '-', '_' and '.' (it names a folder and a ledger)."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) is not None
+
+
 def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
     """Load and validate ``folder``; ``segments`` are the recipient segments that exist."""
     known = tuple(segments)
@@ -617,7 +639,7 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
     _refuse_unknown(mapping, _BULLETIN_FIELDS, "See README, 'Writing a bulletin'.")
     issue_id = _one_line(mapping, "id", required=True)
     assert issue_id is not None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", issue_id):
+    if not valid_id(issue_id):
         raise mapping.error("id", "use letters, digits, '-', '_' and '.' only (e.g. 2017-03).")
     if issue_id != folder.resolve().name:
         # A folder copied from the last issue keeps its id; that id's ledger says

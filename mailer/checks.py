@@ -141,6 +141,12 @@ def check(job: Job, settings: Settings) -> CheckReport:
             concerns.setdefault(finding, []).append(key.label())
     report.warnings.extend(_grouped(concerns, len(report.variants)))
     report.warnings.extend(_translations(job))
+    drafts = [item.slug for item in job.bulletin.items if item.draft]
+    if drafts:
+        report.warnings.append(
+            f"{len(drafts)} item(s) are drafts ({', '.join(drafts)}): a real send refuses "
+            "until each is edited and its 'draft: true' line deleted (or the file deleted)."
+        )
     report.warnings.extend(p.describe() for p in job.recipients.warnings)
     report.warnings.extend(f"skipped: {p.describe()}" for p in job.recipients.skipped)
     if settings.from_ is None:

@@ -107,6 +107,41 @@ def _settings() -> Settings:
     return load_settings()
 
 
+@app.command(short_help="Start a new issue, from scratch or from the last one.")
+def new(
+    issue_id: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="The new issue's id, e.g. 2026-12.", show_default=False),
+    ],
+    previous: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="ID",
+            help="Copy this issue's titles, segments and items (as drafts to edit).",
+        ),
+    ] = None,
+    bulletins: Annotated[
+        Path, typer.Option("--bulletins", metavar="FOLDER", help="Folder of bulletin folders.")
+    ] = Path("bulletins"),
+) -> None:
+    """Write bulletins/ID with its bulletin.yaml filled in and draft items to edit."""
+    from datetime import date
+
+    from mailer import scaffold
+
+    settings = _settings()
+    made = scaffold.new_issue(
+        bulletins,
+        issue_id,
+        previous=previous,
+        today=date.today(),
+        list_name=settings.list_display_name,
+        locales=settings.locale_map,
+    )
+    views.new_issue(made)
+
+
 @app.command(short_help="Check a bulletin, its lists and the settings; send nothing.")
 def check(
     bulletin: BulletinArg,

@@ -51,12 +51,19 @@ class Action(StrEnum):
     DUE = "due"
     INVALID = "invalid"
     TRANSLATIONS = "stale translation"  # a translation is older than its English item
+    DRAFT = "draft"  # an item is still a draft (mailer new --from)
     SENT = "sent"  # after send_due
     SKIPPED = "skipped"  # due, but not claimed by this run
 
 
 # Decisions that need a person: the run exits 1.
-NEEDS_A_PERSON = (Action.STALE, Action.BLOCKED, Action.SKIPPED, Action.TRANSLATIONS)
+NEEDS_A_PERSON = (
+    Action.STALE,
+    Action.BLOCKED,
+    Action.SKIPPED,
+    Action.TRANSLATIONS,
+    Action.DRAFT,
+)
 
 
 @dataclass
@@ -156,6 +163,12 @@ def _decide_one(
         decision.detail = (
             f"send_at {bulletin.send_at.isoformat()} is {_age(overdue)} ago, beyond "
             f"MAILER_DISPATCH_WINDOW; a person must send it: mailer send {folder}"
+        )
+        return decision
+    if drafts := [item.slug for item in bulletin.items if item.draft]:
+        decision.action = Action.DRAFT
+        decision.detail = (
+            f"still drafts: {', '.join(drafts)}; edit each and delete its 'draft: true' line"
         )
         return decision
     if stale := translations.stale(bulletin):

@@ -219,6 +219,7 @@ def real_send(
     """
     from mailer import sync as syncing
 
+    job.bulletin.refuse_drafts()
     translations.refuse_stale(job.bulletin)
     if not allow_stale_sync:
         syncing.require_fresh(settings)

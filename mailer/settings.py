@@ -239,6 +239,13 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def list_display_name(self) -> str:
+        """MAILER_LIST_NAME, else MAILER_FROM's display name, else its domain."""
+        name, address = parseaddr(self.from_ or "")
+        domain = address.rpartition("@")[2]
+        return (self.list_name or "").strip() or name.strip() or domain or "Bulletin"
+
+    @property
     def locale_map(self) -> dict[str, str]:
         """Each language's Babel locale: MAILER_LOCALES over language.DEFAULT_LOCALES."""
         from mailer.language import DEFAULT_LOCALES

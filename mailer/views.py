@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.recipients import RecipientList
     from mailer.recorder import Progress as OnOutcome
     from mailer.recorder import Report
+    from mailer.scaffold import NewIssue
     from mailer.status import Status
     from mailer.suppressions import Added
     from mailer.sync import SourceResult
@@ -433,3 +434,15 @@ def fallbacks(job: Job) -> None:
 def _kb(size: int) -> str:
     """One rounding for every size ``check`` prints: the table and its summary agree."""
     return f"{size / 1024:,.0f} KB"
+
+
+def new_issue(made: NewIssue) -> None:
+    """What ``mailer new`` wrote and what to do next."""
+    source = f" from {made.copied_from}" if made.copied_from else ""
+    line(f"Created {made.folder}{source}: bulletin.yaml and {len(made.items)} draft item(s).")
+    for path in made.items:
+        line(f"  {path}")
+    line(
+        f"Next: edit bulletin.yaml (its EDIT lines and send_at) and each item (delete its "
+        f"'draft: true' line, or the file), then: mailer check {made.folder}"
+    )

@@ -1,0 +1,195 @@
+"""``mailer new``: start an issue without copying a folder by hand.
+
+A copied folder kept the old id (the new issue then "was sent" already), the old
+``send_at`` and items nobody re-read. ``mailer new ID`` writes ``bulletins/ID/``
+with its ``bulletin.yaml`` filled in (the id, today's date, a ``send_at`` to adjust,
+titles and subjects to edit) and one draft item; with ``--from PREVIOUS`` the
+previous issue's titles, segments and items (translations included) are copied,
+each item marked ``draft: true``. Previews show drafts; a real send refuses while
+one is left (edit it and delete the line, or delete the item). A copied
+translation still says which English it translates (``source:``): once the English
+item is edited, the translation shows as stale until it is reviewed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from babel.dates import format_skeleton
+
+from mailer.bulletin import DEFAULT_LANGUAGE, LANGUAGES, valid_id
+from mailer.errors import ContentError, InputError
+
+_SEND_HOUR = 9  # a proposal; staff set the real moment
+
+
+@dataclass(frozen=True)
+class NewIssue:
+    folder: Path
+    items: list[Path]
+    copied_from: str | None
+
+
+def new_issue(
+    root: Path,
+    issue_id: str,
+    *,
+    previous: str | None,
+    today: date,
+    list_name: str,
+    locales: dict[str, str],
+) -> NewIssue:
+    """Write ``root/issue_id``; nothing is written when the id is bad or taken."""
+    if not valid_id(issue_id):
+        raise InputError(
+            f"'{issue_id}' is not an issue id: use letters, digits, '-', '_' and '.' "
+            "(e.g. 2026-12).",
+            field="ID",
+        )
+    folder = root / issue_id
+    if folder.exists():
+        raise InputError(f"{folder} exists already: choose another id.", field="ID")
+    source = _previous(root, previous) if previous is not None else None
+    send_at = _proposal(today, source)
+    if source is not None:
+        yaml_text = _from_previous(source, issue_id, today, send_at)
+    else:
+        yaml_text = _blank(issue_id, today, send_at, list_name, locales)
+    folder.mkdir(parents=True)
+    try:
+        (folder / "bulletin.yaml").write_text(yaml_text, encoding="utf-8")
+        items = _copy_items(source, folder) if source is not None else _first_item(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return NewIssue(folder, items, previous)
+
+
+def _previous(root: Path, previous: str) -> Path:
+    folder = root / previous
+    if not (folder / "bulletin.yaml").is_file():
+        raise InputError(f"{folder} holds no bulletin.yaml to start from.", field="--from")
+    return folder
+
+
+def _proposal(today: date, source: Path | None) -> str:
+    """The next weekday at 09:00, in the previous issue's time zone when it had one."""
+    day = today + timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    offset = "+00:00"
+    if source is not None:
+        earlier = _mapping(source).get("send_at")
+        if isinstance(earlier, datetime) and earlier.tzinfo is not None:
+            offset = earlier.isoformat()[-6:]
+        elif isinstance(earlier, str) and len(earlier) > 6 and earlier[-6] in "+-":
+            offset = earlier[-6:]
+    return f"{day.isoformat()}T{_SEND_HOUR:02d}:00:00{offset}"
+
+
+def _mapping(folder: Path) -> dict[str, Any]:
+    path = folder / "bulletin.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ContentError(f"cannot be read to start from ({exc}).", file=path) from None
+    return data if isinstance(data, dict) else {}
+
+
+def _from_previous(source: Path, issue_id: str, today: date, send_at: str) -> str:
+    """The previous bulletin.yaml, line by line, with a new id, date and send_at and a
+    reminder on each line a person must rewrite."""
+    lines = []
+    text = (source / "bulletin.yaml").read_text(encoding="utf-8-sig")
+    for line in text.splitlines():
+        if line.startswith("# EDIT for "):
+            continue  # the last issue's reminders: this one gets its own
+        key = line.split(":", 1)[0].strip()
+        if key == "id":
+            line = f"id: {issue_id}"
+        elif key == "date":
+            line = f"date: {today.isoformat()}"
+        elif key == "send_at":
+            line = f"send_at: {send_at}  # a proposal: set the moment to send"
+        elif key == "items":
+            continue  # the order is the items' names: the copied ones, as they are
+        elif key.split("_")[0] in ("title", "subject", "preheader") and ":" in line:
+            lines.append(f"# EDIT for {issue_id}: {key} (copied from {source.name})")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _blank(
+    issue_id: str, today: date, send_at: str, list_name: str, locales: dict[str, str]
+) -> str:
+    """A bulletin.yaml to fill in: titles with the month in each language."""
+    # CLDR's month-and-year: "November 2026", "novembre 2026", "noviembre de 2026".
+    month = {lang: format_skeleton("yMMMM", today, locale=locales[lang]) for lang in LANGUAGES}
+    label = {"en": "Newsletter", "fr": "Lettre d’information", "es": "Boletín"}
+    lines = [
+        "# One issue of the bulletin. See README, 'Writing a bulletin'.",
+        f"id: {issue_id}",
+        f"date: {today.isoformat()}",
+        f"send_at: {send_at}  # a proposal: set the moment to send",
+        "",
+    ]
+    for lang in LANGUAGES:
+        suffix = "" if lang == DEFAULT_LANGUAGE else f"_{lang}"
+        lines.append(f"title{suffix}: {_quoted(f'{list_name} — {label[lang]}, {month[lang]}')}")
+    lines.append("")
+    lines.append(f"# EDIT for {issue_id}: what the issue is about, in a line each")
+    lines.append(f"subject: {_quoted(f'{list_name}: {month[DEFAULT_LANGUAGE]}')}")
+    lines.append(f"preheader: {_quoted('The first lines readers see in their inbox.')}")
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    """A YAML scalar that stays one string whatever it holds (a colon, a quote)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _copy_items(source: Path, folder: Path) -> list[Path]:
+    """Every item and translation of the previous issue, each English item a draft."""
+    items = folder / "items"
+    items.mkdir()
+    copied = []
+    for path in sorted((source / "items").glob("*.md")):
+        target = items / path.name
+        text = path.read_text(encoding="utf-8-sig")
+        if path.name.count(".") == 1:  # NN-slug.md, not a translation NN-slug.fr.md
+            text = _draft(text, path)
+            copied.append(target)
+        target.write_text(text, encoding="utf-8")
+    if (source / "images").is_dir():
+        shutil.copytree(source / "images", folder / "images")
+    return copied
+
+
+def _draft(text: str, path: Path) -> str:
+    """``draft: true`` as the front matter's first field."""
+    if not text.startswith("---\n"):
+        raise ContentError("an item must start with a '---' line.", file=path, line=1)
+    return (
+        "---\ndraft: true  # copied from the last issue: edit, then delete this line\n" + text[4:]
+    )
+
+
+def _first_item(folder: Path) -> list[Path]:
+    items = folder / "items"
+    items.mkdir()
+    first = items / "01-first-item.md"
+    first.write_text(
+        "---\n"
+        "draft: true  # delete this line once the item is written\n"
+        "title: The first item's title\n"
+        "# link: https://www.example.org/more  (optional)\n"
+        "---\n"
+        "The item's text, in Markdown. Rename the file (NN-slug.md) to order the items.\n",
+        encoding="utf-8",
+    )
+    return [first]

@@ -1,0 +1,94 @@
+"""`mailer new`: a new issue is started by a command, never by copying a folder by hand
+(the copy kept the old id, the old send_at and items nobody re-read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner, Result
+
+from mailer.cli import app
+
+from .conftest import edit
+from .helpers import Sample, cli_env
+from .smtp_server import Server
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, list(args), env=env or {})
+
+
+def test_a_new_issue_from_the_last_one_is_drafts_until_edited(
+    copy_sample: Sample, tmp_path: Path
+) -> None:
+    bulletin, recipients = copy_sample()
+    root = bulletin.parent
+    made = _cli("new", "2017-06", "--from", "2017-03", "--bulletins", str(root))
+    assert made.exit_code == 0, made.output
+    new = root / "2017-06"
+    yaml = (new / "bulletin.yaml").read_text(encoding="utf-8")
+    assert "id: 2017-06" in yaml and "id: 2017-03" not in yaml
+    assert "send_at: 2017-03-28" not in yaml and "+02:00" in yaml  # Geneva time kept
+    assert "# EDIT for 2017-06: title" in yaml
+    item = (new / "items" / "01-7msp-save-the-date.md").read_text(encoding="utf-8")
+    assert item.startswith("---\ndraft: true")
+    assert (new / "items" / "01-7msp-save-the-date.fr.md").exists()
+    assert (new / "images" / "7msp-banner.png").exists()
+    # A preview shows the drafts; check says what is left; a real send refuses.
+    args = ("--recipients", str(recipients))
+    checked = _cli("check", str(new), *args)
+    assert checked.exit_code == 0 and "4 item(s) are drafts" in " ".join(checked.output.split())
+    with Server() as relay:
+        env = cli_env(relay.port, tmp_path / "ledger")
+        refused = _cli("send", str(new), *args, "--yes", env=env)
+        assert refused.exit_code == 2 and "field 'draft'" in refused.output
+        send_at = yaml.split("send_at: ")[1].split()[0]  # the proposal: just due then
+        dispatched = _cli(
+            "dispatch",
+            "--bulletins",
+            str(root),
+            *args,
+            "--only",
+            "2017-06",
+            "--now",
+            send_at,
+            "--yes",
+            env=env,
+        )
+        assert "draft" in dispatched.output and dispatched.exit_code == 1
+        # Edited: the drafts are gone, and the English item changes; its copied
+        # translations still name the old English, so they are stale, not silently current.
+        for path in (new / "items").glob("0*.md"):
+            text = path.read_text(encoding="utf-8")
+            if text.startswith("---\ndraft: true"):
+                path.write_text("---\n" + text.split("\n", 2)[2], encoding="utf-8")
+        edit(new / "items" / "01-7msp-save-the-date.md", "2017-08-18", "2017-08-25")
+        stale = _cli("send", str(new), *args, "--yes", env=env)
+        assert stale.exit_code == 2 and "01-7msp-save-the-date.fr" in stale.output
+        assert relay.received == []
+
+
+def test_a_new_issue_needs_a_free_and_valid_id(copy_sample: Sample) -> None:
+    bulletin, _ = copy_sample()
+    root = bulletin.parent
+    taken = _cli("new", "2017-03", "--bulletins", str(root))
+    assert taken.exit_code == 2 and "exists already" in taken.output
+    bad = _cli("new", "2017/06", "--bulletins", str(root))
+    assert bad.exit_code == 2 and not (root / "2017").exists()
+    missing = _cli("new", "2017-06", "--from", "2016-12", "--bulletins", str(root))
+    assert missing.exit_code == 2 and not (root / "2017-06").exists()
+
+
+def test_a_blank_new_issue_loads_and_names_the_month_in_each_language(
+    copy_sample: Sample,
+) -> None:
+    bulletin, recipients = copy_sample()
+    root = bulletin.parent
+    env = {"MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>"}
+    assert _cli("new", "2027-01", "--bulletins", str(root), env=env).exit_code == 0
+    yaml = (root / "2027-01" / "bulletin.yaml").read_text(encoding="utf-8")
+    assert 'title: "ISU-CCM — Newsletter, ' in yaml and "title_es" in yaml
+    assert " de 20" in yaml.split("title_es:")[1].splitlines()[0]  # "noviembre de 2026"
+    checked = _cli("check", str(root / "2027-01"), "--recipients", str(recipients), env=env)
+    assert checked.exit_code == 0, checked.output
+    assert "1 item(s) are drafts" in " ".join(checked.output.split())
