@@ -12,7 +12,7 @@ $(BIN)/mailer: pyproject.toml
 	touch $(BIN)/mailer
 
 demo: $(BIN)/mailer
-	$(BIN)/mailer send bulletins/2017-03 --dry-run
+	$(BIN)/mailer send examples/bulletins/2017-03 --recipients examples/recipients --dry-run
 
 lint: $(BIN)/mailer
 	$(BIN)/ruff check mailer tests bench

@@ -60,7 +60,8 @@ def run_one(count: int) -> dict[str, float]:
         generate(recipients, count)
         settings = Settings(_env_file=None, MAILER_FROM="ISU <news@example.org>")  # type: ignore[call-arg]
         start = time.perf_counter()
-        job = pipeline.prepare(ROOT / "bulletins" / "2017-03", settings, recipients_dir=recipients)
+        sample = ROOT / "examples" / "bulletins" / "2017-03"
+        job = pipeline.prepare(sample, settings, recipients_dir=recipients)
         loaded = time.perf_counter()
         result = pipeline.preview(job, Path(tmp) / "out")
         done = time.perf_counter()

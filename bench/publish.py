@@ -24,7 +24,7 @@ from mailer.settings import Settings  # noqa: E402
 
 def generate(root: Path, count: int) -> None:
     """``count`` issues, one a week from 2010, each a copy of the sample."""
-    sample = ROOT / "bulletins" / "2017-03"
+    sample = ROOT / "examples" / "bulletins" / "2017-03"
     for index in range(count):
         issue = f"issue-{index:04d}"
         folder = root / issue
@@ -45,7 +45,7 @@ def main() -> None:
         _env_file=None,
         MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
         archive_url="https://isu.example.org/bulletin",
-        recipients_dir=ROOT / "recipients",
+        recipients_dir=ROOT / "examples" / "recipients",
     )
     for count in sizes:
         with tempfile.TemporaryDirectory() as tmp:

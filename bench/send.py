@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from compose import generate  # noqa: E402  (the compose benchmark's list generator)
 
 CONNECTIONS = 8
+SAMPLE = ROOT / "examples" / "bulletins" / "2017-03"
 
 
 def free_port() -> int:
@@ -84,7 +85,7 @@ def mailer_end_to_end(
         "-m",
         "mailer",
         "send",
-        str(ROOT / "bulletins" / "2017-03"),
+        str(SAMPLE),
         "--recipients",
         str(recipients),
         "--yes",
@@ -101,7 +102,7 @@ def mailer_end_to_end(
     from mailer.settings import Settings
 
     settings = Settings(_env_file=None, MAILER_FROM="ISU <news@isu.example.org>")  # type: ignore[call-arg]
-    job = pipeline.prepare(ROOT / "bulletins" / "2017-03", settings, recipients_dir=recipients)
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=recipients)
     job.limit = 200
     size = sum(len(m.data) for m in job.messages()) // 200
     return seconds, sent, size
@@ -124,9 +125,7 @@ def _deliver(mode: str, recipients: Path) -> None:
     from mailer.settings import load_settings
 
     settings = load_settings()
-    job = pipeline.prepare(
-        ROOT / "bulletins" / "2017-03", settings, recipients_dir=recipients, dry_run=False
-    )
+    job = pipeline.prepare(SAMPLE, settings, recipients_dir=recipients, dry_run=False)
     with pipeline.open_ledger(job, settings) as ledger:
         state = ledger.state()
         pending = (job.composer.compose(r) for r in job.recipients if not state.is_done(r.email))

@@ -71,7 +71,7 @@ def main() -> None:
         command = [
             mailer,
             "status",
-            str(ROOT / "bulletins" / "2017-03"),
+            str(ROOT / "examples" / "bulletins" / "2017-03"),
             "--json",
             "--recipients",
             str(recipients),

@@ -21,8 +21,8 @@ from mailer.settings import Settings
 from .smtp_server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "bulletins" / "2017-03"
-SAMPLE_RECIPIENTS = ROOT / "recipients"
+SAMPLE = ROOT / "examples" / "bulletins" / "2017-03"
+SAMPLE_RECIPIENTS = ROOT / "examples" / "recipients"
 UNSUBSCRIBE_SECRET = "test-unsubscribe-key"
 
 

@@ -16,7 +16,7 @@ from mailer.cli import app
 from mailer.compose import Identity
 from mailer.errors import ConfigError, LedgerGone
 
-from .conftest import SAMPLE, edit, make_settings
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, make_settings
 from .helpers import FAST, Sample, cli_env, settings_for, write_list
 from .smtp_server import Behaviour, Server
 
@@ -102,7 +102,16 @@ def test_impossible_date_in_one_bulletin_does_not_stop_dispatch_of_another(
     edit(root / "2017-06" / ITEM, "starts: 2017-09-04", "starts: 2017-02-30")
     result = CliRunner().invoke(
         app,
-        ["dispatch", "--bulletins", str(root), "--now", "2017-03-28T10:00:00+02:00", "--dry-run"],
+        [
+            "dispatch",
+            "--bulletins",
+            str(root),
+            "--now",
+            "2017-03-28T10:00:00+02:00",
+            "--dry-run",
+            "--recipients",
+            str(SAMPLE_RECIPIENTS),
+        ],
         env={"MAILER_PREVIEW_DIR": str(tmp_path / "previews")},
     )
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output

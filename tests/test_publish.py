@@ -458,7 +458,9 @@ def test_a_word_processors_line_break_is_a_line_break_and_other_controls_are_nam
     _publish(bulletin.parent, site, "--now", AFTER_SEND)
     assert "\v" not in (site / "2017-03" / "en.html").read_text()
     edit(item, "Oslo Conference", "Oslo\x01Conference")
-    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    checked = CliRunner().invoke(
+        app, ["check", str(bulletin), "--recipients", str(SAMPLE_RECIPIENTS)]
+    )
     assert checked.exit_code == 2
     assert "U+0001" in checked.output and "03-oslo-process-ten-years.md" in checked.output
 
@@ -482,7 +484,9 @@ def test_an_image_whose_name_and_bytes_disagree_is_refused(
     edit(
         bulletin / "items" / "01-7msp-save-the-date.md", "images/7msp-banner.png", f"images/{name}"
     )
-    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    checked = CliRunner().invoke(
+        app, ["check", str(bulletin), "--recipients", str(SAMPLE_RECIPIENTS)]
+    )
     assert checked.exit_code == 2 and says in " ".join(checked.output.split()), checked.output
 
 
@@ -622,5 +626,7 @@ def test_a_c1_control_character_is_refused_with_its_line(tmp_path: Path) -> None
     edit(
         bulletin / "items" / "03-oslo-process-ten-years.md", "Oslo Conference", "Oslo\x9bConference"
     )
-    checked = CliRunner().invoke(app, ["check", str(bulletin)])
+    checked = CliRunner().invoke(
+        app, ["check", str(bulletin), "--recipients", str(SAMPLE_RECIPIENTS)]
+    )
     assert checked.exit_code == 2 and "U+009B" in checked.output

@@ -15,7 +15,7 @@ from mailer.cli import app
 from mailer.ledger import read_records
 from mailer.quota import Limit, Quota, QuotaReached, parse_limits
 
-from .conftest import SAMPLE
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS
 from .helpers import FAST, cli_env, send_cli, settings_for
 from .smtp_server import Server
 
@@ -108,7 +108,9 @@ def test_check_shows_the_relay_secrets_masked_and_how_long_a_send_takes() -> Non
         "MAILER_RATE_LIMITS": "6/day",
         "MAILER_BOUNCE_ADDRESS": "bounces@isu.example.org",
     }
-    result = CliRunner().invoke(app, ["check", str(SAMPLE)], env=env)
+    result = CliRunner().invoke(
+        app, ["check", str(SAMPLE), "--recipients", str(SAMPLE_RECIPIENTS)], env=env
+    )
     assert result.exit_code == 0, result.output
     assert "relay: smtp.office365.com:587 (starttls), sign-in xoauth2" in result.output
     assert "limits: 6/day" in result.output and "preset microsoft365" in result.output

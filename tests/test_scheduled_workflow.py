@@ -187,8 +187,8 @@ def _preview(checkout: Path, base: str) -> tuple[int, str]:
 def test_pull_request_preview_covers_what_changed(tmp_path: Path) -> None:
     repo = tmp_path / "pr"
     git(tmp_path, "init", "--quiet", "--initial-branch=main", str(repo))
-    for name in ("recipients", ".github"):
-        shutil.copytree(ROOT / name, repo / name)
+    shutil.copytree(ROOT / ".github", repo / ".github")
+    shutil.copytree(SAMPLE_RECIPIENTS, repo / "recipients")
     # A project's own templates/ overrides the bundled ones file by file.
     (repo / "templates" / "partials").mkdir(parents=True)
     shutil.copy(
@@ -267,7 +267,7 @@ def test_the_fast_path_runs_only_when_a_bulletin_is_in_its_window(now: str, due:
         [
             sys.executable,
             str(ROOT / ".github" / "scripts" / "anything-due.py"),
-            str(ROOT / "bulletins"),
+            str(SAMPLE.parent),
         ],
         env={"NOW": now, "PATH": os.environ["PATH"]},
         capture_output=True,
