@@ -1,4 +1,5 @@
-# Both targets bootstrap .venv with nothing but python3.
+# Both targets bootstrap .venv with nothing but python3 (pip shows errors only:
+# -qq hides the warnings of a machine's own pip configuration).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,8 +8,8 @@ BIN := $(VENV)/bin
 
 $(BIN)/mailer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --quiet --upgrade pip
+	$(BIN)/pip install --quiet --quiet -e '.[test]'
 	touch $(BIN)/mailer
 
 demo: $(BIN)/mailer
