@@ -9,6 +9,7 @@ Later stages trust these models and re-validate nothing.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import re
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 import yaml
 from markdown_it import MarkdownIt
 
-from mailer.errors import ContentError
+from mailer.errors import ContentError, Problems
 from mailer.message import RESERVED_TEXT
 
 LANGUAGES = ("en", "fr", "es")
@@ -173,6 +174,8 @@ class _Mapping:
     lines: dict[str, int]
     file: Path
     start_line: int
+    # Values YAML could not build (an impossible date): reported once, with their field.
+    invalid: tuple[ContentError, ...] = ()
 
     def line(self, key: str) -> int:
         return self.lines.get(key, self.start_line)
@@ -211,7 +214,7 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
     loader = _NoAliasLoader(text)
     try:
         node = loader.get_single_node()
-        data = _construct(loader, node, file, first_line)
+        data, invalid = _construct(loader, node, file, first_line)
     except _AliasRefused as exc:
         raise ContentError(
             "YAML anchors and aliases (& and *) are not allowed in a bulletin; write the "
@@ -224,7 +227,9 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
         line = first_line + mark.line if mark is not None else first_line
         problem = getattr(exc, "problem", None) or str(exc)
         raise ContentError(
-            f"YAML syntax error: {_excerpt(problem, 200)}.", file=file, line=line
+            f"YAML syntax error: {_excerpt(problem, 200)}.{_yaml_hint(problem)}",
+            file=file,
+            line=line,
         ) from None
     finally:
         loader.dispose()
@@ -238,24 +243,55 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
     if node is not None:
         for key_node, _ in node.value:
             lines[str(key_node.value)] = first_line + key_node.start_mark.line
-    return _Mapping({str(k): v for k, v in data.items()}, lines, file, first_line)
+    return _Mapping({str(k): v for k, v in data.items()}, lines, file, first_line, invalid)
 
 
-def _construct(loader: yaml.SafeLoader, node: Any, file: Path, first_line: int) -> Any:
-    """Build the values; an impossible date (2017-02-30) becomes a located error."""
+def _yaml_hint(problem: str) -> str:
+    """What to do about the YAML mistakes people make in this content."""
+    if "mapping values are not allowed" in problem:
+        return (
+            " A value holding a colon and a space (a title such as 'Fourteenth Meeting: "
+            'outcomes\') must be in quotes: title: "Fourteenth Meeting: outcomes".'
+        )
+    if "found character '\\t'" in problem:
+        return " YAML does not allow tabs: indent with spaces."
+    if "found character '@'" in problem or "found character '`'" in problem:
+        return " Put a value starting with @ or ` in quotes."
+    return ""
+
+
+def _construct(
+    loader: yaml.SafeLoader, node: Any, file: Path, first_line: int
+) -> tuple[Any, tuple[ContentError, ...]]:
+    """Build the values; an impossible date (2017-02-30) becomes a located error, and
+    the value is left out (absent, not "missing") so every other field is still checked."""
     if node is None:
-        return None
-    try:
-        return loader.construct_document(node)
-    except ValueError as exc:
-        bad = _failing_node(node)
-        line = first_line + bad.start_mark.line if bad is not None else first_line
-        value = f"'{_excerpt(bad.value)}' " if bad is not None else ""
-        raise ContentError(
-            f"{value}is not a valid value ({exc}); dates are YYYY-MM-DD and must exist.",
-            file=file,
-            line=line,
-        ) from None
+        return None, ()
+    invalid: list[ContentError] = []
+    for _ in range(1000):  # one round a bad value; bounded
+        try:
+            return loader.construct_document(node), tuple(invalid)
+        except ValueError as exc:
+            bad = _failing_node(node)
+            if bad is None:
+                raise ContentError(f"is not valid YAML ({exc}).", file=file) from None
+            field = None
+            if isinstance(node, yaml.MappingNode):
+                field = next((str(k.value) for k, v in node.value if v is bad), None)
+            invalid.append(
+                ContentError(
+                    f"'{_excerpt(bad.value)}' is not a valid value ({exc}); dates are "
+                    "YYYY-MM-DD and must exist.",
+                    file=file,
+                    line=first_line + bad.start_mark.line,
+                    field=field,
+                )
+            )
+            bad.tag, bad.value = "tag:yaml.org,2002:null", ""  # left out, reported above
+            # A fresh start for the next round (a failed one leaves half-built state).
+            loader.constructed_objects, loader.recursive_objects = {}, {}
+            loader.state_generators = []
+    raise ContentError("has too many invalid values.", file=file)
 
 
 def _failing_node(node: Any) -> Any:
@@ -434,10 +470,11 @@ def _segment_list(mapping: _Mapping, key: str, known: Iterable[str]) -> tuple[st
     return tuple(dict.fromkeys(value))
 
 
-def _refuse_unknown(mapping: _Mapping, allowed: set[str], hint: str) -> None:
-    for key in mapping.data:
-        if key not in allowed:
-            raise mapping.error(key, f"unknown field. {hint}")
+def _refuse_unknown_key(mapping: _Mapping, key: str, allowed: set[str], hint: str) -> None:
+    if key not in allowed:
+        near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+        guess = f" Did you mean '{near[0]}'?" if near else ""
+        raise mapping.error(key, f"unknown field.{guess} {hint}")
 
 
 def _check_body_links(body: str, file: Path, first_line: int) -> None:
@@ -460,75 +497,137 @@ def _check_body_links(body: str, file: Path, first_line: int) -> None:
 
 def _item_text(front: _Mapping, body: str, body_line: int, base: ItemText | None) -> ItemText:
     """The text of an item; a translation inherits title, link, alt and location it
-    does not set."""
-    title = _one_line(front, "title", required=base is None)
-    _check_body_links(body, front.file, body_line)
-    if not body.strip() and base is None:
-        raise ContentError("the item has no text after its front matter.", file=front.file)
+    does not set. Every problem of these fields is reported at once."""
+    problems = Problems()
+    title = link = alt = location = translates = None
+    with problems.catch():
+        title = _one_line(front, "title", required=base is None)
+    with problems.catch():
+        _check_body_links(body, front.file, body_line)
+    with problems.catch():
+        if not body.strip() and base is None:
+            raise ContentError("the item has no text after its front matter.", file=front.file)
+    with problems.catch():
+        link = _link(front, "link")
+    with problems.catch():
+        alt = _one_line(front, "alt")
+    with problems.catch():
+        location = _one_line(front, "location")
+    with problems.catch():
+        translates = _blob_id(front) if base is not None else None
+    problems.check()
     return ItemText(
         title=title or (base.title if base else ""),
         body=body if body.strip() else (base.body if base else ""),
-        link=_link(front, "link") or (base.link if base else None),
-        alt=_one_line(front, "alt") or (base.alt if base else None),
+        link=link or (base.link if base else None),
+        alt=alt or (base.alt if base else None),
         source=front.file,
-        location=_one_line(front, "location") or (base.location if base else None),
-        translates=_blob_id(front) if base is not None else None,
+        location=location or (base.location if base else None),
+        translates=translates,
     )
 
 
 def load_item(path: Path, folder: Path, segments: Iterable[str]) -> Item:
-    """Load ``NN-slug.md`` and its ``NN-slug.<lang>.md`` translations beside it."""
+    """Load ``NN-slug.md`` and its ``NN-slug.<lang>.md`` translations beside it, reporting
+    every problem of each file at once (a file that does not parse: its first one)."""
     known = tuple(segments)
+    problems = Problems()
     front, body, body_line = _split_front_matter(path)
-    _refuse_unknown(front, _ITEM_FIELDS, f"An item may set: {', '.join(sorted(_ITEM_FIELDS))}.")
-    english = _item_text(front, body, body_line, None)
+    problems.found.extend(front.invalid)
+    for key in list(front.data):
+        with problems.catch():
+            _refuse_unknown_key(
+                front, key, _ITEM_FIELDS, f"An item may set: {', '.join(sorted(_ITEM_FIELDS))}."
+            )
+    english = ItemText(title="", body="", link=None, alt=None, source=path)
+    with problems.catch():
+        english = _item_text(front, body, body_line, None)
     image, image_type = None, None
-    if (image_name := _one_line(front, "image")) is not None:
-        image = (folder / image_name).resolve()
-        if not image.is_file() or not image.is_relative_to(folder.resolve()):
-            raise front.error(
-                "image", f"'{_excerpt(image_name)}' is not a file in the bulletin folder."
-            )
-        image_type = _checked_image_type(image, front, image_name)
-        if english.alt is None:
-            raise ContentError(
-                "an image needs alt text (field 'alt') for readers who cannot see it.",
-                file=path,
-                line=front.line("image"),
-                field="alt",
-            )
-    starts, ends = _a_date(front, "starts"), _a_date(front, "ends")
-    if starts and ends and ends < starts:
-        raise front.error("ends", "the event ends before it starts.")
+    with problems.catch():
+        if (image_name := _one_line(front, "image")) is not None:
+            image = (folder / image_name).resolve()
+            if not image.is_file() or not image.is_relative_to(folder.resolve()):
+                image = None
+                raise front.error(
+                    "image", f"'{_excerpt(image_name)}' is not a file in the bulletin folder."
+                )
+            image_type = _checked_image_type(image, front, image_name)
+            if front.data.get("alt") is None:
+                raise ContentError(
+                    "an image needs alt text (field 'alt') for readers who cannot see it.",
+                    file=path,
+                    line=front.line("image"),
+                    field="alt",
+                )
+    starts = ends = deadline = None
+    with problems.catch():
+        starts = _a_date(front, "starts")
+    with problems.catch():
+        ends = _a_date(front, "ends")
+        if starts and ends and ends < starts:
+            raise front.error("ends", "the event ends before it starts.")
+    with problems.catch():
+        deadline = _a_date(front, "deadline")
+    audience: tuple[str, ...] | None = None
+    with problems.catch():
+        audience = _segment_list(front, "audience", known)
+    location: str | None = None
+    public: bool | None = None
+    event: str | None = None
+    draft = False
+    with problems.catch():
+        location = _one_line(front, "location")
+    with problems.catch():
+        public = _a_flag(front, "public")
+    with problems.catch():
+        event = _event_key(front)
+    with problems.catch():
+        draft = _a_flag(front, "draft") is True
     texts = {DEFAULT_LANGUAGE: english}
     slug = path.name.removesuffix(".md")
     for language in LANGUAGES[1:]:
         translated = path.with_name(f"{slug}.{language}.md")
         if translated.exists():
-            t_front, t_body, t_line = _split_front_matter(translated)
-            _refuse_unknown(
+            with problems.catch():
+                texts[language] = _translation(translated, english)
+    problems.check()
+    return Item(
+        slug=slug,
+        source=path,
+        audience=audience,
+        image=image,
+        image_type=image_type,
+        starts=starts,
+        ends=ends,
+        location=location,
+        deadline=deadline,
+        texts=MappingProxyType(texts),
+        public=public,
+        event=event,
+        draft=draft,
+    )
+
+
+def _translation(path: Path, english: ItemText) -> ItemText:
+    """One translation file, every problem of it at once."""
+    problems = Problems()
+    t_front, t_body, t_line = _split_front_matter(path)
+    problems.found.extend(t_front.invalid)
+    for key in list(t_front.data):
+        with problems.catch():
+            _refuse_unknown_key(
                 t_front,
+                key,
                 _TRANSLATION_FIELDS,
                 "A translation may set only title, link, alt, location (the venue in its "
                 "language) and source (written by mailer translations --stamp); dates, "
                 "audience and image come from the English item.",
             )
-            texts[language] = _item_text(t_front, t_body, t_line, english)
-    return Item(
-        slug=slug,
-        source=path,
-        audience=_segment_list(front, "audience", known),
-        image=image,
-        image_type=image_type,
-        starts=starts,
-        ends=ends,
-        location=_one_line(front, "location"),
-        deadline=_a_date(front, "deadline"),
-        texts=MappingProxyType(texts),
-        public=_a_flag(front, "public"),
-        event=_event_key(front),
-        draft=_a_flag(front, "draft") is True,
-    )
+    text = english
+    with problems.catch():
+        text = _item_text(t_front, t_body, t_line, english)
+    problems.check()
+    return text
 
 
 _IMAGE_SIGNATURES = {
@@ -630,13 +729,79 @@ def valid_id(text: str) -> bool:
 
 
 def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
-    """Load and validate ``folder``; ``segments`` are the recipient segments that exist."""
+    """Load and validate ``folder``; ``segments`` are the recipient segments that exist.
+
+    Every problem is reported in one run (each file that parses, field by field; the
+    first syntax error of one that does not), bulletin.yaml first, then the items.
+    """
     known = tuple(segments)
     source = folder / "bulletin.yaml"
     if not source.is_file():
         raise ContentError("no bulletin.yaml in the bulletin folder.", file=source)
-    mapping = _parse_mapping(_read_text(source), source, 1)
-    _refuse_unknown(mapping, _BULLETIN_FIELDS, "See README, 'Writing a bulletin'.")
+    problems = Problems()
+    mapping = _Mapping({}, {}, source, 1)
+    with problems.catch():
+        mapping = _parse_mapping(_read_text(source), source, 1)
+    problems.found.extend(mapping.invalid)
+    for key in list(mapping.data):
+        with problems.catch():
+            _refuse_unknown_key(mapping, key, _BULLETIN_FIELDS, "See README, 'Writing a bulletin'.")
+    issue_id: str | None = None
+    if mapping.data or not problems:
+        with problems.catch():
+            issue_id = _issue_id(mapping, folder)
+    localized = {}
+    for name in _LOCALIZED:
+        values: dict[str, str | None] = {}
+        for language in LANGUAGES:
+            key = name if language == DEFAULT_LANGUAGE else f"{name}_{language}"
+            with problems.catch():
+                values[language] = _one_line(
+                    mapping, key, required=language == DEFAULT_LANGUAGE and bool(mapping.data)
+                )
+        localized[name] = Localized(
+            MappingProxyType({k: v for k, v in values.items() if v is not None})
+        )
+    issue_date = send_at = None
+    chosen_segments: tuple[str, ...] | None = None
+    public = True
+    with problems.catch():
+        issue_date = _a_date(mapping, "date")
+        if issue_date is None and mapping.data and not mapping.invalid:
+            raise mapping.error("date", "is required and missing (the issue date, YYYY-MM-DD).")
+    with problems.catch():
+        send_at = _a_timestamp(mapping, "send_at")
+    with problems.catch():
+        chosen_segments = _segment_list(mapping, "segments", known)
+    with problems.catch():
+        public = _a_flag(mapping, "public") is not False
+    order = mapping.data.get("items")
+    paths: list[Path] = []
+    with problems.catch():
+        if order is not None and not isinstance(order, list):
+            raise mapping.error("items", "must be a list of item names (01-slug).")
+        paths = _item_paths(folder, order, mapping)
+    items = []
+    for path in paths:
+        with problems.catch():
+            items.append(load_item(path, folder, known))
+    problems.check()
+    assert issue_id is not None and issue_date is not None
+    return Bulletin(
+        id=issue_id,
+        path=folder,
+        title=localized["title"],
+        subject=localized["subject"],
+        preheader=localized["preheader"],
+        date=issue_date,
+        send_at=send_at,
+        segments=chosen_segments,
+        items=tuple(items),
+        public=public,
+    )
+
+
+def _issue_id(mapping: _Mapping, folder: Path) -> str:
     issue_id = _one_line(mapping, "id", required=True)
     assert issue_id is not None
     if not valid_id(issue_id):
@@ -650,30 +815,4 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
             f"'{folder.resolve().name}'. Was this folder copied from an earlier issue? Give "
             "the new issue its own id, and name its folder after it.",
         )
-    localized = {}
-    for name in _LOCALIZED:
-        values = {DEFAULT_LANGUAGE: _one_line(mapping, name, required=True)}
-        for language in LANGUAGES[1:]:
-            values[language] = _one_line(mapping, f"{name}_{language}")
-        localized[name] = Localized(
-            MappingProxyType({k: v for k, v in values.items() if v is not None})
-        )
-    issue_date = _a_date(mapping, "date")
-    if issue_date is None:
-        raise mapping.error("date", "is required and missing (the issue date, YYYY-MM-DD).")
-    order = mapping.data.get("items")
-    if order is not None and not isinstance(order, list):
-        raise mapping.error("items", "must be a list of item names (01-slug).")
-    items = tuple(load_item(p, folder, known) for p in _item_paths(folder, order, mapping))
-    return Bulletin(
-        id=issue_id,
-        path=folder,
-        title=localized["title"],
-        subject=localized["subject"],
-        preheader=localized["preheader"],
-        date=issue_date,
-        send_at=_a_timestamp(mapping, "send_at"),
-        segments=_segment_list(mapping, "segments", known),
-        items=items,
-        public=_a_flag(mapping, "public") is not False,
-    )
+    return issue_id

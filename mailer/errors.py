@@ -6,6 +6,8 @@ message can say it in one paragraph.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +69,53 @@ class RecipientError(InputError):
 
 class ConfigError(InputError):
     """A setting is missing or wrong; ``field`` names the environment variable."""
+
+
+class ManyProblems(MailerError):
+    """Every problem a load found, so staff fix them all after one run (exit 2)."""
+
+    def __init__(self, problems: list[InputError]) -> None:
+        self.problems = problems
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        lines = [f"{len(self.problems)} problems, in file order:"]
+        lines.extend(f"- {problem.describe()}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+class Problems:
+    """Collects the problems of a load instead of stopping at the first: each check
+    runs under :meth:`catch`; :meth:`check` raises them all, ordered by file (in the
+    order they were read) and line."""
+
+    def __init__(self) -> None:
+        self.found: list[InputError] = []
+
+    @contextmanager
+    def catch(self) -> Iterator[None]:
+        try:
+            yield
+        except ManyProblems as many:
+            self.found.extend(many.problems)
+        except InputError as problem:
+            self.found.append(problem)
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def check(self) -> None:
+        """Raise what was found: one problem as itself, several as :class:`ManyProblems`."""
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            files: dict[str, int] = {}
+            for problem in self.found:
+                files.setdefault(str(problem.file), len(files))
+            ordered = sorted(
+                self.found, key=lambda p: (files[str(p.file)], p.line if p.line else 0)
+            )
+            raise ManyProblems(list({p.describe(): p for p in ordered}.values()))
 
 
 class DeliveryError(MailerError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailer.bulletin import Bulletin, load_bulletin
-from mailer.errors import ContentError
+from mailer.errors import ContentError, Problems
 from mailer.recipients import RecipientList, available_segments, load_recipients
 from mailer.settings import Settings
 
@@ -33,15 +33,26 @@ def load_issue(
     segments: Sequence[str] = (),
     skip_invalid: bool = False,
 ) -> Issue:
-    """Load and validate the bulletin in ``folder`` and the lists it goes to."""
+    """Load and validate the bulletin in ``folder`` and the lists it goes to: every
+    problem of both in one run (the bulletin's first, then the lists')."""
     directory = recipients_dir or settings.recipients_dir
     known = available_segments(directory)
-    bulletin = load_bulletin(folder, known)
-    chosen = _choose_segments(bulletin, known, segments)
-    # --segment narrows who is mailed, never what they get: a reader of S who is also in
-    # another segment of the issue receives the whole variant a full send would give.
-    every = bulletin.segments or tuple(known)
-    recipients = load_recipients(directory, every, skip_invalid=skip_invalid, only=chosen)
+    problems = Problems()
+    bulletin: Bulletin | None = None
+    with problems.catch():
+        bulletin = load_bulletin(folder, known)
+    chosen = every = tuple(known)
+    if bulletin is not None:
+        with problems.catch():
+            chosen = _choose_segments(bulletin, known, segments)
+        # --segment narrows who is mailed, never what they get: a reader of S who is
+        # also in another segment of the issue receives the whole variant of a full send.
+        every = bulletin.segments or tuple(known)
+    recipients: RecipientList | None = None
+    with problems.catch():
+        recipients = load_recipients(directory, every, skip_invalid=skip_invalid, only=chosen)
+    problems.check()
+    assert bulletin is not None and recipients is not None
     return Issue(bulletin, recipients)
 
 

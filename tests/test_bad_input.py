@@ -183,3 +183,51 @@ def test_bad_setting_names_the_variable_and_hides_the_value(
     code, output = _dry_run(bulletin, recipients)
     _assert_refused(code, output, "MAILER_SMTP_PORT")
     assert "s3cret-pa55" not in output and "not-a-port" not in output
+
+
+def test_a_tired_editors_mistakes_are_all_reported_in_one_run_in_file_order(
+    copy_sample: Sample,
+) -> None:
+    """Eight ordinary mistakes took nine --dry-run runs, in a confusing order."""
+    bulletin, recipients = copy_sample()
+    items = bulletin / "items"
+    edit(bulletin / "bulletin.yaml", "date: 2017-03-27", "date: 2017-04-31")
+    edit(bulletin / "bulletin.yaml", "segments: [states,", "segments: [state,")
+    edit(items / "01-7msp-save-the-date.md", 'alt: "Seventh', 'alt_text: "Seventh')
+    edit(
+        items / "02-president-at-ndm-un.md",
+        "title: The CCM President at the 20th NDM-UN meeting",
+        "title: The CCM President: 20th NDM-UN meeting",
+    )
+    edit(items / "03-oslo-process-ten-years.md", "title: Ten", "titel: Ten")
+    edit(
+        items / "04-bangkok-regional-seminar.md",
+        "\n---\n",
+        "\n---\nSee [the agenda](agenda.pdf).\n",
+    )
+    edit(items / "01-7msp-save-the-date.fr.md", "location:", "starts: 2017-09-04\nlocation:")
+    with (recipients / "states.csv").open("a", encoding="utf-8") as handle:
+        handle.write("not-an-address,Someone,Mission,Chile,es\n")
+    result = CliRunner().invoke(
+        app, ["send", str(bulletin), "--recipients", str(recipients), "--dry-run"]
+    )
+    assert result.exit_code == 2
+    text = result.output
+    assert "problems, in file order:" in text
+    expected = [
+        ("bulletin.yaml", "field 'date'"),  # 2017-04-31 names its field
+        ("bulletin.yaml", "field 'segments'"),
+        ("01-7msp-save-the-date.md", "field 'alt':"),  # the image lost its alt text (line 8)
+        ("01-7msp-save-the-date.md", "field 'alt_text'"),  # line 9
+        ("01-7msp-save-the-date.fr.md", "field 'starts'"),
+        ("02-president-at-ndm-un.md", "must be in quotes"),  # the unquoted colon's hint
+        ("03-oslo-process-ten-years.md", "Did you mean 'title'?"),
+        ("04-bangkok-regional-seminar.md", "agenda.pdf"),
+        ("states.csv", "field 'email'"),
+    ]
+    lines = [line for line in text.split("\n- ")[1:]]
+    found = [
+        next(i for i, line in enumerate(lines) if file in line and detail in line)
+        for file, detail in expected
+    ]
+    assert found == sorted(found), lines  # bulletin.yaml, then the items in order, then lists
