@@ -21,6 +21,8 @@ settings.Settings._locales
 sync._NoRedirect.redirect_request
 # PyYAML's constructor state, reset between rounds of building a document (bulletin.py).
 _.state_generators  # type: ignore[name-defined]  # noqa: F821
+_.constructed_objects  # type: ignore[name-defined]  # noqa: F821
+_.recursive_objects  # type: ignore[name-defined]  # noqa: F821
 # Starlette's router option, set as an attribute (serve.py).
 _.redirect_slashes  # type: ignore[name-defined]  # noqa: F821
 # The catalog test checks every Python-side label is translated (tests/test_catalogs.py).
