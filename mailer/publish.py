@@ -200,7 +200,8 @@ class _Site:
             or urlsplit(settings.archive_url or "").hostname
             or "example.org"
         )
-        self.organization = name or self.domain
+        # The list's stable name, as in every email's footer and List-Id.
+        self.organization = settings.list_name or name or self.domain
         self.base = (settings.archive_url or "").rstrip("/")
         self.locales = settings.locale_map
         self.sequences = _event_sequences(issues)
@@ -243,6 +244,10 @@ class _Site:
         context.setdefault("feed_title", self._feed_title(language))
         context.setdefault("feed_label", catalog.gettext("Subscribe to this archive (Atom feed)"))
         context.setdefault("languages_label", catalog.gettext("Languages"))
+        context.setdefault("organization", self.organization)
+        context.setdefault("bulletin_name", catalog.gettext("Bulletin"))
+        context.setdefault("home_href", f"{up}{language}/index.html")
+        context.setdefault("nav_links", context.get("alternates", []))
         html = self.env.get_template(template).render(lang=language, **context)
         return html.encode("utf-8")
 
@@ -258,6 +263,8 @@ class _Site:
             page_title=self.organization,
             heading=self.organization,
             alternates=links,
+            nav_links=[],  # the page is the list of languages: no second one on top
+            home_href=None,
             feed_href="en/feed.atom",
         )
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -218,7 +219,7 @@ def create_app(settings: Settings) -> Starlette:
         settings.serve_api_token.get_secret_value().encode() if settings.serve_api_token else b""
     )
     store = Store(settings.serve_db)
-    pages = _Pages(settings.templates_dir)
+    pages = _Pages(settings)
     path = urlsplit(settings.unsubscribe_url).path or "/"
 
     def reader(request: Request) -> tuple[TokenData, str] | None:
@@ -239,16 +240,16 @@ def create_app(settings: Settings) -> Starlette:
         if token.test:
             return pages.answer("test", language, 200)  # a test copy unsubscribes nobody
         if request.method == "GET":
-            return pages.answer("confirm", language, 200)
+            return pages.answer("confirm", language, 200, token.address)
         body = await _body(request)
         if body is None:
             return PlainTextResponse("Request body too large.", 413, headers=HEADERS)
         if not await _asks_to_unsubscribe(request, body):
-            return pages.answer("confirm", language, 400)
+            return pages.answer("confirm", language, 400, token.address)
         # The issue comes from the token; links from before tokens held it name it.
         issue = token.issue or request.query_params.get("issue", "")
         await run_in_threadpool(store.record, token.address, issue)
-        return pages.answer("done", language, 200)
+        return pages.answer("done", language, 200, token.address)
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
@@ -342,17 +343,43 @@ async def _asks_to_unsubscribe(request: Request, body: bytes) -> bool:
 
 
 class _Pages:
-    """The endpoint's short pages, in the reader's language (gettext catalogs)."""
+    """The endpoint's short pages, in the reader's language (gettext catalogs), with the
+    organization's masthead: who is writing, which bulletin, which address (masked), and
+    whom to write to (an unsubscribe by mistake is undone by a mail to the secretariat)."""
 
-    def __init__(self, templates: Path | None) -> None:
-        self.templates = templates
-        self.env = templating.environment(templates, autoescape=True)
+    def __init__(self, settings: Settings) -> None:
+        self.templates = settings.templates_dir
+        self.env = templating.environment(self.templates, autoescape=True)
+        self.organization = settings.list_display_name
+        self.contact = parseaddr(settings.reply_to or settings.from_ or "")[1] or None
+        self.archive = (settings.archive_url or "").rstrip("/") or None
 
-    def answer(self, kind: str, language: str, status: int) -> HTMLResponse:
+    def answer(
+        self, kind: str, language: str, status: int, address: str | None = None
+    ) -> HTMLResponse:
         catalog = templating.translations(self.templates, language)
         templating.use_language(self.env, catalog, language)
-        html = self.env.get_template("serve/page.html.j2").render(kind=kind, lang=language)
+        html = self.env.get_template("serve/page.html.j2").render(
+            kind=kind,
+            lang=language,
+            organization=self.organization,
+            bulletin_name=catalog.gettext("Bulletin"),
+            home_href=None,
+            alternates=[],
+            masked=masked(address) if address else None,
+            contact=self.contact,
+            archive=f"{self.archive}/{language}/index.html" if self.archive else None,
+        )
         return HTMLResponse(html, status, headers=HEADERS)
+
+
+def masked(address: str) -> str:
+    """``a•••••r@example.org``: enough for a reader to recognize their address, not
+    enough for a shoulder-surfer or a screenshot to reveal it."""
+    local, _, domain = address.rpartition("@")
+    if len(local) <= 2:
+        return f"{local[:1]}•••@{domain}"
+    return f"{local[0]}{'•' * min(len(local) - 2, 5)}{local[-1]}@{domain}"
 
 
 # RFC 8058's number: no mail tool listens there (8025, the old default, is where

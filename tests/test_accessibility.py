@@ -110,3 +110,58 @@ def test_axe_flags_a_page_that_fails(browser: Any) -> None:
     found = " ".join(_violations(page))
     assert "image-alt" in found and "html-has-lang" in found
     page.close()
+
+
+def _endpoint_pages() -> list[tuple[str, str]]:
+    """Every page a reader can reach at the unsubscribe endpoint, in every language."""
+    from mailer.serve import _Pages
+
+    settings = make_settings(
+        MAILER_FROM="ISU-CCM <newsletter@isu.example.org>",
+        archive_url="https://bulletin.isu.example.org",
+    )
+    pages = _Pages(settings)
+    found = []
+    for language in ("en", "fr", "es"):
+        for kind in ("confirm", "done", "test", "invalid"):
+            answer = pages.answer(kind, language, 200, "ambassador.moreau@example.org")
+            found.append((f"{kind}.{language}", bytes(answer.body).decode()))
+    return found
+
+
+DEFAULT_BLUE = "rgb(0, 0, 238)"  # a link nobody styled
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [375, 1280])
+def test_every_page_a_reader_reaches_carries_the_masthead_and_passes_axe(
+    browser: Any, site: Path, emails: list[str], scheme: str, width: int
+) -> None:
+    """Archive pages, endpoint pages and emails in three languages: the organization's
+    masthead, axe-core clean, no sideways scroll, no browser-default blue link."""
+    page = browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme)
+    documents = [(str(p.relative_to(site)), p.read_text()) for p in sorted(site.rglob("*.html"))]
+    documents += _endpoint_pages()
+    for name, html in documents:
+        page.set_content(html)
+        assert page.locator(".masthead").count() == 1, name
+        assert _violations(page) == [], name
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (name, overflow)
+        colours = page.evaluate("[...document.links].map(a => getComputedStyle(a).color)")
+        assert DEFAULT_BLUE not in colours, name
+    for html in dict.fromkeys(emails):
+        page.set_content(html)
+        colours = page.evaluate("[...document.links].map(a => getComputedStyle(a).color)")
+        assert DEFAULT_BLUE not in colours  # "Add to calendar" was default blue
+    page.close()
+
+
+def test_the_endpoint_pages_name_the_bulletin_the_address_and_a_person_to_write_to() -> None:
+    pages = dict(_endpoint_pages())
+    assert "a•••••u@example.org" in pages["confirm.fr"] and "ISU-CCM" in pages["confirm.fr"]
+    assert "ambassador.moreau" not in pages["confirm.fr"]
+    done = pages["done.es"]
+    assert "newsletter@isu.example.org" in done and "por error" in done
+    assert "https://bulletin.isu.example.org/es/index.html" in done
+    assert 'lang="fr"' in pages["invalid.fr"]  # errors in the reader's language too

@@ -37,3 +37,20 @@ def test_catalog_translates_every_label(language: str) -> None:
         assert entry is not None and entry.string, f"{language}: '{message}' is not translated"
         translated = str(entry.string)
         assert sorted(PLACEHOLDER.findall(message)) == sorted(PLACEHOLDER.findall(translated))
+
+
+def test_french_labels_follow_french_typography() -> None:
+    """A no-break space before ':' and a narrow one before '?', '!' and ';', in every
+    French label (item text is the writers' own and never touched)."""
+    with (TEMPLATES / "locale" / "fr" / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+        catalog = read_po(handle, locale="fr")
+    for entry in catalog:
+        if not entry.id:
+            continue  # the catalog's header
+        text = str(entry.string)
+        for mark in ":?!;":
+            for found in re.finditer(re.escape(mark), text):
+                before = text[found.start() - 1] if found.start() else ""
+                if mark == ":" and text[found.start() + 1 : found.start() + 3] == "//":
+                    continue  # a URL
+                assert before in ("\u00a0", "\u202f", ")"), f"{entry.id!r}: {text!r}"
