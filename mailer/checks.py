@@ -82,7 +82,12 @@ def _translations(job: Job) -> list[str]:
             f"{stale.name}: the English item changed after this translation was made; a real "
             f"send refuses until it is reviewed and stamped (mailer translations "
             f"{job.bulletin.path} --stamp {stale.name})."
-            + (f" English change: {change}" if change else "")
+            + (
+                f" English change: {change}"
+                if change
+                else " (git has no earlier text of the English item to show the change: "
+                "commit the English item when you stamp, and the next change shows here)"
+            )
         )
     unstamped = [t.name for t in every if t.state is translations.State.UNSTAMPED]
     if unstamped:

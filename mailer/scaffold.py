@@ -13,6 +13,7 @@ item is edited, the translation shows as stale until it is reviewed.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -26,6 +27,10 @@ from mailer.bulletin import DEFAULT_LANGUAGE, LANGUAGES, valid_id
 from mailer.errors import ContentError, InputError
 
 _SEND_HOUR = 9  # a proposal; staff set the real moment
+_SEND_AT_NOTE = (
+    "a proposal: set the moment to send (the offset is the last issue's: summer and "
+    "winter time differ)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ def new_issue(
     if source is not None:
         yaml_text = _from_previous(source, issue_id, today, send_at)
     else:
-        yaml_text = _blank(issue_id, today, send_at, list_name, locales)
+        month_of = _month_of(issue_id, today)
+        yaml_text = _blank(issue_id, today, month_of, send_at, list_name, locales)
     folder.mkdir(parents=True)
     try:
         (folder / "bulletin.yaml").write_text(yaml_text, encoding="utf-8")
@@ -71,10 +77,17 @@ def new_issue(
 
 
 def _previous(root: Path, previous: str) -> Path:
-    folder = root / previous
-    if not (folder / "bulletin.yaml").is_file():
-        raise InputError(f"{folder} holds no bulletin.yaml to start from.", field="--from")
-    return folder
+    """``--from``: an issue id under the bulletins folder, or a bulletin folder's path
+    (the sample: ``examples/bulletins/2017-03``)."""
+    for folder in (root / previous, Path(previous)):
+        if (folder / "bulletin.yaml").is_file():
+            return folder
+    raise InputError(
+        f"'{previous}' is neither an issue in {root}/ nor a bulletin folder (one holding a "
+        "bulletin.yaml): give the last issue's id, e.g. --from 2026-09, or a folder's path, "
+        "e.g. --from examples/bulletins/2017-03.",
+        field="--from",
+    )
 
 
 def _proposal(today: date, source: Path | None) -> str:
@@ -115,7 +128,7 @@ def _from_previous(source: Path, issue_id: str, today: date, send_at: str) -> st
         elif key == "date":
             line = f"date: {today.isoformat()}"
         elif key == "send_at":
-            line = f"send_at: {send_at}  # a proposal: set the moment to send"
+            line = f"send_at: {send_at}  # {_SEND_AT_NOTE}"
         elif key == "items":
             continue  # the order is the items' names: the copied ones, as they are
         elif key.split("_")[0] in ("title", "subject", "preheader") and ":" in line:
@@ -124,18 +137,32 @@ def _from_previous(source: Path, issue_id: str, today: date, send_at: str) -> st
     return "\n".join(lines) + "\n"
 
 
+def _month_of(issue_id: str, today: date) -> date:
+    """The month an issue is for: its id's when the id is ``YYYY-MM`` (``2026-12``),
+    else today's."""
+    match = re.match(r"^(\d{4})-(\d{2})(?!\d)", issue_id)
+    if match and 1 <= int(match[2]) <= 12:
+        return date(int(match[1]), int(match[2]), 1)
+    return today
+
+
 def _blank(
-    issue_id: str, today: date, send_at: str, list_name: str, locales: dict[str, str]
+    issue_id: str,
+    today: date,
+    month_of: date,
+    send_at: str,
+    list_name: str,
+    locales: dict[str, str],
 ) -> str:
-    """A bulletin.yaml to fill in: titles with the month in each language."""
+    """A bulletin.yaml to fill in: titles with the issue's month in each language."""
     # CLDR's month-and-year: "November 2026", "novembre 2026", "noviembre de 2026".
-    month = {lang: format_skeleton("yMMMM", today, locale=locales[lang]) for lang in LANGUAGES}
+    month = {lang: format_skeleton("yMMMM", month_of, locale=locales[lang]) for lang in LANGUAGES}
     label = {"en": "Newsletter", "fr": "Lettre d’information", "es": "Boletín"}
     lines = [
         "# One issue of the bulletin. See README, 'Writing a bulletin'.",
         f"id: {issue_id}",
         f"date: {today.isoformat()}",
-        f"send_at: {send_at}  # a proposal: set the moment to send",
+        f"send_at: {send_at}  # {_SEND_AT_NOTE}",
         "",
     ]
     for lang in LANGUAGES:

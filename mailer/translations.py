@@ -96,7 +96,8 @@ def refuse_stale(bulletin: Bulletin) -> None:
     raise ContentError(
         f"the English of {len(found)} translated item(s) changed after their translation "
         f"was made ({names}): their readers would get the old text. Have them reviewed "
-        f"(mailer check shows what changed), then run mailer translations {bulletin.path} "
+        f"(mailer check shows what changed, when the stamped English is in git), then run "
+        f"mailer translations {bulletin.path} "
         "--stamp NAME; or send with --allow-stale-translations, and those readers get "
         "the English item.",
         file=found[0].path,

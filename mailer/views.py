@@ -93,7 +93,10 @@ def dry_run(job: Job, result: PreviewResult, now: Plan | None = None) -> None:
     table.add_row(_bold("total"), _bold(result.messages))
     out.print(table)
     counts = ", ".join(f"{s}: {n}" for s, n in job.recipients.per_segment.items())
-    out.print(f"Per segment: {counts}; suppressed: {job.recipients.suppressed}.")
+    out.print(
+        f"Per segment: {counts} (a reader in two segments counts in each); suppressed: "
+        f"{job.recipients.suppressed}."
+    )
     if now is not None and now.done:
         out.print(
             f"The ledger shows {now.done} of them done in earlier runs: a real send now "

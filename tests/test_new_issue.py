@@ -92,3 +92,14 @@ def test_a_blank_new_issue_loads_and_names_the_month_in_each_language(
     checked = _cli("check", str(root / "2027-01"), "--recipients", str(recipients), env=env)
     assert checked.exit_code == 0, checked.output
     assert "1 item(s) are drafts" in " ".join(checked.output.split())
+
+
+def test_a_new_issue_can_start_from_the_sample_by_its_path(copy_sample: Sample) -> None:
+    bulletin, _ = copy_sample()
+    root = bulletin.parent / "mine"
+    made = _cli("new", "2026-12", "--from", str(bulletin), "--bulletins", str(root))
+    assert made.exit_code == 0, made.output
+    assert (root / "2026-12" / "items" / "01-7msp-save-the-date.md").exists()
+    blank = _cli("new", "2027-01", "--bulletins", str(root))
+    yaml = (root / "2027-01" / "bulletin.yaml").read_text(encoding="utf-8")
+    assert blank.exit_code == 0 and "January 2027" in yaml and "janvier 2027" in yaml  # the id's
