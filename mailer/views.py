@@ -148,6 +148,13 @@ def plan(job: Job, plan: Plan) -> None:
         )
     if plan.pending_total == 0:
         out.print("Nothing to send.")
+    send_at = job.bulletin.send_at
+    if send_at is not None and send_at > datetime.now(send_at.tzinfo) and job.composer.archive:
+        out.print(
+            f"This issue is due at {send_at.isoformat()}: a plain mailer publish puts it on "
+            f"the web archive from then (before, only mailer publish --include "
+            f"{job.bulletin.id} does)."
+        )
 
 
 def checking_archive() -> None:

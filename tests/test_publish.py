@@ -26,7 +26,7 @@ from mailer.cli import app
 from mailer.errors import ConfigError
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, html_of, make_settings, mbox_messages
-from .helpers import cli_env, send_cli, settings_for
+from .helpers import Sample, cli_env, send_cli, settings_for
 from .smtp_server import Server, free_port
 
 ARCHIVE = "https://isu.example.org/bulletin"
@@ -630,3 +630,30 @@ def test_a_c1_control_character_is_refused_with_its_line(tmp_path: Path) -> None
         app, ["check", str(bulletin), "--recipients", str(SAMPLE_RECIPIENTS)]
     )
     assert checked.exit_code == 2 and "U+009B" in checked.output
+
+
+@pytest.mark.system
+def test_an_issue_sent_before_its_send_at_says_when_the_archive_carries_it(
+    served_site: tuple[Path, str], copy_sample: Sample, tmp_path: Path
+) -> None:
+    """Plain `mailer publish` leaves an issue out until its send_at: staff sending it
+    early (published with --include) are told when the archive carries it by itself."""
+    root, base = served_site
+    bulletin, recipients = copy_sample()
+    edit(
+        bulletin / "bulletin.yaml",
+        "send_at: 2017-03-28T09:00:00+02:00",
+        "send_at: 2099-01-04T09:00:00+01:00",
+    )
+    _publish(
+        bulletin.parent, root / "bulletin", "--include", "2017-03", env={"MAILER_ARCHIVE_URL": base}
+    )
+    with Server() as relay:
+        env = {**cli_env(relay.port, tmp_path / "ledger"), "MAILER_ARCHIVE_URL": base}
+        sent = CliRunner().invoke(
+            app, ["send", str(bulletin), "--recipients", str(recipients), "--yes"], env=env
+        )
+    assert sent.exit_code == 0, sent.output
+    text = " ".join(sent.output.split())
+    assert "This issue is due at 2099-01-04T09:00:00+01:00" in text
+    assert "mailer publish --include 2017-03" in text
