@@ -248,6 +248,7 @@ class _Site:
         context.setdefault("bulletin_name", catalog.gettext("Bulletin"))
         context.setdefault("home_href", f"{up}{language}/index.html")
         context.setdefault("nav_links", context.get("alternates", []))
+        context.setdefault("logo_url", self.settings.logo_url)
         html = self.env.get_template(template).render(lang=language, **context)
         return html.encode("utf-8")
 

@@ -353,6 +353,7 @@ class _Pages:
         self.organization = settings.list_display_name
         self.contact = parseaddr(settings.reply_to or settings.from_ or "")[1] or None
         self.archive = (settings.archive_url or "").rstrip("/") or None
+        self.logo_url = settings.logo_url
 
     def answer(
         self, kind: str, language: str, status: int, address: str | None = None
@@ -369,6 +370,7 @@ class _Pages:
             masked=masked(address) if address else None,
             contact=self.contact,
             archive=f"{self.archive}/{language}/index.html" if self.archive else None,
+            logo_url=self.logo_url,
         )
         return HTMLResponse(html, status, headers=HEADERS)
 

@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     # like a quota pause (exit 75, the rest pending) and a later run continues.
     send_budget: timedelta | None = None
     archive_url: str | None = None
+    # The organization's logo on the readers' pages (archive, unsubscribe): an https URL.
+    logo_url: str | None = None
     # The Atom feeds' id (RFC 4151 tag: URI), set once and never changed.
     feed_tag: str | None = Field(
         None, pattern=r"^tag:[A-Za-z0-9.@-]+,\d{4}(-\d{2}){0,2}:[\x21-\x7e]*$"
@@ -288,7 +290,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a list label and a domain, e.g. bulletin.isu.example.org")
         return value
 
-    @field_validator("unsubscribe_url", "archive_url", "oauth_token_url", "serve_url")
+    @field_validator("unsubscribe_url", "archive_url", "oauth_token_url", "serve_url", "logo_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         if value is None or value == "":

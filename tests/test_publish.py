@@ -657,3 +657,16 @@ def test_an_issue_sent_before_its_send_at_says_when_the_archive_carries_it(
     text = " ".join(sent.output.split())
     assert "This issue is due at 2099-01-04T09:00:00+01:00" in text
     assert "mailer publish --include 2017-03" in text
+
+
+def test_the_organizations_logo_heads_every_readers_page(tmp_path: Path) -> None:
+    from mailer.serve import _Pages
+
+    logo = "https://isu.example.org/logo.png"
+    env = {"MAILER_LOGO_URL": logo, "MAILER_FROM": "ISU-CCM <newsletter@isu.example.org>"}
+    site = tmp_path / "site"
+    _publish(SAMPLE.parent, site, "--now", AFTER_SEND, env=env)
+    tag = f'<img class="logo" src="{logo}" alt="ISU-CCM"'
+    assert all(tag in page.read_text() for page in site.rglob("*.html"))
+    settings = make_settings(logo_url=logo, MAILER_FROM="ISU-CCM <newsletter@isu.example.org>")
+    assert tag in bytes(_Pages(settings).answer("done", "fr", 200).body).decode()
