@@ -66,8 +66,11 @@ def _violations(page: Any, rules: dict[str, Any] | None = None) -> list[str]:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_every_email_variant_passes_axe(browser: Any, emails: list[str], scheme: str) -> None:
-    page = browser.new_page(color_scheme=scheme)
+@pytest.mark.parametrize("width", [375, 1280])
+def test_every_email_variant_passes_axe(
+    browser: Any, emails: list[str], scheme: str, width: int
+) -> None:
+    page = browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme)
     for html in dict.fromkeys(emails):
         page.set_content(html)
         assert _violations(page, EMAIL_ONLY_OFF) == []
@@ -119,12 +122,13 @@ def _reader_pages(site: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [375, 1280])
 def test_every_page_a_reader_reaches_carries_the_masthead_and_passes_axe(
-    browser: Any, site: Path, scheme: str
+    browser: Any, site: Path, scheme: str, width: int
 ) -> None:
     """Archive and endpoint pages in three languages: the organization's masthead, and
-    axe-core clean in light and dark."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+    axe-core clean in light and dark, at a phone's and a desktop's width."""
+    page = browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme)
     for name, html in _reader_pages(site):
         page.set_content(html)
         assert page.locator(".masthead").count() == 1, name
