@@ -33,3 +33,8 @@ language.PYTHON_MESSAGES
 mtime  # type: ignore[name-defined]  # noqa: F821
 args  # type: ignore[name-defined]  # noqa: F821
 kwargs  # type: ignore[name-defined]  # noqa: F821
+# The report's figures are read by its template and by asdict() (--json).
+from mailer import report
+
+report.IssueFigures.other_failed
+report.IssueFigures.pauses

@@ -448,6 +448,43 @@ def sync(recipients: RecipientsOpt = None) -> None:
     raise typer.Exit(syncing.exit_code(results))
 
 
+@app.command(short_help="Write the list's health report: issues, trends, failing domains.")
+def report(
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="Where to write the page.")
+    ] = Path("reports/health.html"),
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="DATE", help="Only issues first sent on or after it."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON only.")
+    ] = False,
+    recipients: RecipientsOpt = None,
+) -> None:
+    """One self-contained page (no network, no script): per issue, trends across issues,
+    where mail fails, and the list's hygiene; counts and domains only."""
+    from datetime import date
+
+    from mailer import report as reporting
+
+    settings = _settings()
+    start = None
+    if since is not None:
+        try:
+            start = date.fromisoformat(since)
+        except ValueError:
+            raise InputError(f"'{since}' is not a date (YYYY-MM-DD).", field="--since") from None
+    built = reporting.build(settings.ledger_dir, recipients or settings.recipients_dir, start)
+    if as_json:
+        sys.stdout.write(json.dumps(built.as_json(), indent=2) + "\n")
+        return
+    page = reporting.render(built, settings.list_display_name, settings.templates_dir, date.today())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    views.line(f"List health: {len(built.issues)} issue(s). {out}")
+
+
 @app.command(short_help="Read bounce reports from an mbox or a Maildir.")
 def bounces(
     source: Annotated[

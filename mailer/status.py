@@ -43,6 +43,10 @@ class Status:
     # Readers this issue reached who are in suppressions.csv now (unsubscribed or
     # bounced since): counted as sent, and never mailed again.
     sent_then_suppressed: int = 0
+    # Unsubscribes and complaints of readers it reached, within 14 days after its first
+    # message (report.py: the figures mailer report shows for the issue).
+    unsubscribes: int = 0
+    complaints: int = 0
 
     @property
     def complete(self) -> bool:
@@ -60,6 +64,8 @@ class Status:
             "refusing_domains": [
                 {"domain": d, "readers": n, "reply": reply} for d, n, reply in self.refusing
             ],
+            "unsubscribes": self.unsubscribes,
+            "complaints": self.complaints,
         }
 
 
@@ -96,9 +102,24 @@ def status(job: Issue, settings: Settings) -> Status:
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
     reached = sum(1 for key in suppressed if state.last.get(key, ("", 0))[0] == Outcome.SENT)
-    returned, refusing = _returned(ledgers.records(job.bulletin.id))
+    returned, refusing = returned_counts(ledgers.records(job.bulletin.id))
+    from mailer.report import issue_figures  # report reads status's rules: imported here
+
+    figures = issue_figures(
+        ledgers, job.bulletin.id, suppressions.entries(job.recipients.directory)
+    )
     return Status(
-        segments, total, failures, in_doubt, since, unfinished, returned, refusing, reached
+        segments,
+        total,
+        failures,
+        in_doubt,
+        since,
+        unfinished,
+        returned,
+        refusing,
+        reached,
+        figures.unsubscribes,
+        figures.complaints,
     )
 
 
@@ -108,7 +129,9 @@ REFUSING_READERS = 3
 _SERIOUS = ("hard", "soft", "refused")
 
 
-def _returned(records: Iterable[Record]) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
+def returned_counts(
+    records: Iterable[Record],
+) -> tuple[dict[str, int], list[tuple[str, int, str]]]:
     """Readers by the class of their returned reports, and the domains refusing several."""
     from mailer.bounces import returned  # the bounce reader's one reading of its records
 

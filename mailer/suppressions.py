@@ -88,6 +88,31 @@ def _read(path: Path) -> tuple[set[str], str]:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One row of the file: whom, why, and the day it was written (None when unknown)."""
+
+    address: str  # lower case
+    reason: str
+    day: str | None  # YYYY-MM-DD
+
+
+def entries(directory: Path) -> list[Entry]:
+    """Every row, in file order (the report counts them; nothing here is mailed)."""
+    path = directory / SUPPRESSIONS
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    found = []
+    for _, row in read_sheet(path).rows():
+        try:
+            address = normalize_address(row.get("email", "")).lower()
+        except ValueError:
+            continue  # the loader reports it when a list is loaded
+        day = (row.get("date") or "").strip()[:10] or None
+        found.append(Entry(address, (row.get("reason") or "").strip(), day))
+    return found
+
+
+@dataclass(frozen=True)
 class Added:
     """What a suppression update did; ``refused`` pairs an unusable address with why."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from mailer import pipeline
@@ -17,7 +19,7 @@ from mailer.delivery import Report, RetryPolicy
 from mailer.settings import Settings
 from mailer.verp import message_id, tag
 
-from .conftest import SAMPLE, SAMPLE_RECIPIENTS, html_of, make_settings
+from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, html_of, make_settings
 from .smtp_server import Server
 
 FAST = RetryPolicy(attempts=3, base=0.05, factor=2, jitter=0.1)
@@ -136,6 +138,32 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+AXE = Path(
+    os.environ.get(
+        "MAILER_AXE", ROOT / ".ci" / "tools" / "node_modules" / "axe-core" / "axe.min.js"
+    )
+)
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+
+
+def require_axe() -> None:
+    """axe-core from npm (.ci/run installs it): skip when missing, fail when required."""
+    if not AXE.exists():
+        if os.environ.get("MAILER_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"axe-core is required but {AXE} is missing (run .ci/run)")
+        pytest.skip("axe-core (npm) is not installed")
+
+
+def axe_violations(page: Any, rules: dict[str, Any] | None = None) -> list[str]:
+    """What axe-core finds on the page now loaded in Chromium (``id: html``)."""
+    page.add_script_tag(path=str(AXE))
+    options = {"runOnly": {"type": "tag", "values": AXE_TAGS}, "rules": rules or {}}
+    found: list[str] = page.evaluate(
+        "async (options) => (await axe.run(document, options)).violations"
+        ".map(v => `${v.id}: ${v.nodes[0].html.slice(0, 120)}`)",
+        options,
+    )
+    return found
 
 
 def with_inline_images(message: Any) -> str:

@@ -3,7 +3,6 @@ and every email variant, in light and dark mode, with no horizontal overflow."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,17 +11,11 @@ import pytest
 
 from mailer import pipeline
 
-from .conftest import ROOT, SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
-from .helpers import LAUNCH_ARGS, publish_sample, with_inline_images
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, make_settings, mbox_messages, require_tool
+from .helpers import LAUNCH_ARGS, axe_violations, publish_sample, require_axe, with_inline_images
 
 pytestmark = pytest.mark.system  # Chromium with axe-core
 
-AXE = Path(
-    os.environ.get(
-        "MAILER_AXE", ROOT / ".ci" / "tools" / "node_modules" / "axe-core" / "axe.min.js"
-    )
-)
-TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 # An email is an article inside the reader's mail client: page-level rules do not apply.
 EMAIL_ONLY_OFF = {"landmark-one-main": {"enabled": False}, "region": {"enabled": False}}
 
@@ -30,10 +23,7 @@ EMAIL_ONLY_OFF = {"landmark-one-main": {"enabled": False}, "region": {"enabled":
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     chromium = require_tool("chromium")
-    if not AXE.exists():
-        if os.environ.get("MAILER_REQUIRE_EXTERNAL") == "1":
-            pytest.fail(f"axe-core is required but {AXE} is missing (run .ci/run)")
-        pytest.skip("axe-core (npm) is not installed")
+    require_axe()
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
@@ -55,14 +45,7 @@ def emails(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def _violations(page: Any, rules: dict[str, Any] | None = None) -> list[str]:
-    page.add_script_tag(path=str(AXE))
-    options = {"runOnly": {"type": "tag", "values": TAGS}, "rules": rules or {}}
-    found: list[str] = page.evaluate(
-        "async (options) => (await axe.run(document, options)).violations"
-        ".map(v => `${v.id}: ${v.nodes[0].html.slice(0, 120)}`)",
-        options,
-    )
-    return found
+    return axe_violations(page, rules)
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

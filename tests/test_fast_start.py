@@ -21,6 +21,7 @@ HEAVY = (
     "markdown_it",
     "babel",
     "jinja2",
+    "matplotlib",
 )
 
 

@@ -1,0 +1,382 @@
+"""The list's health over time, from the ledgers and ``suppressions.csv``.
+
+``mailer report`` answers what a secretariat is asked: is the list reaching people,
+issue after issue; which segments grow or shrink; how many addresses died; did an
+issue cause unsubscribes; which receiving domains refuse us. One figure per issue
+is computed the way ``mailer status`` computes it (the same ledger reading), so the
+two always agree. The page holds counts and domains only: never an address, a
+name or a token.
+
+Attribution of what readers did after an issue:
+- *unsubscribes* and *complaints* are the rows of ``suppressions.csv`` (one-click,
+  mailed and by-hand unsubscribes; ARF complaints) of readers the issue reached,
+  written within 14 days after its first message: labelled "within 14 days",
+  since the file keeps the day, not the issue;
+- *dead mailboxes* are send-time refusals naming the mailbox and hard bounces;
+  *policy* the refusals for policy or reputation; *soft* the soft bounces.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from mailer import suppressions
+from mailer.ledger import LedgerDir, Outcome, Record
+from mailer.replies import Returned, read_reply
+from mailer.status import REFUSING_READERS
+
+ATTRIBUTION_DAYS = 14
+# A domain with fewer readers than this is grouped as "other" (a domain is personal data
+# enough when one or two people hold it).
+SMALL_DOMAIN = 5
+_UNSUBSCRIBE_REASONS = ("one-click unsubscribe", "unsubscribe request by mail", "unsubscribed")
+
+
+@dataclass
+class IssueFigures:
+    """One issue's send, as its ledger holds it (counts only)."""
+
+    issue: str
+    first: str | None = None  # the first and last message's time (ISO 8601)
+    last: str | None = None
+    targeted: int = 0  # addresses the ledger knows
+    sent: int = 0
+    failed: int = 0  # their last outcome is failed (as mailer status counts)
+    dead: int = 0  # failed naming the mailbox, or a hard bounce later
+    policy: int = 0  # refused for policy or reputation (send time or later)
+    other_failed: int = 0
+    soft: int = 0  # soft bounces
+    unfinished: int = 0  # deferred, held or never answered (in doubt)
+    in_doubt: int = 0
+    unsubscribes: int = 0  # within ATTRIBUTION_DAYS after the first message
+    complaints: int = 0  # likewise
+    pauses: int = 0  # the send stopped at a quota and went on in a later run
+    segments: dict[str, int] = field(default_factory=dict)  # readers per segment
+    bounces: dict[str, int] = field(default_factory=dict)  # as mailer status --json
+
+    @property
+    def delivery_rate(self) -> float:
+        return self.sent / self.targeted if self.targeted else 0.0
+
+    @property
+    def dead_rate(self) -> float:
+        return self.dead / self.targeted if self.targeted else 0.0
+
+    @property
+    def unsubscribe_rate(self) -> float:
+        return self.unsubscribes / self.sent if self.sent else 0.0
+
+
+@dataclass
+class DomainFigures:
+    domain: str  # "other" for the small ones together
+    readers: int
+    failed: int
+    refused: int
+    deferred: int
+    reply: str  # the most common reply
+    refusing: bool  # refuses most of what we send: a blocklisting to raise
+
+
+@dataclass
+class Report:
+    issues: list[IssueFigures]  # newest first
+    domains: list[DomainFigures]
+    suppressions_by_reason: dict[str, dict[str, int]]  # reason -> month -> count
+    totals: IssueFigures
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "issues": [_figures_json(f) for f in self.issues],
+            "totals": _figures_json(self.totals),
+            "domains": [asdict(d) for d in self.domains],
+            "suppressions_by_reason": self.suppressions_by_reason,
+        }
+
+
+def _figures_json(figures: IssueFigures) -> dict[str, Any]:
+    data = asdict(figures)
+    data["delivery_rate"] = round(figures.delivery_rate, 4)
+    data["dead_rate"] = round(figures.dead_rate, 4)
+    data["unsubscribe_rate"] = round(figures.unsubscribe_rate, 4)
+    return data
+
+
+def issue_figures(
+    ledgers: LedgerDir, issue: str, removed: list[suppressions.Entry]
+) -> IssueFigures:
+    """One issue's figures; ``removed`` are the rows of suppressions.csv."""
+    from mailer.bounces import returned  # the bounce reader's one reading of its records
+    from mailer.status import returned_counts
+
+    figures = IssueFigures(issue)
+    state = ledgers.state(issue, with_segments=True)
+    dead: set[str] = set()
+    policy: set[str] = set()
+    for address, (outcome, _) in state.last.items():
+        figures.targeted += 1
+        figures.sent += outcome == Outcome.SENT
+        figures.failed += outcome == Outcome.FAILED
+        figures.in_doubt += outcome == Outcome.ATTEMPT
+        figures.unfinished += outcome in (Outcome.DEFERRED, Outcome.HELD, Outcome.ATTEMPT)
+        for segment in state.segments.get(address, ()):
+            figures.segments[segment] = figures.segments.get(segment, 0) + 1
+    failed_now = {a for a, (outcome, _) in state.last.items() if outcome == Outcome.FAILED}
+    for address in failed_now:
+        record = state.unfinished.get(address)
+        if record is not None and read_reply(record.code, record.reply).mailbox_gone:
+            dead.add(address)
+    times: list[str] = []
+    bounce_records: list[Record] = []
+    for record in ledgers.records(issue):
+        if record.outcome == Outcome.SENT:
+            times.append(record.time)
+        elif record.outcome == Outcome.PAUSED:
+            figures.pauses += 1
+        elif record.outcome == Outcome.BOUNCE:
+            bounce_records.append(record)
+            kind = returned(record)
+            if kind is Returned.HARD:
+                dead.add(record.recipient.lower())
+            elif kind is Returned.REFUSED:
+                policy.add(record.recipient.lower())
+    figures.bounces, _ = returned_counts(bounce_records)
+    figures.soft = figures.bounces.get("soft", 0)
+    figures.dead = len(dead)
+    figures.policy = len(policy - dead)
+    figures.other_failed = len(failed_now - dead - policy)
+    if times:
+        figures.first, figures.last = min(times), max(times)
+        reached = {a for a, (o, _) in state.last.items() if o == Outcome.SENT}
+        figures.unsubscribes, figures.complaints = _after(figures.first, reached, removed)
+    return figures
+
+
+def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> tuple[int, int]:
+    """Unsubscribes and complaints of readers the issue reached, written within
+    ATTRIBUTION_DAYS after its first message (the file keeps the day only)."""
+    start = datetime.fromisoformat(first).date()
+    end = start + timedelta(days=ATTRIBUTION_DAYS)
+    unsubscribes = complaints = 0
+    for entry in removed:
+        if entry.address not in reached or entry.day is None:
+            continue
+        try:
+            day = date.fromisoformat(entry.day)
+        except ValueError:
+            continue
+        if not start <= day < end:
+            continue
+        if entry.reason.startswith("complaint"):
+            complaints += 1
+        elif entry.reason in _UNSUBSCRIBE_REASONS:
+            unsubscribes += 1
+    return unsubscribes, complaints
+
+
+def build(ledger_dir: Path, recipients_dir: Path, since: date | None = None) -> Report:
+    """The report over every issue whose first message is on or after ``since``."""
+    ledgers = LedgerDir(ledger_dir)
+    removed = suppressions.entries(recipients_dir)
+    issues = []
+    for issue in ledgers.issues():
+        figures = issue_figures(ledgers, issue, removed)
+        if figures.first is None and figures.targeted == 0:
+            continue
+        if (
+            since is not None
+            and figures.first
+            and datetime.fromisoformat(figures.first).date() < since
+        ):
+            continue
+        issues.append(figures)
+    issues.sort(key=lambda f: f.first or "", reverse=True)
+    return Report(
+        issues=issues,
+        domains=_domains(ledgers, [f.issue for f in issues]),
+        suppressions_by_reason=_by_reason_and_month(removed, since),
+        totals=_totals(issues),
+    )
+
+
+def _totals(issues: list[IssueFigures]) -> IssueFigures:
+    total = IssueFigures("all issues")
+    for figures in issues:
+        for name in (
+            "targeted",
+            "sent",
+            "failed",
+            "dead",
+            "policy",
+            "other_failed",
+            "soft",
+            "unfinished",
+            "in_doubt",
+            "unsubscribes",
+            "complaints",
+            "pauses",
+        ):
+            setattr(total, name, getattr(total, name) + getattr(figures, name))
+    return total
+
+
+def _domains(ledgers: LedgerDir, issues: list[str]) -> list[DomainFigures]:
+    """Receiving domains by failures and deferrals over the issues, small ones grouped."""
+    from mailer.bounces import returned
+
+    readers: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    deferred: Counter[str] = Counter()
+    replies: dict[str, Counter[str]] = {}
+    for issue in issues:
+        state = ledgers.state(issue)
+        for address, (outcome, _) in state.last.items():
+            domain = address.rpartition("@")[2]
+            readers[domain] += 1
+            failed[domain] += outcome == Outcome.FAILED
+            deferred[domain] += outcome == Outcome.DEFERRED
+        for record in (*state.unfinished.values(),):
+            domain = record.recipient.lower().rpartition("@")[2]
+            replies.setdefault(domain, Counter())[
+                f"{record.code or ''} {record.reply or ''}".strip()[:120]
+            ] += 1
+        for record in ledgers.records(issue):
+            if record.outcome == Outcome.BOUNCE and returned(record) is Returned.REFUSED:
+                domain = record.recipient.lower().rpartition("@")[2]
+                refused[domain] += 1
+                replies.setdefault(domain, Counter())[(record.reply or "")[:120]] += 1
+    rows: dict[str, DomainFigures] = {}
+    for domain in readers:
+        if not (failed[domain] or refused[domain] or deferred[domain]):
+            continue
+        name = domain if readers[domain] >= SMALL_DOMAIN else "other"
+        row = rows.setdefault(name, DomainFigures(name, 0, 0, 0, 0, "", False))
+        row.readers += readers[domain]
+        row.failed += failed[domain]
+        row.refused += refused[domain]
+        row.deferred += deferred[domain]
+        if name != "other" and replies.get(domain):
+            row.reply = replies[domain].most_common(1)[0][0]
+    for row in rows.values():
+        row.refusing = (
+            row.domain != "other"
+            and row.refused >= REFUSING_READERS
+            and row.refused * 2 > row.readers
+        )
+    return sorted(rows.values(), key=lambda r: (-(r.failed + r.refused + r.deferred), r.domain))
+
+
+def _by_reason_and_month(
+    removed: list[suppressions.Entry], since: date | None
+) -> dict[str, dict[str, int]]:
+    found: dict[str, dict[str, int]] = {}
+    for entry in removed:
+        month = (entry.day or "unknown")[:7]
+        if since is not None and entry.day and entry.day < since.isoformat():
+            continue
+        by_month = found.setdefault(entry.reason or "unknown", {})
+        by_month[month] = by_month.get(month, 0) + 1
+    return found
+
+
+def render(report: Report, organization: str, templates: Path | None, today: date) -> str:
+    """The self-contained page: tables, and each chart with its figures beneath."""
+    from mailer import charts, templating
+
+    env = templating.environment(templates, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    templating.use_language(env, templating.translations(templates, "en"), "en")
+    oldest_first = list(reversed(report.issues))
+    labels = [f.issue for f in oldest_first]
+    from markupsafe import Markup
+
+    rendered: list[dict[str, Any]] = []
+    for title, series, percent, note in _chart_specs(oldest_first):
+        drawn = charts.line_chart(title, labels, series, percent=percent)
+        rendered.append(
+            {
+                "title": title,
+                "note": note,
+                "svg": {scheme: Markup(svg) for scheme, svg in drawn.items()},
+                "series": list(series),
+                "rows": [
+                    [label, *(_shown(values[i], percent) for values in series.values())]
+                    for i, label in enumerate(labels)
+                ],
+            }
+        )
+    months = sorted({m for by_month in report.suppressions_by_reason.values() for m in by_month})
+    first = report.issues[-1].first if report.issues else None
+    period = f"{len(report.issues)} issue(s)" + (f" since {first[:10]}" if first else "")
+    return env.get_template("report/health.html.j2").render(
+        lang="en",
+        organization=organization,
+        bulletin_name="List health",
+        home_href=None,
+        alternates=[],
+        logo_url=None,
+        issues=report.issues,
+        totals=report.totals,
+        durations={f.issue: _duration(f) for f in report.issues},
+        days=ATTRIBUTION_DAYS,
+        charts=rendered,
+        domains=report.domains,
+        small=SMALL_DOMAIN,
+        hygiene=report.suppressions_by_reason,
+        hygiene_months=months,
+        period=period,
+        made=today.isoformat(),
+    )
+
+
+def _chart_specs(
+    issues: list[IssueFigures],
+) -> list[tuple[str, dict[str, list[float]], bool, str]]:
+    segments = sorted({s for f in issues for s in f.segments})
+    return [
+        (
+            "Readers per segment, issue by issue",
+            {s: [float(f.segments.get(s, 0)) for f in issues] for s in segments},
+            False,
+            "",
+        ),
+        (
+            "Delivered, of the readers each issue was sent to",
+            {"delivered": [f.delivery_rate for f in issues]},
+            True,
+            "",
+        ),
+        (
+            "Dead mailboxes and unsubscribes, issue by issue",
+            {
+                "dead mailboxes (of readers)": [f.dead_rate for f in issues],
+                "unsubscribes (of delivered)": [f.unsubscribe_rate for f in issues],
+            },
+            True,
+            "Gmail reports no complaints per message: its rate is in Google Postmaster Tools.",
+        ),
+    ]
+
+
+def _shown(value: float, percent: bool) -> str:
+    return f"{value * 100:.1f}%" if percent else f"{value:.0f}"
+
+
+def _duration(figures: IssueFigures) -> str:
+    """From the first message to the last, as staff say it."""
+    if not figures.first or not figures.last:
+        return ""
+    seconds = (
+        datetime.fromisoformat(figures.last) - datetime.fromisoformat(figures.first)
+    ).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -1,0 +1,136 @@
+"""`mailer report`: the list's health across issues, agreeing with `mailer status` for
+every issue, with counts and domains only (never an address or a token)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailer.cli import app
+from mailer.ledger import LedgerDir, Outcome, Record
+
+from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, require_tool
+from .helpers import LAUNCH_ARGS, axe_violations, cli_env, require_axe
+from .smtp_server import Behaviour, Server
+
+DEAD = {"research@example.com": "550 5.1.1 No such user"}
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Two issues sent through a relay refusing one dead mailbox, with returned reports
+    (hard, soft, policy), unsubscribes by both channels, a complaint and a quota pause."""
+    root = tmp_path_factory.mktemp("history")
+    bulletins = root / "bulletins"
+    shutil.copytree(SAMPLE, bulletins / "2017-03")
+    shutil.copytree(SAMPLE, bulletins / "2017-06")
+    edit(bulletins / "2017-06" / "bulletin.yaml", "id: 2017-03", "id: 2017-06")
+    recipients = root / "recipients"
+    shutil.copytree(SAMPLE_RECIPIENTS, recipients)
+    env = cli_env(1, root / "ledger")
+    with Server(Behaviour(reject_rcpt=DEAD)) as relay:
+        env = {**cli_env(relay.port, root / "ledger")}
+        for issue in ("2017-03", "2017-06"):
+            args = ["send", str(bulletins / issue), "--recipients", str(recipients), "--yes"]
+            CliRunner().invoke(app, args, env=env)
+    ledgers = LedgerDir(root / "ledger")
+    first = next(r.time for r in ledgers.records("2017-06") if r.outcome == Outcome.SENT)
+    ledgers.append_beside(
+        "2017-06",
+        [
+            Record.bounce("campaigner@example.org", "soft: mailbox is full", "<r1@x>"),
+            Record.bounce("delegation@example.net", "hard: 5.1.1 user unknown", "<r2@x>"),
+            Record.bounce("focal.point@example.com", "refused: 5.7.1 blocked", "<r3@x>"),
+            Record.for_issue(Outcome.PAUSED, "run-1", reply="quota: resume after …"),
+        ],
+    )
+    day = first[:10]
+    with (recipients / "suppressions.csv").open("a", encoding="utf-8") as handle:
+        handle.write(f"geneva.mission@example.net,one-click unsubscribe,{day}\n")
+        handle.write(f"seminar.desk@example.net,unsubscribe request by mail,{day}\n")
+        handle.write(f"survivors@example.com,complaint (abuse),{day}\n")
+    return root, env
+
+
+def _cli(root: Path, env: dict[str, str], *args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--recipients", str(root / "recipients")], env=env)
+    assert result.exit_code in (0, 1), result.output
+    return result.output
+
+
+def test_every_issues_figures_agree_with_mailer_status(
+    history: tuple[Path, dict[str, str]],
+) -> None:
+    root, env = history
+    report = json.loads(_cli(root, env, "report", "--json"))
+    assert [f["issue"] for f in report["issues"]] == ["2017-06", "2017-03"]  # newest first
+    for figures in report["issues"]:
+        bulletin = root / "bulletins" / figures["issue"]
+        status = json.loads(_cli(root, env, "status", str(bulletin), "--json"))
+        assert figures["sent"] == status["total"]["sent"]
+        assert figures["failed"] == status["total"]["failed"]
+        assert figures["bounces"] == status["bounces"]
+        assert figures["unsubscribes"] == status["unsubscribes"]
+        assert figures["complaints"] == status["complaints"]
+    june = report["issues"][0]
+    march = report["issues"][1]
+    # research@ was refused as a dead mailbox in March, suppressed, and not mailed in June;
+    # in June delegation@ bounced hard, focal.point@ was refused for policy later.
+    assert (march["sent"], march["failed"], march["dead"]) == (12, 1, 1)
+    assert (june["sent"], june["failed"], june["dead"], june["policy"], june["soft"]) == (
+        12,
+        0,
+        1,
+        1,
+        1,
+    )
+    assert (june["unsubscribes"], june["complaints"], june["pauses"]) == (2, 1, 1)
+    assert report["totals"]["sent"] == june["sent"] + report["issues"][1]["sent"]
+
+
+def test_the_report_holds_no_address_and_no_token(history: tuple[Path, dict[str, str]]) -> None:
+    root, env = history
+    out = root / "reports" / "health.html"
+    _cli(root, env, "report", "--out", str(out))
+    page = out.read_text(encoding="utf-8")
+    figures = _cli(root, env, "report", "--json")
+    addresses = {
+        line.split(",")[0]
+        for csv in (root / "recipients").glob("*.csv")
+        for line in csv.read_text(encoding="utf-8").splitlines()[1:]
+    }
+    assert len(addresses) > 10
+    for text in (page, figures):
+        assert not [a for a in addresses if a in text]
+        assert "token=" not in text
+    assert "<svg" in page and 'role="img"' in page and "<script" not in page
+    assert 'src="http' not in page and 'href="http' not in page  # nothing fetched
+
+
+@pytest.mark.system  # Chromium with axe-core
+def test_the_report_page_passes_axe_and_fits_a_phone(
+    history: tuple[Path, dict[str, str]],
+) -> None:
+    chromium = require_tool("chromium")
+    require_axe()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    root, env = history
+    out = root / "reports" / "health.html"
+    _cli(root, env, "report", "--out", str(out))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
+        for scheme in ("light", "dark"):
+            for width in (375, 1280):
+                page = browser.new_page(
+                    viewport={"width": width, "height": 900}, color_scheme=scheme
+                )
+                page.goto(out.as_uri())
+                assert axe_violations(page) == [], (scheme, width)
+                overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+                assert overflow <= 0, (scheme, width, overflow)
+                page.close()
+        browser.close()
