@@ -13,7 +13,7 @@ import difflib
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -222,6 +222,10 @@ def _parse_mapping(text: str, file: Path, first_line: int) -> _Mapping:
             file=file,
             line=first_line + exc.mark.line,
         ) from None
+    except RecursionError:
+        raise ContentError(
+            "is nested too deeply to be a bulletin's fields.", file=file, line=first_line
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = first_line + mark.line if mark is not None else first_line
@@ -264,52 +268,46 @@ def _construct(
     loader: yaml.SafeLoader, node: Any, file: Path, first_line: int
 ) -> tuple[Any, tuple[ContentError, ...]]:
     """Build the values; an impossible date (2017-02-30) becomes a located error, and
-    the value is left out (absent, not "missing") so every other field is still checked."""
+    the value is left out (absent, not "missing") so every other field is still checked.
+    Every scalar is tried once, so a file's cost grows with its size, not its mistakes."""
     if node is None:
         return None, ()
     invalid: list[ContentError] = []
-    for _ in range(1000):  # one round a bad value; bounded
-        try:
-            return loader.construct_document(node), tuple(invalid)
-        except ValueError as exc:
-            bad = _failing_node(node)
-            if bad is None:
-                raise ContentError(f"is not valid YAML ({exc}).", file=file) from None
-            field = None
-            if isinstance(node, yaml.MappingNode):
-                field = next((str(k.value) for k, v in node.value if v is bad), None)
-            invalid.append(
-                ContentError(
-                    f"'{_excerpt(bad.value)}' is not a valid value ({exc}); dates are "
-                    "YYYY-MM-DD and must exist.",
-                    file=file,
-                    line=first_line + bad.start_mark.line,
-                    field=field,
-                )
+    for bad, field, reason in _failing_nodes(node):
+        invalid.append(
+            ContentError(
+                f"'{_excerpt(bad.value)}' is not a valid value ({reason}); dates are "
+                "YYYY-MM-DD and must exist.",
+                file=file,
+                line=first_line + bad.start_mark.line,
+                field=field,
             )
-            bad.tag, bad.value = "tag:yaml.org,2002:null", ""  # left out, reported above
-            # A fresh start for the next round (a failed one leaves half-built state).
-            loader.constructed_objects, loader.recursive_objects = {}, {}
-            loader.state_generators = []
-    raise ContentError("has too many invalid values.", file=file)
+        )
+        bad.tag, bad.value = "tag:yaml.org,2002:null", ""  # left out, reported above
+    try:
+        return loader.construct_document(node), tuple(invalid)
+    except ValueError as exc:  # not a scalar's fault: say it once, whole
+        raise ContentError(f"is not valid YAML ({exc}).", file=file) from None
 
 
-def _failing_node(node: Any) -> Any:
-    """The scalar whose construction fails (to name its line), each tried afresh."""
-    if isinstance(node, yaml.ScalarNode):
-        try:
-            yaml.SafeLoader("").construct_object(node)
-        except ValueError:
-            return node
-        return None
-    children = node.value if isinstance(node, yaml.SequenceNode) else []
-    if isinstance(node, yaml.MappingNode):
-        children = [child for pair in node.value for child in pair]
-    for child in children:
-        found = _failing_node(child)
-        if found is not None:
-            return found
-    return None
+def _failing_nodes(node: Any, key: str | None = None) -> Iterator[tuple[Any, str | None, str]]:
+    """Every scalar that cannot be built (an impossible date), with the top-level field
+    it sits under; each is tried once, with a loader of its own."""
+    stack: list[tuple[Any, str | None]] = [(node, key)]
+    probe = yaml.SafeLoader("")
+    while stack:
+        current, field = stack.pop()
+        if isinstance(current, yaml.ScalarNode):
+            try:
+                probe.construct_object(current)
+            except ValueError as exc:
+                yield current, field, str(exc)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((child, field) for child in reversed(current.value))
+        elif isinstance(current, yaml.MappingNode):
+            for name, value in reversed(current.value):
+                here = field if field is not None else str(name.value)
+                stack.extend([(value, here), (name, here)])
 
 
 def _split_front_matter(path: Path) -> tuple[_Mapping, str, int]:
@@ -767,7 +765,8 @@ def load_bulletin(folder: Path, segments: Iterable[str]) -> Bulletin:
     public = True
     with problems.catch():
         issue_date = _a_date(mapping, "date")
-        if issue_date is None and mapping.data and not mapping.invalid:
+        date_invalid = any(problem.field == "date" for problem in mapping.invalid)
+        if issue_date is None and mapping.data and not date_invalid:
             raise mapping.error("date", "is required and missing (the issue date, YYYY-MM-DD).")
     with problems.catch():
         send_at = _a_timestamp(mapping, "send_at")

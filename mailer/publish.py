@@ -37,7 +37,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from mailer import language as lang
-from mailer import layout, templating
+from mailer import layout, templating, translations
 from mailer.bulletin import LANGUAGES, Bulletin, Item, bulletin_folders, load_bulletin
 from mailer.errors import ConfigError, ContentError
 from mailer.ledger import LedgerDir
@@ -71,8 +71,13 @@ def published_issues(
         if not bulletin.public:
             continue  # even when named with --include: public: false is never published
         due = bulletin.send_at is not None and bulletin.send_at <= now
-        if due or bulletin.id in wanted or _send_began(settings, bulletin.id):
-            chosen.append(bulletin)
+        if not (due or bulletin.id in wanted or _send_began(settings, bulletin.id)):
+            continue
+        if any(item.draft for item in bulletin.items):
+            continue  # a draft is never sent: it is never published either
+        # A translation older than its English item shows the English, as its readers
+        # got it (a real send refuses it, or gives them the English item).
+        chosen.append(translations.without_stale(bulletin)[0])
     missing = wanted - seen
     if missing:
         raise ContentError(
@@ -201,7 +206,7 @@ class _Site:
             or "example.org"
         )
         # The list's stable name, as in every email's footer and List-Id.
-        self.organization = settings.list_name or name or self.domain
+        self.organization = settings.list_name or name.strip() or self.domain
         self.base = (settings.archive_url or "").rstrip("/")
         self.locales = settings.locale_map
         self.sequences = _event_sequences(issues)

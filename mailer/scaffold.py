@@ -57,8 +57,10 @@ def new_issue(
             field="ID",
         )
     folder = root / issue_id
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():
         raise InputError(f"{folder} exists already: choose another id.", field="ID")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is not a folder of bulletins.", field="--bulletins")
     source = _previous(root, previous) if previous is not None else None
     send_at = _proposal(today, source)
     if source is not None:
@@ -66,7 +68,10 @@ def new_issue(
     else:
         month_of = _month_of(issue_id, today)
         yaml_text = _blank(issue_id, today, month_of, send_at, list_name, locales)
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise InputError(f"{folder} cannot be made ({exc.strerror}).", field="ID") from None
     try:
         (folder / "bulletin.yaml").write_text(yaml_text, encoding="utf-8")
         items = _copy_items(source, folder) if source is not None else _first_item(folder)
@@ -109,7 +114,7 @@ def _mapping(folder: Path) -> dict[str, Any]:
     path = folder / "bulletin.yaml"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
         raise ContentError(f"cannot be read to start from ({exc}).", file=path) from None
     return data if isinstance(data, dict) else {}
 
@@ -119,9 +124,13 @@ def _from_previous(source: Path, issue_id: str, today: date, send_at: str) -> st
     reminder on each line a person must rewrite."""
     lines = []
     text = (source / "bulletin.yaml").read_text(encoding="utf-8-sig")
+    in_items = False
     for line in text.splitlines():
         if line.startswith("# EDIT for "):
             continue  # the last issue's reminders: this one gets its own
+        if in_items and (line[:1].isspace() or line.startswith("-")):
+            continue  # a block-style items list: its entries go with it
+        in_items = False
         key = line.split(":", 1)[0].strip()
         if key == "id":
             line = f"id: {issue_id}"
@@ -130,6 +139,7 @@ def _from_previous(source: Path, issue_id: str, today: date, send_at: str) -> st
         elif key == "send_at":
             line = f"send_at: {send_at}  # {_SEND_AT_NOTE}"
         elif key == "items":
+            in_items = True
             continue  # the order is the items' names: the copied ones, as they are
         elif key.split("_")[0] in ("title", "subject", "preheader") and ":" in line:
             lines.append(f"# EDIT for {issue_id}: {key} (copied from {source.name})")
@@ -186,15 +196,36 @@ def _copy_items(source: Path, folder: Path) -> list[Path]:
     items.mkdir()
     copied = []
     for path in sorted((source / "items").glob("*.md")):
+        _refuse_link(path)
         target = items / path.name
-        text = path.read_text(encoding="utf-8-sig")
-        if path.name.count(".") == 1:  # NN-slug.md, not a translation NN-slug.fr.md
+        text = _text(path)
+        language = path.name.removesuffix(".md").rpartition(".")[2]
+        if language not in LANGUAGES[1:]:  # NN-slug.md (even 05-strategy-2.0.md), not .fr.md
             text = _draft(text, path)
             copied.append(target)
         target.write_text(text, encoding="utf-8")
-    if (source / "images").is_dir():
-        shutil.copytree(source / "images", folder / "images")
+    images = source / "images"
+    if images.is_dir():
+        (folder / "images").mkdir()
+        for path in sorted(images.iterdir()):
+            _refuse_link(path)
+            if path.is_file():
+                shutil.copyfile(path, folder / "images" / path.name)
     return copied
+
+
+def _refuse_link(path: Path) -> None:
+    """A symbolic link would copy what it points to (a key, a password file) into the
+    new issue, ready to be committed: refused."""
+    if path.is_symlink():
+        raise ContentError("is a symbolic link: copy the file itself, not a link.", file=path)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ContentError("is not UTF-8 text: save it as UTF-8.", file=path) from None
 
 
 def _draft(text: str, path: Path) -> str:

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     list_id: str | None = None
     # The list's name as readers see it (List-Id's display name, the footer): stable
     # from issue to issue. Unset: MAILER_FROM's display name, else its domain.
-    list_name: str | None = Field(None, max_length=100, pattern=r"^[^\r\n\x00]*$")
+    list_name: str | None = Field(None, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
     unsubscribe_mailto: str | None = None
     unsubscribe_url: str | None = None
     unsubscribe_secret: SecretStr | None = None
@@ -231,6 +231,11 @@ class Settings(BaseSettings):
 
         parse_limits(value)  # raises ValueError naming the part it cannot read
         return value
+
+    @field_validator("list_name")
+    @classmethod
+    def _list_name(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("locales")
     @classmethod

@@ -58,15 +58,29 @@ class Translation:
 
 
 def blob_id(data: bytes) -> str:
-    """Git's blob id of a file's bytes (``git hash-object FILE``)."""
+    """Git's blob id of a text file's bytes (``git hash-object FILE``), line ends
+    normalized to LF as git stores text (a Windows checkout's CRLF gives the same id)."""
+    data = data.replace(b"\r\n", b"\n")
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+_DRAFT_LINE = re.compile(rb"^draft:[^\n]*\n", re.MULTILINE)
+
+
+def english_id(path: Path) -> str:
+    """The id a translation records for its English item: the file's blob id, its
+    ``draft:`` line aside (``mailer new --from`` adds one to a copy; deleting it once
+    the item is edited must not make a still-true translation stale)."""
+    data = path.read_bytes().replace(b"\r\n", b"\n")
+    head, sep, rest = data.partition(b"\n---")
+    return blob_id(_DRAFT_LINE.sub(b"", head, count=1) + sep + rest)
 
 
 def of(bulletin: Bulletin) -> list[Translation]:
     """Every item in every language but English, in bulletin order."""
     found = []
     for item in bulletin.items:
-        english = blob_id(item.source.read_bytes())
+        english = english_id(item.source)
         for language in LANGUAGES:
             if language == DEFAULT_LANGUAGE:
                 continue
@@ -141,24 +155,33 @@ def stamp(bulletin: Bulletin, names: list[str]) -> list[Path]:
         chosen.update((t.name, t) for t in matches)
     written = []
     for translation in chosen.values():
-        english = blob_id(translation.item.source.read_bytes())
+        english = english_id(translation.item.source)
         _write_source(translation.path, english)
         written.append(translation.path)
     return written
 
 
-_SOURCE_LINE = re.compile(r"^source:.*$", re.MULTILINE)
-
-
 def _write_source(path: Path, blob: str) -> None:
-    """Set ``source: <blob>`` in the front matter, leaving every other byte as it was."""
-    text = path.read_text(encoding="utf-8-sig")
-    head, sep, rest = text.partition("\n---")
-    if not text.startswith("---") or not sep:
+    """Set ``source: <blob>`` in the front matter (closed, as the loader reads it, by a
+    line that is ``---`` once stripped), every other byte as it was, line ends included."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    close = (
+        next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+        if lines and lines[0].strip() == "---"
+        else None
+    )
+    if close is None:
         raise ContentError("has no front matter to stamp.", file=path, line=1)
-    line = f"source: {blob}"
-    head = _SOURCE_LINE.sub(line, head) if _SOURCE_LINE.search(head) else f"{head}\n{line}"
-    path.write_text(head + sep + rest, encoding="utf-8")
+    ending = "\r\n" if lines[0].endswith("\r\n") else "\n"
+    line = f"source: {blob}{ending}"
+    found = [i for i in range(1, close) if lines[i].startswith("source:")]
+    if found:
+        lines[found[0]] = line
+    else:
+        lines.insert(close, line)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        handle.write("".join(lines))
 
 
 def english_change(translation: Translation) -> str | None:

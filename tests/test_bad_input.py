@@ -231,3 +231,15 @@ def test_a_tired_editors_mistakes_are_all_reported_in_one_run_in_file_order(
         for file, detail in expected
     ]
     assert found == sorted(found), lines  # bulletin.yaml, then the items in order, then lists
+
+
+def test_a_missing_date_is_named_beside_another_fields_impossible_date(
+    copy_sample: Sample,
+) -> None:
+    bulletin, recipients = copy_sample()
+    yaml = bulletin / "bulletin.yaml"
+    text = yaml.read_text(encoding="utf-8").replace("date: 2017-03-27\n", "")
+    yaml.write_text(text.replace("send_at: 2017-03-28T09:00:00+02:00", "send_at: 2017-02-30"))
+    result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
+    assert result.exit_code == 2
+    assert "field 'send_at'" in result.output and "field 'date'" in result.output

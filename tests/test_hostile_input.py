@@ -370,6 +370,7 @@ def test_address_normalization_agrees_with_email_validator(address: str) -> None
         ("MAILER_LOCALES", "de=de_DE"),
         ("MAILER_LIST_NAME", "ISU\nBcc: x@example.org"),
         ("MAILER_LOGO_URL", "http://isu.example.org/logo.png"),
+        ("MAILER_LIST_NAME", "ISU\tCCM"),
         ("MAILER_RETRY_DELAY", "two seconds"),
         ("MAILER_BOUNCE_SOFT_LIMIT", "-1"),
     ],

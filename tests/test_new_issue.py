@@ -103,3 +103,61 @@ def test_a_new_issue_can_start_from_the_sample_by_its_path(copy_sample: Sample) 
     blank = _cli("new", "2027-01", "--bulletins", str(root))
     yaml = (root / "2027-01" / "bulletin.yaml").read_text(encoding="utf-8")
     assert blank.exit_code == 0 and "January 2027" in yaml and "janvier 2027" in yaml  # the id's
+
+
+def test_what_a_copy_holds_that_could_hurt_is_refused_or_made_a_draft(
+    copy_sample: Sample, tmp_path: Path
+) -> None:
+    """From a hostile review: a dotted item name escaped the draft mark, a block-style
+    items list leaked into the preheader, a symlink copied its target, and odd files gave
+    tracebacks."""
+    bulletin, recipients = copy_sample()
+    root = bulletin.parent
+    items = bulletin / "items"
+    (items / "05-strategy-2.0.md").write_text("---\ntitle: Strategy 2.0\n---\nText.\n")
+    yaml = bulletin / "bulletin.yaml"
+    yaml.write_text(yaml.read_text() + "items:\n  - 01-7msp-save-the-date\n  - 05-strategy-2.0\n")
+    made = _cli("new", "2017-06", "--from", "2017-03", "--bulletins", str(root))
+    assert made.exit_code == 0, made.output
+    copied = root / "2017-06" / "items" / "05-strategy-2.0.md"
+    assert copied.read_text().startswith("---\ndraft: true")
+    new_yaml = (root / "2017-06" / "bulletin.yaml").read_text()
+    assert "- 01-7msp" not in new_yaml  # the old order is not glued to the preheader
+    checked = _cli("check", str(root / "2017-06"), "--recipients", str(recipients))
+    assert "5 item(s) are drafts" in " ".join(checked.output.split())
+    # A symbolic link to a secret is refused, and nothing is left half-written.
+    (items / "06-secret.fr.md").symlink_to(tmp_path / "secret.txt")
+    (tmp_path / "secret.txt").write_text("SECRET=hunter2\n")
+    linked = _cli("new", "2017-09", "--from", "2017-03", "--bulletins", str(root))
+    assert linked.exit_code == 2 and "symbolic link" in linked.output
+    assert not (root / "2017-09").exists()
+    (items / "06-secret.fr.md").unlink()
+    (items / "07-latin1.md").write_bytes(b"---\ntitle: Caf\xe9\n---\nText.\n")
+    latin = _cli("new", "2017-09", "--from", "2017-03", "--bulletins", str(root))
+    assert latin.exit_code == 2 and "not UTF-8" in latin.output
+    not_a_folder = _cli("new", "2017-09", "--bulletins", str(yaml))
+    assert not_a_folder.exit_code == 2 and "Traceback" not in not_a_folder.output
+
+
+def test_a_draft_issue_is_never_published(copy_sample: Sample, tmp_path: Path) -> None:
+    bulletin, recipients = copy_sample()
+    root = bulletin.parent
+    assert _cli("new", "2017-06", "--bulletins", str(root)).exit_code == 0
+    yaml = root / "2017-06" / "bulletin.yaml"
+    text = yaml.read_text()
+    send_at = text.split("send_at: ")[1].split()[0]
+    yaml.write_text(text.replace(send_at, "2017-06-01T09:00:00+02:00"))  # due long ago
+    site = tmp_path / "site"
+    published = _cli(
+        "publish",
+        "--bulletins",
+        str(root),
+        "--recipients",
+        str(recipients),
+        "--out",
+        str(site),
+        "--now",
+        "2017-07-01T00:00:00+00:00",
+    )
+    assert published.exit_code == 0, published.output
+    assert not (site / "2017-06").exists() and (site / "2017-03").exists()

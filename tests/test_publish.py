@@ -163,6 +163,13 @@ def test_calendar_files_announce_one_event_across_issues(tmp_path: Path) -> None
         "ends: 2017-09-06",
         "ends: 2017-09-08",
     )
+    stale = tmp_path / "stale-site"
+    _publish(root, stale, "--now", "2017-07-01T00:00:00+00:00")
+    french = (stale / "2017-06" / "01-7msp-save-the-date.fr.ics").read_text()
+    assert "Save the date" in french  # not reviewed since the English changed: English
+    # Reviewed: the translator's French (its own dates follow the English item's).
+    stamp = ["translations", str(root / "2017-06"), "--recipients", str(SAMPLE_RECIPIENTS)]
+    assert CliRunner().invoke(app, [*stamp, "--stamp", "01-7msp-save-the-date"]).exit_code == 0
     site = tmp_path / "site"
     _publish(root, site, "--now", "2017-07-01T00:00:00+00:00")
     events = {}
@@ -669,4 +676,6 @@ def test_the_organizations_logo_heads_every_readers_page(tmp_path: Path) -> None
     tag = f'<img class="logo" src="{logo}" alt="ISU-CCM"'
     assert all(tag in page.read_text() for page in site.rglob("*.html"))
     settings = make_settings(logo_url=logo, MAILER_FROM="ISU-CCM <newsletter@isu.example.org>")
-    assert tag in bytes(_Pages(settings).answer("done", "fr", 200).body).decode()
+    answer = _Pages(settings).answer("done", "fr", 200)
+    assert tag in bytes(answer.body).decode()
+    assert "img-src https:" in answer.headers["content-security-policy"]  # else never shown

@@ -128,3 +128,32 @@ def test_check_shows_the_english_change_from_git_history(copy_sample: Sample) ->
     text = " ".join(result.output.split())
     assert "01-7msp-save-the-date.fr: the English item changed" in text
     assert "English change: [-2017-08-18-]{+2017-08-25+}" in text
+
+
+def test_the_id_is_the_same_for_a_windows_checkout() -> None:
+    """A CRLF checkout (core.autocrlf) showed every stamped translation stale."""
+    assert blob_id(b"title: x\r\n") == blob_id(b"title: x\n")
+
+
+def test_stamping_writes_into_the_front_matter_and_keeps_line_ends(copy_sample: Sample) -> None:
+    bulletin, recipients = copy_sample()
+    french = bulletin / f"{ITEM}.fr.md"
+    text = french.read_text(encoding="utf-8").replace("source:", "# old source:")
+    # The loader closes the front matter with ' ---' too; the file is saved with CRLF.
+    head, body = text.split("\n---\n", 1)
+    french.write_bytes((head + "\n ---\n" + body).replace("\n", "\r\n").encode())
+    stamped = _cli(
+        "translations",
+        str(bulletin),
+        "--recipients",
+        str(recipients),
+        "--stamp",
+        f"{ITEM.split('/')[1]}.fr",
+    )
+    assert stamped.exit_code == 0, stamped.output
+    data = french.read_bytes()
+    assert data.count(b"\r\n") == data.count(b"\n")  # still CRLF throughout
+    front, _, rest = data.partition(b"\r\n ---\r\n")
+    assert b"\r\nsource: " in front and b"source:" not in rest.replace(b"# old source:", b"")
+    row = next(line for line in stamped.output.splitlines() if line.startswith("│ 01-7msp"))
+    assert "current" in row
