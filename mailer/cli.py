@@ -460,6 +460,13 @@ def report(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the figures as JSON only.")
     ] = False,
+    as_markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the key figures as a Markdown table only.")
+    ] = False,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", metavar="RUN", help="Only the issues this scheduled run touched."),
+    ] = None,
     recipients: RecipientsOpt = None,
 ) -> None:
     """One self-contained page (no network, no script): per issue, trends across issues,
@@ -478,6 +485,10 @@ def report(
     built = reporting.build(settings.ledger_dir, recipients or settings.recipients_dir, start)
     if as_json:
         sys.stdout.write(json.dumps(built.as_json(), indent=2) + "\n")
+        return
+    if as_markdown:
+        only = reporting.touched_by(settings.ledger_dir, run) if run is not None else None
+        sys.stdout.write(reporting.markdown(built, only))
         return
     page = reporting.render(built, settings.list_display_name, settings.templates_dir, date.today())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -380,3 +380,33 @@ def _duration(figures: IssueFigures) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+SUMMARY_ISSUES = 20  # a job summary holds the touched issues, far under GitHub's 1 MiB
+
+
+def touched_by(ledger_dir: Path, run: str) -> set[str]:
+    """The issues whose ledger holds a record of scheduled run ``run``."""
+    ledgers = LedgerDir(ledger_dir)
+    return {
+        issue
+        for issue in ledgers.issues()
+        if any(r.run == run for r in ledgers.records(issue, skip_damaged=True))
+    }
+
+
+def markdown(report: Report, only: set[str] | None = None) -> str:
+    """The key figures as a Markdown table: the workflow's job summary."""
+    rows = [f for f in report.issues if only is None or f.issue in only][:SUMMARY_ISSUES]
+    lines = [
+        "| issue | sent | failed | unfinished | unsubscribes* | complaints* |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in rows:
+        counts = (f.sent, f.failed, f.unfinished, f.unsubscribes, f.complaints)
+        lines.append(f"| {f.issue} | " + " | ".join(str(n) for n in counts) + " |")
+    if not rows:
+        lines.append("| (none) | | | | | |")
+    lines.append("")
+    lines.append(f"\\* within {ATTRIBUTION_DAYS} days after the issue's first message.")
+    return "\n".join(lines) + "\n"

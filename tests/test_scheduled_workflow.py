@@ -5,6 +5,7 @@ second send), and the pull-request preview against a real git history."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,28 @@ def test_two_scheduled_runs_in_a_row_send_once(
     second = ci_run(remote, tmp_path, server, "101-1")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "complete" in second.stdout and len(server.received) == 13
+
+
+def test_the_job_summary_shows_the_issues_the_run_touched(
+    remote: Path, tmp_path: Path, server: Server
+) -> None:
+    first = ci_run(remote, tmp_path, server, "150-1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    checkout = tmp_path / "run-150-1"
+    step_summary = tmp_path / "step-summary.md"
+    env = script_env(**cli_env(server.port, Path("ledger")), RUN_ID="150-1")
+    env["GITHUB_STEP_SUMMARY"] = str(step_summary)
+    done = run_script(checkout, "summary.sh", env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = step_summary.read_text()
+    assert "## Dispatch run 150-1" in summary
+    assert "| 2017-03 | 13 | 0 | 0 |" in summary  # sent, failed, unfinished
+    assert len(summary.encode()) < 64 * 1024  # far under GitHub's 1 MiB a step
+    page = (checkout / "reports" / "health.html").read_text()
+    assert "List health" in page
+    assert re.search(r"[\w.+-]+@[\w-]+\.\w", page) is None  # counts and domains, no address
+    other = run_script(checkout, "summary.sh", {**env, "RUN_ID": "999-1"})
+    assert other.returncode == 0 and "(none)" in (checkout / "summary.md").read_text()
 
 
 def test_outcomes_lost_after_sending_make_the_next_run_refuse(
