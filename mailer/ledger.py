@@ -481,6 +481,12 @@ class LedgerDir:
         of every report; the issue's own send, status and dispatch still refuse it."""
         return read_records(self.path(issue), skip_damaged=skip_damaged)
 
+    def lines(self, issue: str) -> Iterator[dict[str, Any]]:
+        """Every complete line as parsed JSON, for readers that stream a whole ledger
+        once (the health report): no Record is built; a damaged line is an error."""
+        for _, _, data in _raw_records(self.path(issue)):
+            yield data
+
     def state(self, issue: str, *, with_segments: bool = False) -> State:
         """Where each reader of the issue stands (see :class:`State`)."""
         return State.load(self.path(issue), with_segments=with_segments)

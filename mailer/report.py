@@ -106,53 +106,85 @@ def _figures_json(figures: IssueFigures) -> dict[str, Any]:
     return data
 
 
+@dataclass
+class _Scan:
+    """What one pass over an issue's ledger gathers (per reader: the last outcome)."""
+
+    last: dict[str, str] = field(default_factory=dict)
+    segments: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # last failure
+    first: str | None = None
+    final: str | None = None
+    pauses: int = 0
+    bounces: list[Record] = field(default_factory=list)
+
+
+_MAILED = {
+    str(o) for o in (Outcome.ATTEMPT, Outcome.SENT, Outcome.FAILED, Outcome.DEFERRED, Outcome.HELD)
+}
+
+
+def _scan(ledgers: LedgerDir, issue: str) -> _Scan:
+    """One streaming pass over the issue's ledger (1.6 million lines take seconds)."""
+    scan = _Scan()
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for data in ledgers.lines(issue):
+        outcome = data.get("outcome")
+        if outcome in _MAILED:
+            address = str(data.get("recipient", "")).lower()
+            scan.last[address] = outcome
+            if segments := data.get("segments"):
+                key = tuple(segments)
+                scan.segments[address] = shared.setdefault(key, key)
+            if outcome in ("failed", "deferred"):
+                scan.replies[address] = (data.get("code"), str(data.get("reply") or ""))
+            if outcome == "sent":
+                moment = str(data.get("time", ""))
+                if scan.first is None or moment < scan.first:
+                    scan.first = moment
+                if scan.final is None or moment > scan.final:
+                    scan.final = moment
+        elif outcome == Outcome.PAUSED:
+            scan.pauses += 1
+        elif outcome == Outcome.BOUNCE:
+            scan.bounces.append(Record.from_dict(data))
+    return scan
+
+
 def issue_figures(
-    ledgers: LedgerDir, issue: str, removed: list[suppressions.Entry]
+    ledgers: LedgerDir, issue: str, removed: list[suppressions.Entry], scan: _Scan | None = None
 ) -> IssueFigures:
     """One issue's figures; ``removed`` are the rows of suppressions.csv."""
     from mailer.bounces import returned  # the bounce reader's one reading of its records
     from mailer.status import returned_counts
 
-    figures = IssueFigures(issue)
-    state = ledgers.state(issue, with_segments=True)
-    dead: set[str] = set()
-    policy: set[str] = set()
-    for address, (outcome, _) in state.last.items():
+    scan = scan or _scan(ledgers, issue)
+    figures = IssueFigures(issue, first=scan.first, last=scan.final, pauses=scan.pauses)
+    for address, outcome in scan.last.items():
         figures.targeted += 1
         figures.sent += outcome == Outcome.SENT
         figures.failed += outcome == Outcome.FAILED
         figures.in_doubt += outcome == Outcome.ATTEMPT
         figures.unfinished += outcome in (Outcome.DEFERRED, Outcome.HELD, Outcome.ATTEMPT)
-        for segment in state.segments.get(address, ()):
+        for segment in scan.segments.get(address, ()):
             figures.segments[segment] = figures.segments.get(segment, 0) + 1
-    failed_now = {a for a, (outcome, _) in state.last.items() if outcome == Outcome.FAILED}
-    for address in failed_now:
-        record = state.unfinished.get(address)
-        if record is not None and read_reply(record.code, record.reply).mailbox_gone:
-            dead.add(address)
-    times: list[str] = []
-    bounce_records: list[Record] = []
-    for record in ledgers.records(issue):
-        if record.outcome == Outcome.SENT:
-            times.append(record.time)
-        elif record.outcome == Outcome.PAUSED:
-            figures.pauses += 1
-        elif record.outcome == Outcome.BOUNCE:
-            bounce_records.append(record)
-            kind = returned(record)
-            if kind is Returned.HARD:
-                dead.add(record.recipient.lower())
-            elif kind is Returned.REFUSED:
-                policy.add(record.recipient.lower())
-    figures.bounces, _ = returned_counts(bounce_records)
+    failed_now = {a for a, outcome in scan.last.items() if outcome == Outcome.FAILED}
+    dead = {a for a in failed_now if read_reply(*scan.replies.get(a, (None, ""))).mailbox_gone}
+    policy: set[str] = set()
+    for record in scan.bounces:
+        kind = returned(record)
+        if kind is Returned.HARD:
+            dead.add(record.recipient.lower())
+        elif kind is Returned.REFUSED:
+            policy.add(record.recipient.lower())
+    figures.bounces, _ = returned_counts(scan.bounces)
     figures.soft = figures.bounces.get("soft", 0)
     figures.dead = len(dead)
     figures.policy = len(policy - dead)
     figures.other_failed = len(failed_now - dead - policy)
-    if times:
-        figures.first, figures.last = min(times), max(times)
-        reached = {a for a, (o, _) in state.last.items() if o == Outcome.SENT}
-        figures.unsubscribes, figures.complaints = _after(figures.first, reached, removed)
+    if scan.first is not None:
+        reached = {a for a, outcome in scan.last.items() if outcome == Outcome.SENT}
+        figures.unsubscribes, figures.complaints = _after(scan.first, reached, removed)
     return figures
 
 
@@ -183,8 +215,10 @@ def build(ledger_dir: Path, recipients_dir: Path, since: date | None = None) -> 
     ledgers = LedgerDir(ledger_dir)
     removed = suppressions.entries(recipients_dir)
     issues = []
+    domains = _DomainTally()
     for issue in ledgers.issues():
-        figures = issue_figures(ledgers, issue, removed)
+        scan = _scan(ledgers, issue)
+        figures = issue_figures(ledgers, issue, removed, scan)
         if figures.first is None and figures.targeted == 0:
             continue
         if (
@@ -194,10 +228,11 @@ def build(ledger_dir: Path, recipients_dir: Path, since: date | None = None) -> 
         ):
             continue
         issues.append(figures)
+        domains.add(scan)
     issues.sort(key=lambda f: f.first or "", reverse=True)
     return Report(
         issues=issues,
-        domains=_domains(ledgers, [f.issue for f in issues]),
+        domains=domains.rows(),
         suppressions_by_reason=_by_reason_and_month(removed, since),
         totals=_totals(issues),
     )
@@ -224,51 +259,56 @@ def _totals(issues: list[IssueFigures]) -> IssueFigures:
     return total
 
 
-def _domains(ledgers: LedgerDir, issues: list[str]) -> list[DomainFigures]:
+class _DomainTally:
     """Receiving domains by failures and deferrals over the issues, small ones grouped."""
-    from mailer.bounces import returned
 
-    readers: Counter[str] = Counter()
-    failed: Counter[str] = Counter()
-    refused: Counter[str] = Counter()
-    deferred: Counter[str] = Counter()
-    replies: dict[str, Counter[str]] = {}
-    for issue in issues:
-        state = ledgers.state(issue)
-        for address, (outcome, _) in state.last.items():
+    def __init__(self) -> None:
+        self.readers: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.deferred: Counter[str] = Counter()
+        self.replies: dict[str, Counter[str]] = {}
+
+    def add(self, scan: _Scan) -> None:
+        from mailer.bounces import returned
+
+        for address, outcome in scan.last.items():
             domain = address.rpartition("@")[2]
-            readers[domain] += 1
-            failed[domain] += outcome == Outcome.FAILED
-            deferred[domain] += outcome == Outcome.DEFERRED
-        for record in (*state.unfinished.values(),):
-            domain = record.recipient.lower().rpartition("@")[2]
-            replies.setdefault(domain, Counter())[
-                f"{record.code or ''} {record.reply or ''}".strip()[:120]
-            ] += 1
-        for record in ledgers.records(issue):
-            if record.outcome == Outcome.BOUNCE and returned(record) is Returned.REFUSED:
+            self.readers[domain] += 1
+            if outcome == Outcome.FAILED:
+                self.failed[domain] += 1
+            elif outcome == Outcome.DEFERRED:
+                self.deferred[domain] += 1
+            else:
+                continue
+            code, reply = scan.replies.get(address, (None, ""))
+            self.replies.setdefault(domain, Counter())[f"{code or ''} {reply}".strip()[:120]] += 1
+        for record in scan.bounces:
+            if returned(record) is Returned.REFUSED:
                 domain = record.recipient.lower().rpartition("@")[2]
-                refused[domain] += 1
-                replies.setdefault(domain, Counter())[(record.reply or "")[:120]] += 1
-    rows: dict[str, DomainFigures] = {}
-    for domain in readers:
-        if not (failed[domain] or refused[domain] or deferred[domain]):
-            continue
-        name = domain if readers[domain] >= SMALL_DOMAIN else "other"
-        row = rows.setdefault(name, DomainFigures(name, 0, 0, 0, 0, "", False))
-        row.readers += readers[domain]
-        row.failed += failed[domain]
-        row.refused += refused[domain]
-        row.deferred += deferred[domain]
-        if name != "other" and replies.get(domain):
-            row.reply = replies[domain].most_common(1)[0][0]
-    for row in rows.values():
-        row.refusing = (
-            row.domain != "other"
-            and row.refused >= REFUSING_READERS
-            and row.refused * 2 > row.readers
-        )
-    return sorted(rows.values(), key=lambda r: (-(r.failed + r.refused + r.deferred), r.domain))
+                self.refused[domain] += 1
+                self.replies.setdefault(domain, Counter())[(record.reply or "")[:120]] += 1
+
+    def rows(self) -> list[DomainFigures]:
+        rows: dict[str, DomainFigures] = {}
+        for domain, readers in self.readers.items():
+            if not (self.failed[domain] or self.refused[domain] or self.deferred[domain]):
+                continue
+            name = domain if readers >= SMALL_DOMAIN else "other"
+            row = rows.setdefault(name, DomainFigures(name, 0, 0, 0, 0, "", False))
+            row.readers += readers
+            row.failed += self.failed[domain]
+            row.refused += self.refused[domain]
+            row.deferred += self.deferred[domain]
+            if name != "other" and self.replies.get(domain):
+                row.reply = self.replies[domain].most_common(1)[0][0]
+        for row in rows.values():
+            row.refusing = (
+                row.domain != "other"
+                and row.refused >= REFUSING_READERS
+                and row.refused * 2 > row.readers
+            )
+        return sorted(rows.values(), key=lambda r: (-(r.failed + r.refused + r.deferred), r.domain))
 
 
 def _by_reason_and_month(
