@@ -482,7 +482,11 @@ def report(
             start = date.fromisoformat(since)
         except ValueError:
             raise InputError(f"'{since}' is not a date (YYYY-MM-DD).", field="--since") from None
-    built = reporting.build(settings.ledger_dir, recipients or settings.recipients_dir, start)
+    from mailer.sync import load_state
+
+    built = reporting.build(
+        settings.ledger_dir, recipients or settings.recipients_dir, start, load_state(settings)
+    )
     if as_json:
         sys.stdout.write(json.dumps(built.as_json(), indent=2) + "\n")
         return

@@ -86,6 +86,9 @@ class Record:
     reply: str | None = None
     time: str = ""
     run: str | None = None
+    # The reader's language when the message went (written since the health report's
+    # language trends; older records have none).
+    language: str | None = None
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -100,6 +103,8 @@ class Record:
         }
         if self.run:
             data["run"] = self.run
+        if self.language:
+            data["language"] = self.language
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -150,6 +155,7 @@ class Record:
             reply=data.get("reply"),
             time=data.get("time", ""),
             run=data.get("run"),
+            language=data.get("language"),
         )
 
 

@@ -120,6 +120,7 @@ class Recorder:
             reply=text,
             time=self.now(),
             run=self.run_id,
+            language=message.recipient.language,
         )
         self._write(record, pending)
         return record

@@ -56,6 +56,7 @@ class IssueFigures:
     complaints: int = 0  # likewise
     pauses: int = 0  # the send stopped at a quota and went on in a later run
     segments: dict[str, int] = field(default_factory=dict)  # readers per segment
+    languages: dict[str, int] = field(default_factory=dict)  # readers per language, if recorded
     bounces: dict[str, int] = field(default_factory=dict)  # as mailer status --json
 
     @property
@@ -88,6 +89,10 @@ class Report:
     domains: list[DomainFigures]
     suppressions_by_reason: dict[str, dict[str, int]]  # reason -> month -> count
     totals: IssueFigures
+    # Addresses on today's lists (not suppressed) that no issue ever reached.
+    never_reached: int = 0
+    # Per sync source (endpoint, mailbox): when it last succeeded (ISO 8601), if ever.
+    last_syncs: dict[str, str | None] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,8 @@ class Report:
             "totals": _figures_json(self.totals),
             "domains": [asdict(d) for d in self.domains],
             "suppressions_by_reason": self.suppressions_by_reason,
+            "never_reached": self.never_reached,
+            "last_syncs": self.last_syncs,
         }
 
 
@@ -112,6 +119,7 @@ class _Scan:
 
     last: dict[str, str] = field(default_factory=dict)
     segments: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    languages: dict[str, str] = field(default_factory=dict)
     replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # last failure
     first: str | None = None
     final: str | None = None
@@ -136,6 +144,8 @@ def _scan(ledgers: LedgerDir, issue: str) -> _Scan:
             if segments := data.get("segments"):
                 key = tuple(segments)
                 scan.segments[address] = shared.setdefault(key, key)
+            if isinstance(language := data.get("language"), str):
+                scan.languages[address] = language
             if outcome in ("failed", "deferred"):
                 scan.replies[address] = (data.get("code"), str(data.get("reply") or ""))
             if outcome == "sent":
@@ -168,6 +178,8 @@ def issue_figures(
         figures.unfinished += outcome in (Outcome.DEFERRED, Outcome.HELD, Outcome.ATTEMPT)
         for segment in scan.segments.get(address, ()):
             figures.segments[segment] = figures.segments.get(segment, 0) + 1
+        if (language := scan.languages.get(address)) is not None:
+            figures.languages[language] = figures.languages.get(language, 0) + 1
     failed_now = {a for a, outcome in scan.last.items() if outcome == Outcome.FAILED}
     dead = {a for a in failed_now if read_reply(*scan.replies.get(a, (None, ""))).mailbox_gone}
     policy: set[str] = set()
@@ -210,14 +222,22 @@ def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> 
     return unsubscribes, complaints
 
 
-def build(ledger_dir: Path, recipients_dir: Path, since: date | None = None) -> Report:
-    """The report over every issue whose first message is on or after ``since``."""
+def build(
+    ledger_dir: Path,
+    recipients_dir: Path,
+    since: date | None = None,
+    sync_state: dict[str, Any] | None = None,
+) -> Report:
+    """The report over every issue whose first message is on or after ``since``;
+    ``sync_state`` (sync.load_state) gives the age of each source's last sync."""
     ledgers = LedgerDir(ledger_dir)
     removed = suppressions.entries(recipients_dir)
     issues = []
     domains = _DomainTally()
+    reached: set[str] = set()
     for issue in ledgers.issues():
         scan = _scan(ledgers, issue)
+        reached.update(a for a, outcome in scan.last.items() if outcome == Outcome.SENT)
         figures = issue_figures(ledgers, issue, removed, scan)
         if figures.first is None and figures.targeted == 0:
             continue
@@ -235,7 +255,28 @@ def build(ledger_dir: Path, recipients_dir: Path, since: date | None = None) -> 
         domains=domains.rows(),
         suppressions_by_reason=_by_reason_and_month(removed, since),
         totals=_totals(issues),
+        never_reached=_never_reached(recipients_dir, reached, {e.address for e in removed}),
+        last_syncs={
+            source: (sync_state or {}).get(source, {}).get("last_success")
+            for source in ("endpoint", "mailbox")
+            if source in (sync_state or {})
+        },
     )
+
+
+def _never_reached(directory: Path, reached: set[str], suppressed: set[str]) -> int:
+    """Addresses of today's lists, not suppressed, that no issue's ledger shows sent."""
+    from mailer.recipients import available_segments
+    from mailer.spreadsheet import read_sheet
+
+    on_lists: set[str] = set()
+    for segment in available_segments(directory):
+        for _, row in read_sheet(directory / f"{segment}.csv").rows():
+            try:
+                on_lists.add(suppressions.normalize_address(row.get("email", "")).lower())
+            except ValueError:
+                continue  # loading the list reports it
+    return len(on_lists - reached - suppressed)
 
 
 def _totals(issues: list[IssueFigures]) -> IssueFigures:
@@ -368,6 +409,8 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
         small=SMALL_DOMAIN,
         hygiene=report.suppressions_by_reason,
         hygiene_months=months,
+        never_reached=report.never_reached,
+        last_syncs=report.last_syncs,
         period=period,
         made=today.isoformat(),
     )
@@ -377,6 +420,15 @@ def _chart_specs(
     issues: list[IssueFigures],
 ) -> list[tuple[str, dict[str, list[float]], bool, str]]:
     segments = sorted({s for f in issues for s in f.segments})
+    languages = sorted({lang for f in issues for lang in f.languages})
+    by_language = [
+        (
+            "Readers per language, issue by issue",
+            {lang: [float(f.languages.get(lang, 0)) for f in issues] for lang in languages},
+            False,
+            "Counted from the issues whose ledger records each reader's language.",
+        )
+    ]
     return [
         (
             "Readers per segment, issue by issue",
@@ -399,6 +451,7 @@ def _chart_specs(
             True,
             "Gmail reports no complaints per message: its rate is in Google Postmaster Tools.",
         ),
+        *(by_language if languages else []),
     ]
 
 

@@ -49,6 +49,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         ],
     )
     day = first[:10]
+    with (recipients / "states.csv").open("a", encoding="utf-8") as handle:
+        handle.write("newcomer@example.org,New Reader,Mission,Chile,es\n")  # never mailed yet
     with (recipients / "suppressions.csv").open("a", encoding="utf-8") as handle:
         handle.write(f"geneva.mission@example.net,one-click unsubscribe,{day}\n")
         handle.write(f"seminar.desk@example.net,unsubscribe request by mail,{day}\n")
@@ -89,7 +91,11 @@ def test_every_issues_figures_agree_with_mailer_status(
         1,
     )
     assert (june["unsubscribes"], june["complaints"], june["pauses"]) == (2, 1, 1)
+    # Each record now keeps the reader's language: the language trend counts every reader.
+    assert set(june["languages"]) == {"en", "fr", "es"}
+    assert sum(june["languages"].values()) == june["targeted"]
     assert report["totals"]["sent"] == june["sent"] + report["issues"][1]["sent"]
+    assert report["never_reached"] == 1  # the newcomer (research@ is suppressed, not counted)
 
 
 def test_the_report_holds_no_address_and_no_token(history: tuple[Path, dict[str, str]]) -> None:
