@@ -57,6 +57,9 @@ class IssueFigures:
     pauses: int = 0  # the send stopped at a quota and went on in a later run
     segments: dict[str, int] = field(default_factory=dict)  # readers per segment
     languages: dict[str, int] = field(default_factory=dict)  # readers per language, if recorded
+    # Per feedback-loop provider: readers reached there, and their complaints.
+    provider_sent: dict[str, int] = field(default_factory=dict)
+    provider_complaints: dict[str, int] = field(default_factory=dict)
     bounces: dict[str, int] = field(default_factory=dict)  # as mailer status --json
 
     @property
@@ -197,15 +200,56 @@ def issue_figures(
     if scan.first is not None:
         reached = {a for a, outcome in scan.last.items() if outcome == Outcome.SENT}
         figures.unsubscribes, figures.complaints = _after(scan.first, reached, removed)
+        figures.provider_sent, figures.provider_complaints = _complaints_by_provider(
+            scan.first, reached, removed
+        )
     return figures
 
 
-def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> tuple[int, int]:
-    """Unsubscribes and complaints of readers the issue reached, written within
-    ATTRIBUTION_DAYS after its first message (the file keeps the day only)."""
+# Mailbox providers that send a feedback-loop (ARF) report for each complaint, by the
+# domains of their users. Gmail sends none per message: its rate is in Postmaster Tools.
+FEEDBACK_LOOPS = {
+    "Yahoo and AOL": ("yahoo.", "ymail.com", "rocketmail.com", "aol.", "aim.com"),
+    "Microsoft (Outlook.com)": ("outlook.", "hotmail.", "live.", "msn.com", "windowslive.com"),
+    "Comcast": ("comcast.net",),
+}
+# Yahoo asks bulk senders to stay under this complaint rate (and Gmail's Postmaster Tools
+# shows the same line).
+COMPLAINT_LIMIT = 0.003
+
+
+def provider(domain: str) -> str | None:
+    """The feedback-loop provider whose users hold ``domain``, if any."""
+    for name, prefixes in FEEDBACK_LOOPS.items():
+        if any(domain == p or domain.startswith(p) for p in prefixes):
+            return name
+    return None
+
+
+def _complaints_by_provider(
+    first: str, reached: set[str], removed: list[suppressions.Entry]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per feedback-loop provider: readers the issue reached there, and their complaints
+    within ATTRIBUTION_DAYS."""
+    sent: dict[str, int] = {}
+    for address in reached:
+        if (name := provider(address.rpartition("@")[2])) is not None:
+            sent[name] = sent.get(name, 0) + 1
+    complaints: dict[str, int] = {}
+    for entry in _within(first, reached, removed):
+        name = provider(entry.address.rpartition("@")[2])
+        if name is not None and entry.reason.startswith("complaint"):
+            complaints[name] = complaints.get(name, 0) + 1
+    return sent, complaints
+
+
+def _within(
+    first: str, reached: set[str], removed: list[suppressions.Entry]
+) -> list[suppressions.Entry]:
+    """Rows of readers the issue reached, written within ATTRIBUTION_DAYS after it."""
     start = datetime.fromisoformat(first).date()
     end = start + timedelta(days=ATTRIBUTION_DAYS)
-    unsubscribes = complaints = 0
+    found = []
     for entry in removed:
         if entry.address not in reached or entry.day is None:
             continue
@@ -213,8 +257,16 @@ def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> 
             day = date.fromisoformat(entry.day)
         except ValueError:
             continue
-        if not start <= day < end:
-            continue
+        if start <= day < end:
+            found.append(entry)
+    return found
+
+
+def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> tuple[int, int]:
+    """Unsubscribes and complaints of readers the issue reached, written within
+    ATTRIBUTION_DAYS after its first message (the file keeps the day only)."""
+    unsubscribes = complaints = 0
+    for entry in _within(first, reached, removed):
         if entry.reason.startswith("complaint"):
             complaints += 1
         elif entry.reason in _UNSUBSCRIBE_REASONS:
@@ -376,8 +428,15 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
     from markupsafe import Markup
 
     rendered: list[dict[str, Any]] = []
-    for title, series, percent, note in _chart_specs(oldest_first):
-        drawn = charts.line_chart(title, labels, series, percent=percent)
+    for title, series, percent, note, limit in _chart_specs(oldest_first):
+        drawn = charts.line_chart(
+            title,
+            labels,
+            series,
+            percent=percent,
+            limit=limit,
+            limit_label=f"{limit:.1%}" if limit else "",
+        )
         rendered.append(
             {
                 "title": title,
@@ -418,7 +477,7 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
 
 def _chart_specs(
     issues: list[IssueFigures],
-) -> list[tuple[str, dict[str, list[float]], bool, str]]:
+) -> list[tuple[str, dict[str, list[float]], bool, str, float | None]]:
     segments = sorted({s for f in issues for s in f.segments})
     languages = sorted({lang for f in issues for lang in f.languages})
     by_language = [
@@ -427,6 +486,7 @@ def _chart_specs(
             {lang: [float(f.languages.get(lang, 0)) for f in issues] for lang in languages},
             False,
             "Counted from the issues whose ledger records each reader's language.",
+            None,
         )
     ]
     return [
@@ -435,12 +495,14 @@ def _chart_specs(
             {s: [float(f.segments.get(s, 0)) for f in issues] for s in segments},
             False,
             "",
+            None,
         ),
         (
             "Delivered, of the readers each issue was sent to",
             {"delivered": [f.delivery_rate for f in issues]},
             True,
             "",
+            None,
         ),
         (
             "Dead mailboxes and unsubscribes, issue by issue",
@@ -450,8 +512,39 @@ def _chart_specs(
             },
             True,
             "Gmail reports no complaints per message: its rate is in Google Postmaster Tools.",
+            None,
         ),
         *(by_language if languages else []),
+        *_complaint_chart(issues),
+    ]
+
+
+def _complaint_chart(
+    issues: list[IssueFigures],
+) -> list[tuple[str, dict[str, list[float]], bool, str, float | None]]:
+    """Complaint rate per feedback-loop provider (its reports ÷ our mail to its users)."""
+    names = sorted({name for f in issues for name in f.provider_sent})
+    if not names:
+        return []
+    rates = {
+        name: [
+            f.provider_complaints.get(name, 0) / f.provider_sent[name]
+            if f.provider_sent.get(name)
+            else 0.0
+            for f in issues
+        ]
+        for name in names
+    }
+    return [
+        (
+            "Complaint rate per mailbox provider (its reports, of our mail to its users)",
+            rates,
+            True,
+            f"The dashed line is {COMPLAINT_LIMIT:.1%}, the rate Yahoo asks bulk senders to "
+            "stay under. Gmail sends no report per complaint: its rate is in Google "
+            "Postmaster Tools.",
+            COMPLAINT_LIMIT,
+        )
     ]
 
 

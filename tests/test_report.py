@@ -31,6 +31,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     edit(bulletins / "2017-06" / "bulletin.yaml", "id: 2017-03", "id: 2017-06")
     recipients = root / "recipients"
     shutil.copytree(SAMPLE_RECIPIENTS, recipients)
+    with (recipients / "civil-society.csv").open("a", encoding="utf-8") as handle:
+        handle.write("a.reader@yahoo.com,A Reader,,,en\n")  # a feedback-loop provider's user
     env = cli_env(1, root / "ledger")
     with Server(Behaviour(reject_rcpt=DEAD)) as relay:
         env = {**cli_env(relay.port, root / "ledger")}
@@ -55,6 +57,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         handle.write(f"geneva.mission@example.net,one-click unsubscribe,{day}\n")
         handle.write(f"seminar.desk@example.net,unsubscribe request by mail,{day}\n")
         handle.write(f"survivors@example.com,complaint (abuse),{day}\n")
+        handle.write(f"a.reader@yahoo.com,complaint (abuse),{day}\n")
     return root, env
 
 
@@ -82,15 +85,18 @@ def test_every_issues_figures_agree_with_mailer_status(
     march = report["issues"][1]
     # research@ was refused as a dead mailbox in March, suppressed, and not mailed in June;
     # in June delegation@ bounced hard, focal.point@ was refused for policy later.
-    assert (march["sent"], march["failed"], march["dead"]) == (12, 1, 1)
+    assert (march["sent"], march["failed"], march["dead"]) == (13, 1, 1)
     assert (june["sent"], june["failed"], june["dead"], june["policy"], june["soft"]) == (
-        12,
+        13,
         0,
         1,
         1,
         1,
     )
-    assert (june["unsubscribes"], june["complaints"], june["pauses"]) == (2, 1, 1)
+    assert (june["unsubscribes"], june["complaints"], june["pauses"]) == (2, 2, 1)
+    # Yahoo's complaints over our mail to Yahoo's users: one of one.
+    assert june["provider_sent"] == {"Yahoo and AOL": 1}
+    assert june["provider_complaints"] == {"Yahoo and AOL": 1}
     # Each record now keeps the reader's language: the language trend counts every reader.
     assert set(june["languages"]) == {"en", "fr", "es"}
     assert sum(june["languages"].values()) == june["targeted"]
