@@ -485,7 +485,11 @@ def report(
     from mailer.sync import load_state
 
     built = reporting.build(
-        settings.ledger_dir, recipients or settings.recipients_dir, start, load_state(settings)
+        settings.ledger_dir,
+        recipients or settings.recipients_dir,
+        start,
+        load_state(settings),
+        settings.bounce_soft_limit,
     )
     if as_json:
         sys.stdout.write(json.dumps(built.as_json(), indent=2) + "\n")

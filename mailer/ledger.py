@@ -487,6 +487,12 @@ class LedgerDir:
         of every report; the issue's own send, status and dispatch still refuse it."""
         return read_records(self.path(issue), skip_damaged=skip_damaged)
 
+    def started(self, issue: str) -> str:
+        """The time of the issue's first record ("" when it has none): send order."""
+        for _, _, data in _lenient_lines(self.path(issue)):
+            return str(data.get("time", ""))
+        return ""
+
     def lines(self, issue: str) -> Iterator[dict[str, Any]]:
         """Every complete line as parsed JSON, for readers that stream a whole ledger
         once (the health report): no Record is built; a damaged line is an error."""

@@ -96,6 +96,8 @@ class Report:
     never_reached: int = 0
     # Per sync source (endpoint, mailbox): when it last succeeded (ISO 8601), if ever.
     last_syncs: dict[str, str | None] = field(default_factory=dict)
+    # Readers one soft bounce short of MAILER_BOUNCE_SOFT_LIMIT (issues in a row).
+    near_soft_limit: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class Report:
             "suppressions_by_reason": self.suppressions_by_reason,
             "never_reached": self.never_reached,
             "last_syncs": self.last_syncs,
+            "near_soft_limit": self.near_soft_limit,
         }
 
 
@@ -279,6 +282,7 @@ def build(
     recipients_dir: Path,
     since: date | None = None,
     sync_state: dict[str, Any] | None = None,
+    soft_limit: int = 0,
 ) -> Report:
     """The report over every issue whose first message is on or after ``since``;
     ``sync_state`` (sync.load_state) gives the age of each source's last sync."""
@@ -287,9 +291,11 @@ def build(
     issues = []
     domains = _DomainTally()
     reached: set[str] = set()
-    for issue in ledgers.issues():
+    streaks: dict[str, int] = {}  # soft bounces in a row, issue after issue (send order)
+    for issue in sorted(ledgers.issues(), key=ledgers.started):
         scan = _scan(ledgers, issue)
         reached.update(a for a, outcome in scan.last.items() if outcome == Outcome.SENT)
+        _soft_streaks(streaks, scan)
         figures = issue_figures(ledgers, issue, removed, scan)
         if figures.first is None and figures.targeted == 0:
             continue
@@ -302,18 +308,34 @@ def build(
         issues.append(figures)
         domains.add(scan)
     issues.sort(key=lambda f: f.first or "", reverse=True)
+    suppressed = {entry.address for entry in removed}
     return Report(
         issues=issues,
         domains=domains.rows(),
         suppressions_by_reason=_by_reason_and_month(removed, since),
         totals=_totals(issues),
-        never_reached=_never_reached(recipients_dir, reached, {e.address for e in removed}),
+        never_reached=_never_reached(recipients_dir, reached, suppressed),
+        near_soft_limit=sum(
+            1
+            for address, count in streaks.items()
+            if soft_limit >= 2 and count == soft_limit - 1 and address not in suppressed
+        ),
         last_syncs={
             source: (sync_state or {}).get(source, {}).get("last_success")
             for source in ("endpoint", "mailbox")
             if source in (sync_state or {})
         },
     )
+
+
+def _soft_streaks(streaks: dict[str, int], scan: _Scan) -> None:
+    """One issue more of each mailed reader's soft-bounce streak: a soft bounce adds one,
+    any other outcome starts it again (as bounces.soft_failures counts for suppression)."""
+    from mailer.bounces import returned
+
+    soft = {r.recipient.lower() for r in scan.bounces if returned(r) is Returned.SOFT}
+    for address in scan.last:
+        streaks[address] = streaks.get(address, 0) + 1 if address in soft else 0
 
 
 def _never_reached(directory: Path, reached: set[str], suppressed: set[str]) -> int:
@@ -469,6 +491,7 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
         hygiene=report.suppressions_by_reason,
         hygiene_months=months,
         never_reached=report.never_reached,
+        near_soft_limit=report.near_soft_limit,
         last_syncs=report.last_syncs,
         period=period,
         made=today.isoformat(),

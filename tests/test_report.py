@@ -102,6 +102,9 @@ def test_every_issues_figures_agree_with_mailer_status(
     assert sum(june["languages"].values()) == june["targeted"]
     assert report["totals"]["sent"] == june["sent"] + report["issues"][1]["sent"]
     assert report["never_reached"] == 1  # the newcomer (research@ is suppressed, not counted)
+    assert report["near_soft_limit"] == 0  # one soft bounce, of a limit of 3
+    strict = {**env, "MAILER_BOUNCE_SOFT_LIMIT": "2"}
+    assert json.loads(_cli(root, strict, "report", "--json"))["near_soft_limit"] == 1
 
 
 def test_the_report_holds_no_address_and_no_token(history: tuple[Path, dict[str, str]]) -> None:
