@@ -24,6 +24,11 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(app, list(args), env=env or {})
 
 
+def _stamp(bulletin: Path, recipients: Path, name: str) -> Result:
+    """`mailer translations BULLETIN --stamp NAME`, as a translator's reviewer runs it."""
+    return _cli("translations", str(bulletin), "--recipients", str(recipients), "--stamp", name)
+
+
 def _move_the_deadline(bulletin: Path) -> None:
     """The English item changes after its translations were made (and stamped)."""
     edit(bulletin / f"{ITEM}.md", "deadline: 2017-08-18", "deadline: 2017-08-25")
@@ -51,14 +56,7 @@ def test_a_translation_older_than_its_english_blocks_the_send_until_stamped(
         text = " ".join(refused.output.split())
         assert "01-7msp-save-the-date.fr" in text and "--allow-stale-translations" in text
         assert relay.received == [] and not (tmp_path / "ledger").exists()
-        stamped = _cli(
-            "translations",
-            str(bulletin),
-            "--recipients",
-            str(recipients),
-            "--stamp",
-            "01-7msp-save-the-date.fr",
-        )
+        stamped = _stamp(bulletin, recipients, "01-7msp-save-the-date.fr")
         assert "stamped:" in stamped.output and stamped.output.count("stale") == 1  # es left
         still = _cli(*send, env=env)
         assert still.exit_code == 2 and "01-7msp-save-the-date.es" in still.output
@@ -142,14 +140,7 @@ def test_stamping_writes_into_the_front_matter_and_keeps_line_ends(copy_sample: 
     # The loader closes the front matter with ' ---' too; the file is saved with CRLF.
     head, body = text.split("\n---\n", 1)
     french.write_bytes((head + "\n ---\n" + body).replace("\n", "\r\n").encode())
-    stamped = _cli(
-        "translations",
-        str(bulletin),
-        "--recipients",
-        str(recipients),
-        "--stamp",
-        f"{ITEM.split('/')[1]}.fr",
-    )
+    stamped = _stamp(bulletin, recipients, f"{ITEM.split('/')[1]}.fr")
     assert stamped.exit_code == 0, stamped.output
     data = french.read_bytes()
     assert data.count(b"\r\n") == data.count(b"\n")  # still CRLF throughout
