@@ -467,6 +467,20 @@ def report(
         str | None,
         typer.Option("--run", metavar="RUN", help="Only the issues this scheduled run touched."),
     ] = None,
+    segment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--segment", metavar="SEGMENT", help="Only this segment's readers (repeatable)."
+        ),
+    ] = None,
+    addresses: Annotated[
+        bool,
+        typer.Option(
+            "--addresses",
+            help="Also print the addresses behind the hygiene counts, for staff to clean up "
+            "(never written to the page).",
+        ),
+    ] = False,
     recipients: RecipientsOpt = None,
 ) -> None:
     """One self-contained page (no network, no script): per issue, trends across issues,
@@ -490,6 +504,7 @@ def report(
         start,
         load_state(settings),
         settings.bounce_soft_limit,
+        frozenset(segment or ()),
     )
     if as_json:
         sys.stdout.write(json.dumps(built.as_json(), indent=2) + "\n")
@@ -502,6 +517,8 @@ def report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     views.line(f"List health: {len(built.issues)} issue(s). {out}")
+    if addresses:
+        views.hygiene_addresses(built)
 
 
 @app.command(short_help="Read bounce reports from an mbox or a Maildir.")

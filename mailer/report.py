@@ -98,6 +98,10 @@ class Report:
     last_syncs: dict[str, str | None] = field(default_factory=dict)
     # Readers one soft bounce short of MAILER_BOUNCE_SOFT_LIMIT (issues in a row).
     near_soft_limit: int = 0
+    # The addresses behind the two counts above: for the command line's --addresses
+    # only, never in the page or the JSON.
+    never_reached_addresses: list[str] = field(default_factory=list, repr=False)
+    near_soft_limit_addresses: list[str] = field(default_factory=list, repr=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -138,13 +142,16 @@ _MAILED = {
 }
 
 
-def _scan(ledgers: LedgerDir, issue: str) -> _Scan:
-    """One streaming pass over the issue's ledger (1.6 million lines take seconds)."""
+def _scan(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) -> _Scan:
+    """One streaming pass over the issue's ledger (1.6 million lines take seconds);
+    ``only``: the readers of these segments alone (``--segment``)."""
     scan = _Scan()
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for data in ledgers.lines(issue):
         outcome = data.get("outcome")
         if outcome in _MAILED:
+            if only and only.isdisjoint(data.get("segments") or ()):
+                continue
             address = str(data.get("recipient", "")).lower()
             scan.last[address] = outcome
             if segments := data.get("segments"):
@@ -283,6 +290,7 @@ def build(
     since: date | None = None,
     sync_state: dict[str, Any] | None = None,
     soft_limit: int = 0,
+    segments: frozenset[str] = frozenset(),
 ) -> Report:
     """The report over every issue whose first message is on or after ``since``;
     ``sync_state`` (sync.load_state) gives the age of each source's last sync."""
@@ -293,7 +301,7 @@ def build(
     reached: set[str] = set()
     streaks: dict[str, int] = {}  # soft bounces in a row, issue after issue (send order)
     for issue in sorted(ledgers.issues(), key=ledgers.started):
-        scan = _scan(ledgers, issue)
+        scan = _scan(ledgers, issue, segments)
         reached.update(a for a, outcome in scan.last.items() if outcome == Outcome.SENT)
         _soft_streaks(streaks, scan)
         figures = issue_figures(ledgers, issue, removed, scan)
@@ -309,17 +317,21 @@ def build(
         domains.add(scan)
     issues.sort(key=lambda f: f.first or "", reverse=True)
     suppressed = {entry.address for entry in removed}
+    never = _never_reached(recipients_dir, reached, suppressed, segments)
+    near = {
+        address
+        for address, count in streaks.items()
+        if soft_limit >= 2 and count == soft_limit - 1 and address not in suppressed
+    }
     return Report(
         issues=issues,
         domains=domains.rows(),
         suppressions_by_reason=_by_reason_and_month(removed, since),
         totals=_totals(issues),
-        never_reached=_never_reached(recipients_dir, reached, suppressed),
-        near_soft_limit=sum(
-            1
-            for address, count in streaks.items()
-            if soft_limit >= 2 and count == soft_limit - 1 and address not in suppressed
-        ),
+        never_reached=len(never),
+        near_soft_limit=len(near),
+        never_reached_addresses=sorted(never),
+        near_soft_limit_addresses=sorted(near),
         last_syncs={
             source: (sync_state or {}).get(source, {}).get("last_success")
             for source in ("endpoint", "mailbox")
@@ -338,19 +350,24 @@ def _soft_streaks(streaks: dict[str, int], scan: _Scan) -> None:
         streaks[address] = streaks.get(address, 0) + 1 if address in soft else 0
 
 
-def _never_reached(directory: Path, reached: set[str], suppressed: set[str]) -> int:
-    """Addresses of today's lists, not suppressed, that no issue's ledger shows sent."""
+def _never_reached(
+    directory: Path, reached: set[str], suppressed: set[str], segments: frozenset[str]
+) -> set[str]:
+    """Addresses of today's lists (of ``segments``, when given), not suppressed, that no
+    issue's ledger shows sent."""
     from mailer.recipients import available_segments
     from mailer.spreadsheet import read_sheet
 
     on_lists: set[str] = set()
     for segment in available_segments(directory):
+        if segments and segment not in segments:
+            continue
         for _, row in read_sheet(directory / f"{segment}.csv").rows():
             try:
                 on_lists.add(suppressions.normalize_address(row.get("email", "")).lower())
             except ValueError:
                 continue  # loading the list reports it
-    return len(on_lists - reached - suppressed)
+    return on_lists - reached - suppressed
 
 
 def _totals(issues: list[IssueFigures]) -> IssueFigures:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the types only: printing loads no pipeline stage
     from mailer.recipients import RecipientList
     from mailer.recorder import Progress as OnOutcome
     from mailer.recorder import Report
+    from mailer.report import Report as HealthReport
     from mailer.scaffold import NewIssue
     from mailer.status import Status
     from mailer.suppressions import Added
@@ -456,3 +457,15 @@ def new_issue(made: NewIssue) -> None:
         f"Next: edit bulletin.yaml (its EDIT lines and send_at) and each item (delete its "
         f"'draft: true' line, or the file), then: mailer check {made.folder}"
     )
+
+
+def hygiene_addresses(report: HealthReport) -> None:
+    """``mailer report --addresses``: who is behind the hygiene counts (the terminal
+    only; the page and the JSON hold counts)."""
+    for title, found in (
+        ("one soft bounce short of the limit", report.near_soft_limit_addresses),
+        ("on the lists, never reached by an issue", report.never_reached_addresses),
+    ):
+        line(f"{title}: {len(found)}")
+        for address in found:
+            line(f"  {address}")

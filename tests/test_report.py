@@ -149,3 +149,19 @@ def test_the_report_page_passes_axe_and_fits_a_phone(
                 assert overflow <= 0, (scheme, width, overflow)
                 page.close()
         browser.close()
+
+
+def test_addresses_reach_the_terminal_only_and_a_segment_narrows_the_figures(
+    history: tuple[Path, dict[str, str]],
+) -> None:
+    root, env = history
+    out = root / "reports" / "narrow.html"
+    listed = _cli(root, env, "report", "--out", str(out), "--addresses")
+    assert "newcomer@example.org" in listed  # staff see whom to clean up…
+    assert "newcomer@" not in out.read_text(encoding="utf-8")  # …the page never does
+    states = json.loads(_cli(root, env, "report", "--json", "--segment", "states"))
+    every = json.loads(_cli(root, env, "report", "--json"))
+    june, june_all = states["issues"][0], every["issues"][0]
+    assert set(june["segments"]) <= {"states", "international-organizations", "civil-society"}
+    assert 0 < june["targeted"] < june_all["targeted"]
+    assert june["segments"]["states"] == june_all["segments"]["states"]
