@@ -209,9 +209,9 @@ def issue_figures(
     figures.other_failed = len(failed_now - dead - policy)
     if scan.first is not None:
         reached = {a for a, outcome in scan.last.items() if outcome == Outcome.SENT}
-        figures.unsubscribes, figures.complaints = _after(scan.first, reached, removed)
+        figures.unsubscribes, figures.complaints = _after(scan.first, reached, removed, issue)
         figures.provider_sent, figures.provider_complaints = _complaints_by_provider(
-            scan.first, reached, removed
+            scan.first, reached, removed, issue
         )
     return figures
 
@@ -237,7 +237,7 @@ def provider(domain: str) -> str | None:
 
 
 def _complaints_by_provider(
-    first: str, reached: set[str], removed: list[suppressions.Entry]
+    first: str, reached: set[str], removed: list[suppressions.Entry], issue: str = ""
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Per feedback-loop provider: readers the issue reached there, and their complaints
     within ATTRIBUTION_DAYS."""
@@ -246,7 +246,7 @@ def _complaints_by_provider(
         if (name := provider(address.rpartition("@")[2])) is not None:
             sent[name] = sent.get(name, 0) + 1
     complaints: dict[str, int] = {}
-    for entry in _within(first, reached, removed):
+    for entry in _within(first, reached, removed, issue):
         name = provider(entry.address.rpartition("@")[2])
         if name is not None and entry.reason.startswith("complaint"):
             complaints[name] = complaints.get(name, 0) + 1
@@ -254,14 +254,21 @@ def _complaints_by_provider(
 
 
 def _within(
-    first: str, reached: set[str], removed: list[suppressions.Entry]
+    first: str, reached: set[str], removed: list[suppressions.Entry], issue: str = ""
 ) -> list[suppressions.Entry]:
-    """Rows of readers the issue reached, written within ATTRIBUTION_DAYS after it."""
+    """Rows of readers the issue reached: those naming it, and those naming no issue
+    written within ATTRIBUTION_DAYS after it."""
     start = datetime.fromisoformat(first).date()
     end = start + timedelta(days=ATTRIBUTION_DAYS)
     found = []
     for entry in removed:
-        if entry.address not in reached or entry.day is None:
+        if entry.address not in reached:
+            continue
+        if entry.issue is not None:
+            if entry.issue == issue:
+                found.append(entry)
+            continue
+        if entry.day is None:
             continue
         try:
             day = date.fromisoformat(entry.day)
@@ -272,11 +279,14 @@ def _within(
     return found
 
 
-def _after(first: str, reached: set[str], removed: list[suppressions.Entry]) -> tuple[int, int]:
-    """Unsubscribes and complaints of readers the issue reached, written within
-    ATTRIBUTION_DAYS after its first message (the file keeps the day only)."""
+def _after(
+    first: str, reached: set[str], removed: list[suppressions.Entry], issue: str = ""
+) -> tuple[int, int]:
+    """Unsubscribes and complaints of readers the issue reached: the requests naming the
+    issue, and the rows naming none written within ATTRIBUTION_DAYS after its first
+    message."""
     unsubscribes = complaints = 0
-    for entry in _within(first, reached, removed):
+    for entry in _within(first, reached, removed, issue):
         if entry.reason.startswith("complaint"):
             complaints += 1
         elif entry.reason in _UNSUBSCRIBE_REASONS:

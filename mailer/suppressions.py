@@ -92,8 +92,24 @@ class Entry:
     """One row of the file: whom, why, and the day it was written (None when unknown)."""
 
     address: str  # lower case
-    reason: str
+    reason: str  # without the issue (see with_issue)
     day: str | None  # YYYY-MM-DD
+    issue: str | None = None  # the issue the request named, when it named one
+
+
+_ISSUE_IN_REASON = re.compile(r"\s*\(issue ([A-Za-z0-9][A-Za-z0-9._-]*)\)$")
+
+
+def with_issue(reason: str, issue: str) -> str:
+    """``one-click unsubscribe (issue 2017-03)``: the issue a request named, kept in the
+    reason (the file's three columns stay as they are, for every reader and git merge)."""
+    return f"{reason} (issue {issue})" if issue else reason
+
+
+def reason_and_issue(reason: str) -> tuple[str, str | None]:
+    """A row's reason without its issue, and the issue when it names one."""
+    match = _ISSUE_IN_REASON.search(reason)
+    return (reason[: match.start()], match[1]) if match else (reason, None)
 
 
 def entries(directory: Path) -> list[Entry]:
@@ -108,7 +124,8 @@ def entries(directory: Path) -> list[Entry]:
         except ValueError:
             continue  # the loader reports it when a list is loaded
         day = (row.get("date") or "").strip()[:10] or None
-        found.append(Entry(address, (row.get("reason") or "").strip(), day))
+        reason, issue = reason_and_issue((row.get("reason") or "").strip())
+        found.append(Entry(address, reason, day, issue))
     return found
 
 

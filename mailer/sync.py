@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -196,14 +197,21 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
             if not rows:
                 break
             fresh = [
-                r["address"]
+                r
                 for r in rows
                 if r["id"] > applied_before or str(r.get("received", "")) > seen_until
             ]
-            added = suppressions.suppress(recipients_dir, fresh, "one-click unsubscribe")
-            result.added += added.added
-            result.already += len(added.already)
-            result.refused += [address for address, _ in added.refused]
+            # The issue the token named goes into the reason: the health report then
+            # counts the unsubscribe for that issue exactly, not by its day.
+            by_issue: dict[str, list[str]] = {}
+            for r in fresh:
+                by_issue.setdefault(_issue_of(r), []).append(r["address"])
+            for issue, addresses in by_issue.items():
+                reason = suppressions.with_issue("one-click unsubscribe", issue)
+                added = suppressions.suppress(recipients_dir, addresses, reason)
+                result.added += added.added
+                result.already += len(added.already)
+                result.refused += [address for address, _ in added.refused]
             written = [{"id": r["id"], "address": r["address"]} for r in rows]
             _call(settings, "/suppressions/acknowledge", {"database": database, "rows": written})
             after = rows[-1]["id"]
@@ -219,6 +227,16 @@ def _from_endpoint(settings: Settings, recipients_dir: Path, state: dict[str, An
     source["last_success"] = _now()
     _save_state(settings, state)
     return result
+
+
+def _issue_of(row: dict[str, Any]) -> str:
+    """The issue a request names, when it is an id (anything else: none)."""
+    issue = row.get("issue")
+    return (
+        issue
+        if isinstance(issue, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", issue)
+        else ""
+    )
 
 
 def _shown(url: str | None) -> str:

@@ -54,7 +54,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     with (recipients / "states.csv").open("a", encoding="utf-8") as handle:
         handle.write("newcomer@example.org,New Reader,Mission,Chile,es\n")  # never mailed yet
     with (recipients / "suppressions.csv").open("a", encoding="utf-8") as handle:
-        handle.write(f"geneva.mission@example.net,one-click unsubscribe,{day}\n")
+        # A one-click request names its issue (sync writes it so); the others, the day.
+        handle.write(f"geneva.mission@example.net,one-click unsubscribe (issue 2017-06),{day}\n")
         handle.write(f"seminar.desk@example.net,unsubscribe request by mail,{day}\n")
         handle.write(f"survivors@example.com,complaint (abuse),{day}\n")
         handle.write(f"a.reader@yahoo.com,complaint (abuse),{day}\n")
@@ -86,6 +87,7 @@ def test_every_issues_figures_agree_with_mailer_status(
     # research@ was refused as a dead mailbox in March, suppressed, and not mailed in June;
     # in June delegation@ bounced hard, focal.point@ was refused for policy later.
     assert (march["sent"], march["failed"], march["dead"]) == (13, 1, 1)
+    assert march["unsubscribes"] == 1  # the one-click request named June: June's alone
     assert (june["sent"], june["failed"], june["dead"], june["policy"], june["soft"]) == (
         13,
         0,

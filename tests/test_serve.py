@@ -219,6 +219,9 @@ def test_unsubscribed_by_post_then_synced_is_never_mailed(
     synced = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
     assert synced.exit_code == 0, synced.output
     assert "suppressed: reader3@example.org" in synced.output
+    # The issue the link named goes with the reason: the health report counts it there.
+    rows = (recipients / "suppressions.csv").read_text(encoding="utf-8")
+    assert "reader3@example.org,one-click unsubscribe (issue 2017-03)," in rows
     again = CliRunner().invoke(app, ["sync", "--recipients", str(recipients)], env=env)
     assert "suppressed:" not in again.output  # idempotent: the cursor moved on
     with Server() as relay:
