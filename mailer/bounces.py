@@ -44,8 +44,8 @@ from mailer.inbound import Kind
 from mailer.ledger import BOUNCE, LedgerDir, Outcome, Record
 from mailer.replies import Returned
 from mailer.settings import Settings
-from mailer.suppressions import Added, normalize_address, suppress
-from mailer.unsubscribe import mailed_request
+from mailer.suppressions import Added, normalize_address, suppress, with_issue
+from mailer.unsubscribe import mailed_request, requested_issue
 from mailer.verp import id_key, parse_verp, tag
 
 _MESSAGE_ID = re.compile(r"<([A-Za-z0-9][A-Za-z0-9._-]*)\.[0-9a-f]{24}@[^>\s]+>")
@@ -77,6 +77,9 @@ class BounceReport:
     ignored: list[str] = field(default_factory=list)  # not a report (auto-reply, person …)
     complaints: list[str] = field(default_factory=list)  # readers behind abuse complaints
     requests: list[str] = field(default_factory=list)  # readers behind trusted unsubscribe mail
+    # The issue each request's subaddress named ("" for the bare address): kept in the
+    # suppression's reason, so the health report counts it for that issue.
+    request_issues: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
     suppressed: Added = field(default_factory=Added)
     effects: list[str] = field(default_factory=list)
@@ -288,10 +291,14 @@ def process_messages(
     added = suppress(recipients_dir, dict.fromkeys(hard), "bounced (no such address)")
     added_soft = suppress(recipients_dir, dict.fromkeys(soft), "soft-bounces")
     added_abuse = suppress(recipients_dir, dict.fromkeys(report.complaints), "complaint (abuse)")
-    added_mail = suppress(
-        recipients_dir, dict.fromkeys(report.requests), "unsubscribe request by mail"
-    )
-    parts = (added, added_soft, added_abuse, added_mail)
+    by_issue: dict[str, list[str]] = {}
+    for reader in dict.fromkeys(report.requests):
+        by_issue.setdefault(report.request_issues.get(reader, ""), []).append(reader)
+    mailed = [
+        suppress(recipients_dir, readers, with_issue("unsubscribe request by mail", issue))
+        for issue, readers in by_issue.items()
+    ]
+    parts = (added, added_soft, added_abuse, *mailed)
     report.suppressed = Added(
         tuple(a for part in parts for a in part.added),
         tuple(a for part in parts for a in part.already),
@@ -328,6 +335,8 @@ def _one(
             report.ignored.append(f"{label}: an unsubscribe mail without proof; left for staff")
             return LEFT_FOR_STAFF
         report.requests.append(reader)
+        if unsubscribe_address:
+            report.request_issues[reader] = requested_issue(message, unsubscribe_address)
         return "unsubscribe request"
     if kind is Kind.PERSONAL:
         report.ignored.append(f"{label}: a person's reply; left for staff")

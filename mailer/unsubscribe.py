@@ -206,6 +206,17 @@ def requests_in_mbox(
     return senders
 
 
+def requested_issue(message: Message, mailto: str) -> str:
+    """The issue an unsubscribe mail names through the reader's subaddress
+    (``unsubscribe+<issue>.<tag>@``); "" for the bare address."""
+    from mailer.inbound import sent_to_base
+    from mailer.verp import parse_verp
+
+    reached = sent_to_base(message, mailto)
+    parsed = parse_verp(reached, mailto) if reached else None
+    return parsed[0] if parsed is not None else ""
+
+
 def mailed_request(
     message: Message,
     mailto: str,

@@ -216,6 +216,9 @@ def test_a_mailed_unsubscribe_is_trusted_by_proof_never_by_its_from_alone(
     assert result.error is None, result
     assert sorted(result.added) == ["ambassador.moreau@example.org", "disarmament.desk@example.org"]
     rows = (settings.recipients_dir / "suppressions.csv").read_text()
+    # The subaddress named the issue: the report counts the request for it exactly.
+    assert "ambassador.moreau@example.org,unsubscribe request by mail (issue 2017-03)," in rows
+    assert "disarmament.desk@example.org,unsubscribe request by mail," in rows  # bare address
     for kept in ("focal.point@", "mision.ginebra@", "geneva.mission@", "assistant@"):
         assert kept not in rows, kept
     assert result.effects == {"unsubscribe request": 2, "left for staff": 3}
