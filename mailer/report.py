@@ -18,6 +18,7 @@ Attribution of what readers did after an issue:
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -401,6 +402,15 @@ def _totals(issues: list[IssueFigures]) -> IssueFigures:
     return total
 
 
+_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+
+
+def _redacted(reply: str) -> str:
+    """A server's reply without the address it often quotes ("550 5.1.1 <a@b.org>: user
+    unknown"): the page holds domains and counts, never an address."""
+    return _ADDRESS.sub("<address>", reply).strip()[:120]
+
+
 class _DomainTally:
     """Receiving domains by failures and deferrals over the issues, small ones grouped."""
 
@@ -424,12 +434,12 @@ class _DomainTally:
             else:
                 continue
             code, reply = scan.replies.get(address, (None, ""))
-            self.replies.setdefault(domain, Counter())[f"{code or ''} {reply}".strip()[:120]] += 1
+            self.replies.setdefault(domain, Counter())[_redacted(f"{code or ''} {reply}")] += 1
         for record in scan.bounces:
             if returned(record) is Returned.REFUSED:
                 domain = record.recipient.lower().rpartition("@")[2]
                 self.refused[domain] += 1
-                self.replies.setdefault(domain, Counter())[(record.reply or "")[:120]] += 1
+                self.replies.setdefault(domain, Counter())[_redacted(record.reply or "")] += 1
 
     def rows(self) -> list[DomainFigures]:
         rows: dict[str, DomainFigures] = {}

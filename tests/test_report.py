@@ -17,7 +17,7 @@ from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, require_tool
 from .helpers import LAUNCH_ARGS, axe_violations, cli_env, require_axe
 from .smtp_server import Behaviour, Server
 
-DEAD = {"research@example.com": "550 5.1.1 No such user"}
+DEAD = {"research@example.com": "550 5.1.1 <research@example.com>: No such user"}
 
 
 @pytest.fixture(scope="module")
