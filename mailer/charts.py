@@ -92,7 +92,17 @@ def _draw(
                 fontsize=8,
                 va="bottom",
             )
-        axes.set_xticks(positions, list(labels), rotation=0, fontsize=8)
+        # Many issues: every few labelled, slanted, so they never run together.
+        step = max(1, len(labels) // 12)
+        shown = [label if index % step == 0 else "" for index, label in enumerate(labels)]
+        slanted = len(labels) > 6
+        axes.set_xticks(
+            positions,
+            shown,
+            rotation=45 if slanted else 0,
+            ha="right" if slanted else "center",
+            fontsize=8,
+        )
         if percent:
             axes.yaxis.set_major_formatter(PercentFormatter(decimals=1))
         axes.set_ylim(bottom=0)

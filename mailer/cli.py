@@ -496,8 +496,16 @@ def report(
             start = date.fromisoformat(since)
         except ValueError:
             raise InputError(f"'{since}' is not a date (YYYY-MM-DD).", field="--since") from None
+    from mailer.recipients import available_segments
     from mailer.sync import load_state
 
+    known = available_segments(recipients or settings.recipients_dir)
+    for name in segment or ():
+        if name not in known:
+            raise InputError(
+                f"'{name}' is not a segment (the lists hold: {', '.join(known) or 'none'}).",
+                field="--segment",
+            )
     built = reporting.build(
         settings.ledger_dir,
         recipients or settings.recipients_dir,

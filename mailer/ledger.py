@@ -494,9 +494,10 @@ class LedgerDir:
         return ""
 
     def lines(self, issue: str) -> Iterator[dict[str, Any]]:
-        """Every complete line as parsed JSON, for readers that stream a whole ledger
-        once (the health report): no Record is built; a damaged line is an error."""
-        for _, _, data in _raw_records(self.path(issue)):
+        """Every complete line as parsed JSON, for readers that stream every ledger once
+        (the health report): no Record is built, and a damaged line is skipped, as for
+        the other readers across issues (the issue's own send names it)."""
+        for _, _, data in _lenient_lines(self.path(issue)):
             yield data
 
     def state(self, issue: str, *, with_segments: bool = False) -> State:

@@ -153,7 +153,10 @@ def _scan(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) ->
         if outcome in _MAILED:
             if only and only.isdisjoint(data.get("segments") or ()):
                 continue
-            address = str(data.get("recipient", "")).lower()
+            recipient = data.get("recipient")
+            if not isinstance(recipient, str) or not recipient:
+                continue  # not a reader's line (the issue's own send refuses it)
+            address = recipient.lower()
             scan.last[address] = outcome
             if segments := data.get("segments"):
                 key = tuple(segments)
@@ -171,7 +174,13 @@ def _scan(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) ->
         elif outcome == Outcome.PAUSED:
             scan.pauses += 1
         elif outcome == Outcome.BOUNCE:
-            scan.bounces.append(Record.from_dict(data))
+            try:
+                scan.bounces.append(Record.from_dict(data))
+            except (KeyError, ValueError, TypeError, AttributeError):
+                continue  # a damaged report line: it names nobody we can count
+    # Only reports about readers the issue reached (of the chosen segments) count: a
+    # report for an address never sent is nobody's failure in this issue.
+    scan.bounces = [r for r in scan.bounces if str(r.recipient).lower() in scan.last]
     return scan
 
 
@@ -262,12 +271,17 @@ def _within(
     start = datetime.fromisoformat(first).date()
     end = start + timedelta(days=ATTRIBUTION_DAYS)
     found = []
+    counted: set[tuple[str, bool]] = set()  # a row repeated (a union merge) counts once
     for entry in removed:
         if entry.address not in reached:
+            continue
+        kind = (entry.address, entry.reason.startswith("complaint"))
+        if kind in counted:
             continue
         if entry.issue is not None:
             if entry.issue == issue:
                 found.append(entry)
+                counted.add(kind)
             continue
         if entry.day is None:
             continue
@@ -277,6 +291,7 @@ def _within(
             continue
         if start <= day < end:
             found.append(entry)
+            counted.add(kind)
     return found
 
 
@@ -318,11 +333,8 @@ def build(
         figures = issue_figures(ledgers, issue, removed, scan)
         if figures.first is None and figures.targeted == 0:
             continue
-        if (
-            since is not None
-            and figures.first
-            and datetime.fromisoformat(figures.first).date() < since
-        ):
+        began = figures.first or ledgers.started(issue)
+        if since is not None and (not began or datetime.fromisoformat(began).date() < since):
             continue
         issues.append(figures)
         domains.add(scan)
@@ -402,23 +414,25 @@ def _totals(issues: list[IssueFigures]) -> IssueFigures:
     return total
 
 
-_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+def _reply_code(code: int | None, text: str) -> str:
+    """What a page may say of a server's reply: its code and enhanced code only
+    ("550 5.1.1"). The text often quotes the address, even the person's name."""
+    from mailer.replies import enhanced_code
 
-
-def _redacted(reply: str) -> str:
-    """A server's reply without the address it often quotes ("550 5.1.1 <a@b.org>: user
-    unknown"): the page holds domains and counts, never an address."""
-    return _ADDRESS.sub("<address>", reply).strip()[:120]
+    enhanced = enhanced_code(text)
+    parts = [str(code) if code else "", ".".join(str(n) for n in enhanced) if enhanced else ""]
+    return " ".join(p for p in parts if p) or "(no code)"
 
 
 class _DomainTally:
-    """Receiving domains by failures and deferrals over the issues, small ones grouped."""
+    """Receiving domains by failures and deferrals over the issues, each reader counted
+    once, small domains grouped."""
 
     def __init__(self) -> None:
-        self.readers: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.refused: Counter[str] = Counter()
-        self.deferred: Counter[str] = Counter()
+        self.readers: dict[str, set[str]] = {}
+        self.failed: dict[str, set[str]] = {}
+        self.refused: dict[str, set[str]] = {}
+        self.deferred: dict[str, set[str]] = {}
         self.replies: dict[str, Counter[str]] = {}
 
     def add(self, scan: _Scan) -> None:
@@ -426,32 +440,38 @@ class _DomainTally:
 
         for address, outcome in scan.last.items():
             domain = address.rpartition("@")[2]
-            self.readers[domain] += 1
+            self.readers.setdefault(domain, set()).add(address)
             if outcome == Outcome.FAILED:
-                self.failed[domain] += 1
+                self.failed.setdefault(domain, set()).add(address)
             elif outcome == Outcome.DEFERRED:
-                self.deferred[domain] += 1
+                self.deferred.setdefault(domain, set()).add(address)
             else:
                 continue
             code, reply = scan.replies.get(address, (None, ""))
-            self.replies.setdefault(domain, Counter())[_redacted(f"{code or ''} {reply}")] += 1
+            self.replies.setdefault(domain, Counter())[_reply_code(code, reply)] += 1
         for record in scan.bounces:
             if returned(record) is Returned.REFUSED:
-                domain = record.recipient.lower().rpartition("@")[2]
-                self.refused[domain] += 1
-                self.replies.setdefault(domain, Counter())[_redacted(record.reply or "")] += 1
+                address = record.recipient.lower()
+                domain = address.rpartition("@")[2]
+                self.refused.setdefault(domain, set()).add(address)
+                self.replies.setdefault(domain, Counter())[
+                    _reply_code(None, record.reply or "")
+                ] += 1
 
     def rows(self) -> list[DomainFigures]:
         rows: dict[str, DomainFigures] = {}
         for domain, readers in self.readers.items():
-            if not (self.failed[domain] or self.refused[domain] or self.deferred[domain]):
+            failed = len(self.failed.get(domain, ()))
+            refused = len(self.refused.get(domain, ()))
+            deferred = len(self.deferred.get(domain, ()))
+            if not (failed or refused or deferred):
                 continue
-            name = domain if readers >= SMALL_DOMAIN else "other"
+            name = domain if len(readers) >= SMALL_DOMAIN else "other"
             row = rows.setdefault(name, DomainFigures(name, 0, 0, 0, 0, "", False))
-            row.readers += readers
-            row.failed += self.failed[domain]
-            row.refused += self.refused[domain]
-            row.deferred += self.deferred[domain]
+            row.readers += len(readers)
+            row.failed += failed
+            row.refused += refused
+            row.deferred += deferred
             if name != "other" and self.replies.get(domain):
                 row.reply = self.replies[domain].most_common(1)[0][0]
         for row in rows.values():
@@ -463,15 +483,37 @@ class _DomainTally:
         return sorted(rows.values(), key=lambda r: (-(r.failed + r.refused + r.deferred), r.domain))
 
 
+# Suppression reasons in a fixed set of categories: the file's reason is free text
+# (mailer unsubscribe --reason "phoned by …"), and the page holds no words of a person.
+_CATEGORIES = (
+    ("one-click unsubscribe", "unsubscribed (one click)"),
+    ("unsubscribe request by mail", "unsubscribed (by mail)"),
+    ("complaint", "complaint"),
+    ("bounced", "dead mailbox (bounced)"),
+    ("rejected: no such mailbox", "dead mailbox (refused at sending)"),
+    ("soft-bounces", "soft bounces in a row"),
+    ("unsubscribed", "unsubscribed (by staff)"),
+)
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _category(reason: str) -> str:
+    for prefix, category in _CATEGORIES:
+        if reason.startswith(prefix):
+            return category
+    return "other (by staff)"
+
+
 def _by_reason_and_month(
     removed: list[suppressions.Entry], since: date | None
 ) -> dict[str, dict[str, int]]:
     found: dict[str, dict[str, int]] = {}
     for entry in removed:
-        month = (entry.day or "unknown")[:7]
-        if since is not None and entry.day and entry.day < since.isoformat():
+        day = entry.day if entry.day and _DAY.match(entry.day) else None
+        if since is not None and (day is None or day < since.isoformat()):
             continue
-        by_month = found.setdefault(entry.reason or "unknown", {})
+        by_month = found.setdefault(_category(entry.reason), {})
+        month = day[:7] if day else "undated"
         by_month[month] = by_month.get(month, 0) + 1
     return found
 

@@ -102,7 +102,11 @@ def status(job: Issue, settings: Settings) -> Status:
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
     reached = sum(1 for key in suppressed if state.last.get(key, ("", 0))[0] == Outcome.SENT)
-    returned, refusing = returned_counts(ledgers.records(job.bulletin.id))
+    # Reports about readers this issue reached (a report naming an address never sent
+    # is nobody's failure here), as mailer report counts them.
+    returned, refusing = returned_counts(
+        r for r in ledgers.records(job.bulletin.id) if r.recipient.lower() in state.last
+    )
     from mailer.report import issue_figures  # report reads status's rules: imported here
 
     figures = issue_figures(

@@ -17,7 +17,8 @@ from .conftest import SAMPLE, SAMPLE_RECIPIENTS, edit, require_tool
 from .helpers import LAUNCH_ARGS, axe_violations, cli_env, require_axe
 from .smtp_server import Behaviour, Server
 
-DEAD = {"research@example.com": "550 5.1.1 <research@example.com>: No such user"}
+# Real servers quote the address, sometimes the person: neither may reach the page.
+DEAD = {"research@example.com": "550 5.1.1 <research@example.com>: Jane Doe's mailbox is closed"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
             Record.bounce("campaigner@example.org", "soft: mailbox is full", "<r1@x>"),
             Record.bounce("delegation@example.net", "hard: 5.1.1 user unknown", "<r2@x>"),
             Record.bounce("focal.point@example.com", "refused: 5.7.1 blocked", "<r3@x>"),
+            Record.bounce("focal.point@example.com", "refused: 5.7.1 blocked", "<r4@x>"),
+            Record.bounce("never.sent@example.com", "hard: 5.1.1 unknown", "<r5@x>"),
             Record.for_issue(Outcome.PAUSED, "run-1", reply="quota: resume after …"),
         ],
     )
@@ -57,8 +60,13 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         # A one-click request names its issue (sync writes it so); the others, the day.
         handle.write(f"geneva.mission@example.net,one-click unsubscribe (issue 2017-06),{day}\n")
         handle.write(f"seminar.desk@example.net,unsubscribe request by mail,{day}\n")
+        handle.write(
+            f"seminar.desk@example.net,unsubscribe request by mail,{day}\n"
+        )  # merged twice
+        handle.write(f"old.contact@example.org,phoned by Jane Doe <jane@gov.example>,{day}\n")
         handle.write(f"survivors@example.com,complaint (abuse),{day}\n")
         handle.write(f"a.reader@yahoo.com,complaint (abuse),{day}\n")
+    (root / "ledger" / "2016-12.jsonl").write_text("<<<<<<< HEAD\n")  # a damaged old ledger
     return root, env
 
 
@@ -104,6 +112,11 @@ def test_every_issues_figures_agree_with_mailer_status(
     assert sum(june["languages"].values()) == june["targeted"]
     assert report["totals"]["sent"] == june["sent"] + report["issues"][1]["sent"]
     assert report["never_reached"] == 1  # the newcomer (research@ is suppressed, not counted)
+    # Each reader counted once per domain over both issues; two reports of one reader's
+    # refusal are one refused reader (and never a blocklisting flag).
+    domain = next(d for d in report["domains"] if d["domain"] == "example.com")
+    assert (domain["readers"], domain["refused"], domain["refusing"]) == (5, 1, False)
+    assert domain["reply"] in ("550 5.1.1", "5.7.1")  # codes only: never the reply's words
     assert report["near_soft_limit"] == 0  # one soft bounce, of a limit of 3
     strict = {**env, "MAILER_BOUNCE_SOFT_LIMIT": "2"}
     assert json.loads(_cli(root, strict, "report", "--json"))["near_soft_limit"] == 1
@@ -123,7 +136,7 @@ def test_the_report_holds_no_address_and_no_token(history: tuple[Path, dict[str,
     assert len(addresses) > 10
     for text in (page, figures):
         assert not [a for a in addresses if a in text]
-        assert "token=" not in text
+        assert "token=" not in text and "Jane" not in text  # no reply text, no free reason
     assert "<svg" in page and 'role="img"' in page and "<script" not in page
     assert 'src="http' not in page and 'href="http' not in page  # nothing fetched
 
@@ -167,3 +180,8 @@ def test_addresses_reach_the_terminal_only_and_a_segment_narrows_the_figures(
     assert set(june["segments"]) <= {"states", "international-organizations", "civil-society"}
     assert 0 < june["targeted"] < june_all["targeted"]
     assert june["segments"]["states"] == june_all["segments"]["states"]
+    assert june_all["soft"] == 1 and june["soft"] == 0  # campaigner@ is civil society
+    unknown = CliRunner().invoke(
+        app, ["report", "--segment", "state", "--recipients", str(root / "recipients")], env=env
+    )
+    assert unknown.exit_code == 2 and "is not a segment" in unknown.output
