@@ -61,6 +61,10 @@ class IssueFigures:
     # Per feedback-loop provider: readers reached there, and their complaints.
     provider_sent: dict[str, int] = field(default_factory=dict)
     provider_complaints: dict[str, int] = field(default_factory=dict)
+    # Who unsubscribed and complained (for the totals, which count people once; never
+    # in the page or the JSON).
+    leavers: set[str] = field(default_factory=set, repr=False)
+    complainers: set[str] = field(default_factory=set, repr=False)
     bounces: dict[str, int] = field(default_factory=dict)  # as mailer status --json
 
     @property
@@ -99,6 +103,7 @@ class Report:
     last_syncs: dict[str, str | None] = field(default_factory=dict)
     # Readers one soft bounce short of MAILER_BOUNCE_SOFT_LIMIT (issues in a row).
     near_soft_limit: int = 0
+    segments: tuple[str, ...] = ()  # --segment: every figure is of these segments' readers
     # The addresses behind the two counts above: for the command line's --addresses
     # only, never in the page or the JSON.
     never_reached_addresses: list[str] = field(default_factory=list, repr=False)
@@ -118,6 +123,7 @@ class Report:
 
 def _figures_json(figures: IssueFigures) -> dict[str, Any]:
     data = asdict(figures)
+    del data["leavers"], data["complainers"]
     data["delivery_rate"] = round(figures.delivery_rate, 4)
     data["dead_rate"] = round(figures.dead_rate, 4)
     data["unsubscribe_rate"] = round(figures.unsubscribe_rate, 4)
@@ -219,7 +225,8 @@ def issue_figures(
     figures.other_failed = len(failed_now - dead - policy)
     if scan.first is not None:
         reached = {a for a, outcome in scan.last.items() if outcome == Outcome.SENT}
-        figures.unsubscribes, figures.complaints = _after(scan.first, reached, removed, issue)
+        figures.leavers, figures.complainers = _who_left(scan.first, reached, removed, issue)
+        figures.unsubscribes, figures.complaints = len(figures.leavers), len(figures.complainers)
         figures.provider_sent, figures.provider_complaints = _complaints_by_provider(
             scan.first, reached, removed, issue
         )
@@ -295,19 +302,20 @@ def _within(
     return found
 
 
-def _after(
+def _who_left(
     first: str, reached: set[str], removed: list[suppressions.Entry], issue: str = ""
-) -> tuple[int, int]:
-    """Unsubscribes and complaints of readers the issue reached: the requests naming the
-    issue, and the rows naming none written within ATTRIBUTION_DAYS after its first
-    message."""
-    unsubscribes = complaints = 0
+) -> tuple[set[str], set[str]]:
+    """Who unsubscribed and who complained among the readers the issue reached: the
+    requests naming the issue, and the rows naming none written within ATTRIBUTION_DAYS
+    after its first message."""
+    leavers: set[str] = set()
+    complainers: set[str] = set()
     for entry in _within(first, reached, removed, issue):
         if entry.reason.startswith("complaint"):
-            complaints += 1
+            complainers.add(entry.address)
         elif entry.reason in _UNSUBSCRIBE_REASONS:
-            unsubscribes += 1
-    return unsubscribes, complaints
+            leavers.add(entry.address)
+    return leavers, complainers
 
 
 def build(
@@ -340,7 +348,8 @@ def build(
         domains.add(scan)
     issues.sort(key=lambda f: f.first or "", reverse=True)
     suppressed = {entry.address for entry in removed}
-    never = _never_reached(recipients_dir, reached, suppressed, segments)
+    listed = _on_lists(recipients_dir, segments)
+    never = listed - reached - suppressed
     near = {
         address
         for address, count in streaks.items()
@@ -349,12 +358,16 @@ def build(
     return Report(
         issues=issues,
         domains=domains.rows(),
-        suppressions_by_reason=_by_reason_and_month(removed, since),
+        # --segment: the suppressions of addresses on those segments' lists only.
+        suppressions_by_reason=_by_reason_and_month(
+            [e for e in removed if e.address in listed] if segments else removed, since
+        ),
         totals=_totals(issues),
         never_reached=len(never),
         near_soft_limit=len(near),
         never_reached_addresses=sorted(never),
         near_soft_limit_addresses=sorted(near),
+        segments=tuple(sorted(segments)),
         last_syncs={
             source: (sync_state or {}).get(source, {}).get("last_success")
             for source in ("endpoint", "mailbox")
@@ -373,11 +386,8 @@ def _soft_streaks(streaks: dict[str, int], scan: _Scan) -> None:
         streaks[address] = streaks.get(address, 0) + 1 if address in soft else 0
 
 
-def _never_reached(
-    directory: Path, reached: set[str], suppressed: set[str], segments: frozenset[str]
-) -> set[str]:
-    """Addresses of today's lists (of ``segments``, when given), not suppressed, that no
-    issue's ledger shows sent."""
+def _on_lists(directory: Path, segments: frozenset[str]) -> set[str]:
+    """Addresses of today's lists (of ``segments``, when given)."""
     from mailer.recipients import available_segments
     from mailer.spreadsheet import read_sheet
 
@@ -390,7 +400,7 @@ def _never_reached(
                 on_lists.add(suppressions.normalize_address(row.get("email", "")).lower())
             except ValueError:
                 continue  # loading the list reports it
-    return on_lists - reached - suppressed
+    return on_lists
 
 
 def _totals(issues: list[IssueFigures]) -> IssueFigures:
@@ -406,11 +416,12 @@ def _totals(issues: list[IssueFigures]) -> IssueFigures:
             "soft",
             "unfinished",
             "in_doubt",
-            "unsubscribes",
-            "complaints",
             "pauses",
         ):
             setattr(total, name, getattr(total, name) + getattr(figures, name))
+    # A reader who left after two issues close together left once: people count once.
+    total.unsubscribes = len(set().union(*(f.leavers for f in issues)))
+    total.complaints = len(set().union(*(f.complainers for f in issues)))
     return total
 
 
@@ -492,7 +503,7 @@ _CATEGORIES = (
     ("bounced", "dead mailbox (bounced)"),
     ("rejected: no such mailbox", "dead mailbox (refused at sending)"),
     ("soft-bounces", "soft bounces in a row"),
-    ("unsubscribed", "unsubscribed (by staff)"),
+    ("unsubscribed", "unsubscribed (mailer unsubscribe, or before reasons were kept)"),
 )
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -553,6 +564,8 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
     months = sorted({m for by_month in report.suppressions_by_reason.values() for m in by_month})
     first = report.issues[-1].first if report.issues else None
     period = f"{len(report.issues)} issue(s)" + (f" since {first[:10]}" if first else "")
+    if report.segments:
+        period += f", readers of {', '.join(report.segments)} only"
     return env.get_template("report/health.html.j2").render(
         lang="en",
         organization=organization,
@@ -569,6 +582,8 @@ def render(report: Report, organization: str, templates: Path | None, today: dat
         small=SMALL_DOMAIN,
         hygiene=report.suppressions_by_reason,
         hygiene_months=months,
+        advice=advice(report),
+        no_feedback_loop=not any(f.provider_sent for f in report.issues),
         never_reached=report.never_reached,
         near_soft_limit=report.near_soft_limit,
         last_syncs=report.last_syncs,
@@ -613,7 +628,7 @@ def _chart_specs(
                 "unsubscribes (of delivered)": [f.unsubscribe_rate for f in issues],
             },
             True,
-            "Gmail reports no complaints per message: its rate is in Google Postmaster Tools.",
+            "",
             None,
         ),
         *(by_language if languages else []),
@@ -627,7 +642,7 @@ def _complaint_chart(
     """Complaint rate per feedback-loop provider (its reports ÷ our mail to its users)."""
     names = sorted({name for f in issues for name in f.provider_sent})
     if not names:
-        return []
+        return []  # the page says so (no_feedback_loop)
     rates = {
         name: [
             f.provider_complaints.get(name, 0) / f.provider_sent[name]
@@ -698,3 +713,41 @@ def markdown(report: Report, only: set[str] | None = None) -> str:
     lines.append("")
     lines.append(f"\\* within {ATTRIBUTION_DAYS} days after the issue's first message.")
     return "\n".join(lines) + "\n"
+
+
+def advice(report: Report) -> list[str]:
+    """What the figures ask staff to do, in plain words (the page's first section)."""
+    found = [
+        f"{d.domain} refuses most of what we send ({d.refused} of {d.readers} readers): a "
+        "blocklisting or a policy to raise with that organization's mail administrators."
+        for d in report.domains
+        if d.refusing
+    ]
+    for figures in report.issues[:1]:  # the latest issue
+        if figures.dead_rate > 0.02:
+            found.append(
+                f"{figures.dead_rate:.1%} of the readers of {figures.issue} were dead mailboxes "
+                "(over 2%): ask the focal points to confirm their contacts."
+            )
+        for name, sent in figures.provider_sent.items():
+            rate = figures.provider_complaints.get(name, 0) / sent if sent else 0.0
+            if rate > COMPLAINT_LIMIT:
+                found.append(
+                    f"{name}'s users complained about {figures.issue} at {rate:.1%} (over "
+                    f"{COMPLAINT_LIMIT:.1%}): check that every reader asked to receive it."
+                )
+    if report.near_soft_limit:
+        found.append(
+            f"{report.near_soft_limit} reader(s) are one soft bounce from being suppressed: "
+            "mailer report --addresses lists them, to check with their organizations."
+        )
+    if report.never_reached:
+        found.append(
+            f"{report.never_reached} address(es) on the lists were never delivered an issue: "
+            "new readers, or addresses to check (mailer report --addresses)."
+        )
+    found.append(
+        "Settings a mailbox provider checks (DKIM, DMARC, the unsubscribe headers) are not "
+        "in this page: mailer check BULLETIN lists what is missing."
+    )
+    return found

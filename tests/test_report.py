@@ -111,6 +111,9 @@ def test_every_issues_figures_agree_with_mailer_status(
     assert set(june["languages"]) == {"en", "fr", "es"}
     assert sum(june["languages"].values()) == june["targeted"]
     assert report["totals"]["sent"] == june["sent"] + report["issues"][1]["sent"]
+    # seminar.desk@ left once, within 14 days of both issues: the total counts people once.
+    assert (june["unsubscribes"], march["unsubscribes"]) == (2, 1)
+    assert report["totals"]["unsubscribes"] == 2
     assert report["never_reached"] == 1  # the newcomer (research@ is suppressed, not counted)
     # Each reader counted once per domain over both issues; two reports of one reader's
     # refusal are one refused reader (and never a blocklisting flag).
@@ -138,6 +141,10 @@ def test_the_report_holds_no_address_and_no_token(history: tuple[Path, dict[str,
         assert not [a for a in addresses if a in text]
         assert "token=" not in text and "Jane" not in text  # no reply text, no free reason
     assert "<svg" in page and 'role="img"' in page and "<script" not in page
+    # What to look at first: Yahoo's users complained about June (1 of 1), and where the
+    # settings a provider checks are reported.
+    assert "What to look at" in page and "Yahoo and AOL&#39;s users complained" in page
+    assert "mailer check BULLETIN" in page
     assert 'src="http' not in page and 'href="http' not in page  # nothing fetched
 
 
@@ -171,7 +178,8 @@ def test_addresses_reach_the_terminal_only_and_a_segment_narrows_the_figures(
 ) -> None:
     root, env = history
     out = root / "reports" / "narrow.html"
-    listed = _cli(root, env, "report", "--out", str(out), "--addresses")
+    listed = _cli(root, env, "report", "--out", str(out), "--addresses", "--segment", "states")
+    assert "readers of states only" in out.read_text(encoding="utf-8")  # a filtered page says so
     assert "newcomer@example.org" in listed  # staff see whom to clean up…
     assert "newcomer@" not in out.read_text(encoding="utf-8")  # …the page never does
     states = json.loads(_cli(root, env, "report", "--json", "--segment", "states"))
