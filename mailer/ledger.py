@@ -170,8 +170,7 @@ def ledger_path(directory: Path, issue: str) -> Path:
 def read_records(path: Path, *, skip_damaged: bool = False) -> Iterator[Record]:
     """Every complete record; a torn last line is skipped, a damaged one is an error
     (or, with ``skip_damaged``, skipped: see :meth:`LedgerDir.records`)."""
-    lines = _lenient_lines(path) if skip_damaged else _raw_records(path)
-    for number, line, data in lines:
+    for number, line, data in _raw_records(path, skip_damaged=skip_damaged):
         try:
             yield Record.from_dict(data)
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -179,22 +178,12 @@ def read_records(path: Path, *, skip_damaged: bool = False) -> Iterator[Record]:
                 _damaged(line, path, number)
 
 
-def _lenient_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Like :func:`_raw_records`, skipping lines that are not JSON objects."""
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith("\n"):
-                return
-            with contextlib.suppress(ValueError):
-                data = json.loads(line)
-                if isinstance(data, dict):
-                    yield number, line, data
-
-
-def _raw_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(line number, line, parsed JSON) of every complete line; a damaged one raises."""
+def _raw_records(
+    path: Path, *, skip_damaged: bool = False
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, line, parsed JSON) of every complete line (a torn last line was
+    never acknowledged: left out); a damaged one raises, or with ``skip_damaged`` is
+    left out too (the readers across issues)."""
     if not path.exists():
         return
     loads = json.loads
@@ -209,6 +198,8 @@ def _raw_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
             except ValueError:
                 data = None
             if not isinstance(data, dict):
+                if skip_damaged:
+                    continue
                 _damaged(line, path, number)
             yield number, line, data
 
@@ -489,7 +480,7 @@ class LedgerDir:
 
     def started(self, issue: str) -> str:
         """The time of the issue's first record ("" when it has none): send order."""
-        for _, _, data in _lenient_lines(self.path(issue)):
+        for _, _, data in _raw_records(self.path(issue), skip_damaged=True):
             return str(data.get("time", ""))
         return ""
 
@@ -497,7 +488,7 @@ class LedgerDir:
         """Every complete line as parsed JSON, for readers that stream every ledger once
         (the health report): no Record is built, and a damaged line is skipped, as for
         the other readers across issues (the issue's own send names it)."""
-        for _, _, data in _lenient_lines(self.path(issue)):
+        for _, _, data in _raw_records(self.path(issue), skip_damaged=True):
             yield data
 
     def state(self, issue: str, *, with_segments: bool = False) -> State:

@@ -97,17 +97,22 @@ class Report:
     domains: list[DomainFigures]
     suppressions_by_reason: dict[str, dict[str, int]]  # reason -> month -> count
     totals: IssueFigures
-    # Addresses on today's lists (not suppressed) that no issue ever reached.
-    never_reached: int = 0
     # Per sync source (endpoint, mailbox): when it last succeeded (ISO 8601), if ever.
     last_syncs: dict[str, str | None] = field(default_factory=dict)
-    # Readers one soft bounce short of MAILER_BOUNCE_SOFT_LIMIT (issues in a row).
-    near_soft_limit: int = 0
     segments: tuple[str, ...] = ()  # --segment: every figure is of these segments' readers
-    # The addresses behind the two counts above: for the command line's --addresses
-    # only, never in the page or the JSON.
+    # Addresses on today's lists (not suppressed) that no issue ever reached, and readers
+    # one soft bounce short of MAILER_BOUNCE_SOFT_LIMIT: their counts go to the page and
+    # the JSON; the addresses to the command line's --addresses only.
     never_reached_addresses: list[str] = field(default_factory=list, repr=False)
     near_soft_limit_addresses: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def never_reached(self) -> int:
+        return len(self.never_reached_addresses)
+
+    @property
+    def near_soft_limit(self) -> int:
+        return len(self.near_soft_limit_addresses)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -131,8 +136,9 @@ def _figures_json(figures: IssueFigures) -> dict[str, Any]:
 
 
 @dataclass
-class _Scan:
-    """What one pass over an issue's ledger gathers (per reader: the last outcome)."""
+class LedgerScan:
+    """What one pass over an issue's ledger gathers (per reader: the last outcome);
+    the report and ``mailer status`` read the same one."""
 
     last: dict[str, str] = field(default_factory=dict)
     segments: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -149,10 +155,10 @@ _MAILED = {
 }
 
 
-def _scan(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) -> _Scan:
+def scan_issue(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) -> LedgerScan:
     """One streaming pass over the issue's ledger (1.6 million lines take seconds);
     ``only``: the readers of these segments alone (``--segment``)."""
-    scan = _Scan()
+    scan = LedgerScan()
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for data in ledgers.lines(issue):
         outcome = data.get("outcome")
@@ -191,13 +197,16 @@ def _scan(ledgers: LedgerDir, issue: str, only: frozenset[str] = frozenset()) ->
 
 
 def issue_figures(
-    ledgers: LedgerDir, issue: str, removed: list[suppressions.Entry], scan: _Scan | None = None
+    ledgers: LedgerDir,
+    issue: str,
+    removed: list[suppressions.Entry],
+    scan: LedgerScan | None = None,
 ) -> IssueFigures:
     """One issue's figures; ``removed`` are the rows of suppressions.csv."""
     from mailer.bounces import returned  # the bounce reader's one reading of its records
     from mailer.status import returned_counts
 
-    scan = scan or _scan(ledgers, issue)
+    scan = scan or scan_issue(ledgers, issue)
     figures = IssueFigures(issue, first=scan.first, last=scan.final, pauses=scan.pauses)
     for address, outcome in scan.last.items():
         figures.targeted += 1
@@ -335,7 +344,7 @@ def build(
     reached: set[str] = set()
     streaks: dict[str, int] = {}  # soft bounces in a row, issue after issue (send order)
     for issue in sorted(ledgers.issues(), key=ledgers.started):
-        scan = _scan(ledgers, issue, segments)
+        scan = scan_issue(ledgers, issue, segments)
         reached.update(a for a, outcome in scan.last.items() if outcome == Outcome.SENT)
         _soft_streaks(streaks, scan)
         figures = issue_figures(ledgers, issue, removed, scan)
@@ -363,8 +372,6 @@ def build(
             [e for e in removed if e.address in listed] if segments else removed, since
         ),
         totals=_totals(issues),
-        never_reached=len(never),
-        near_soft_limit=len(near),
         never_reached_addresses=sorted(never),
         near_soft_limit_addresses=sorted(near),
         segments=tuple(sorted(segments)),
@@ -376,7 +383,7 @@ def build(
     )
 
 
-def _soft_streaks(streaks: dict[str, int], scan: _Scan) -> None:
+def _soft_streaks(streaks: dict[str, int], scan: LedgerScan) -> None:
     """One issue more of each mailed reader's soft-bounce streak: a soft bounce adds one,
     any other outcome starts it again (as bounces.soft_failures counts for suppression)."""
     from mailer.bounces import returned
@@ -446,7 +453,7 @@ class _DomainTally:
         self.deferred: dict[str, set[str]] = {}
         self.replies: dict[str, Counter[str]] = {}
 
-    def add(self, scan: _Scan) -> None:
+    def add(self, scan: LedgerScan) -> None:
         from mailer.bounces import returned
 
         for address, outcome in scan.last.items():

@@ -102,15 +102,14 @@ def status(job: Issue, settings: Settings) -> Status:
     suppressed = suppressions.load(job.recipients.directory)
     since = frozenset(r.recipient for r in failures if r.recipient.lower() in suppressed)
     reached = sum(1 for key in suppressed if state.last.get(key, ("", 0))[0] == Outcome.SENT)
-    # Reports about readers this issue reached (a report naming an address never sent
-    # is nobody's failure here), as mailer report counts them.
-    returned, refusing = returned_counts(
-        r for r in ledgers.records(job.bulletin.id) if r.recipient.lower() in state.last
-    )
-    from mailer.report import issue_figures  # report reads status's rules: imported here
+    from mailer.report import issue_figures, scan_issue  # report reads status's rules
 
+    # One pass for what the report counts too: reports about readers this issue reached
+    # (a report naming an address never sent is nobody's failure here), and who left.
+    scan = scan_issue(ledgers, job.bulletin.id)
+    returned, refusing = returned_counts(scan.bounces)
     figures = issue_figures(
-        ledgers, job.bulletin.id, suppressions.entries(job.recipients.directory)
+        ledgers, job.bulletin.id, suppressions.entries(job.recipients.directory), scan
     )
     return Status(
         segments,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 import subprocess
 from dataclasses import dataclass, replace
@@ -180,8 +181,11 @@ def _write_source(path: Path, blob: str) -> None:
         lines[found[0]] = line
     else:
         lines.insert(close, line)
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    # Written beside, then swapped in: a crash mid-write never leaves half a translation.
+    fresh = path.with_name(f".{path.name}.stamping")
+    with fresh.open("w", encoding="utf-8", newline="") as handle:
         handle.write("".join(lines))
+    os.replace(fresh, path)
 
 
 def english_change(translation: Translation) -> str | None:

@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,18 @@ def with_inline_images(message: Any) -> str:
             data = base64.b64encode(part.get_content()).decode()
             body = body.replace(f"cid:{cid}", f"data:{part.get_content_type()};base64,{data}")
     return body
+
+
+def drip(handler: Any, pause: float = 0.2, limit: int = 50) -> None:
+    """Answer 200 and then a byte every ``pause`` seconds (bounded by ``limit`` bytes): a
+    server whose answer trickles in forever, for the tests of answer deadlines."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "100000")
+    handler.end_headers()
+    for _ in range(limit):
+        try:
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(pause)

@@ -16,7 +16,7 @@ from mailer.oauth import token_from_answer
 from mailer.settings import Settings
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
-from .helpers import FAST, cli_env, send_cli, settings_for, write_list
+from .helpers import FAST, cli_env, drip, send_cli, settings_for, write_list
 from .oauth_server import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -225,16 +225,7 @@ def test_a_token_endpoint_dripping_its_answer_cannot_hold_the_send(
 
     class Drip(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "10000")
-            self.end_headers()
-            for _ in range(40):  # bounded: 10 s at most
-                try:
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                except OSError:
-                    return
-                time.sleep(0.25)
+            drip(self, pause=0.25, limit=40)  # bounded: 10 s at most
 
         def log_message(self, *args: object) -> None:
             pass

@@ -33,7 +33,7 @@ from mailer.serve import Store
 from mailer.unsubscribe import make_token
 
 from .conftest import SAMPLE, SAMPLE_RECIPIENTS
-from .helpers import cli_env, send_cli, write_list
+from .helpers import cli_env, drip, send_cli, write_list
 from .smtp_server import Server, free_port
 
 pytestmark = pytest.mark.system  # the endpoint under uvicorn in a subprocess
@@ -744,19 +744,7 @@ def test_an_endpoint_dripping_its_answer_cannot_hold_the_sync(
 ) -> None:
     monkeypatch.setattr(syncing, "ANSWER_SECONDS", 1.0)
 
-    def drip(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Length", "100000")
-        handler.end_headers()
-        for _ in range(50):  # bounded: 10 s at most
-            try:
-                handler.wfile.write(b" ")
-                handler.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.2)
-
-    server, _ = _hostile(drip)
+    server, _ = _hostile(drip)  # a byte every 0.2 s, 10 s at most
     started = time.monotonic()
     try:
         result, _ = _sync_from(server.server_address[1], tmp_path)
