@@ -243,3 +243,14 @@ def test_a_missing_date_is_named_beside_another_fields_impossible_date(
     result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
     assert result.exit_code == 2
     assert "field 'send_at'" in result.output and "field 'date'" in result.output
+
+
+def test_a_draft_flag_that_is_not_yes_or_no_is_named(copy_sample: Sample) -> None:
+    bulletin, recipients = copy_sample()
+    edit(
+        bulletin / "items" / "03-oslo-process-ten-years.md",
+        "title: Ten",
+        "draft: maybe\ntitle: Ten",
+    )
+    result = CliRunner().invoke(app, ["check", str(bulletin), "--recipients", str(recipients)])
+    assert result.exit_code == 2 and "field 'draft'" in result.output

@@ -193,3 +193,33 @@ def test_addresses_reach_the_terminal_only_and_a_segment_narrows_the_figures(
         app, ["report", "--segment", "state", "--recipients", str(root / "recipients")], env=env
     )
     assert unknown.exit_code == 2 and "is not a segment" in unknown.output
+
+
+def test_odd_values_a_ledger_line_may_hold_are_left_out_not_fatal(tmp_path: Path) -> None:
+    """A language that is not a word, a recipient that is not an address, a bounce that
+    names nobody: the report counts what it can and says nothing of the rest."""
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    sent = (
+        '{"time": "2017-03-28T07:00:00.000+00:00", "recipient": %s, "outcome": "sent", '
+        '"attempt": 1, "code": 250, "message_id": "<m@x>", "segments": ["states"], '
+        '"language": %s}\n'
+    )
+    (ledger / "2017-03.jsonl").write_text(
+        sent % ('"a@example.org"', '"fr"')
+        + sent % ('"b@example.org"', "7")
+        + sent % ('"c@example.org"', '{"x": 1}')
+        + sent % ("null", '"en"')
+        + '{"outcome": "bounce", "reply": "hard: 5.1.1"}\n'
+    )
+    recipients = tmp_path / "recipients"
+    recipients.mkdir()
+    result = CliRunner().invoke(
+        app,
+        ["report", "--json", "--recipients", str(recipients)],
+        env={"MAILER_LEDGER_DIR": str(ledger)},
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)["issues"][0]
+    assert (figures["targeted"], figures["sent"], figures["dead"]) == (3, 3, 0)
+    assert figures["languages"] == {"fr": 1}

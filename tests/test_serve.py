@@ -783,3 +783,41 @@ def test_the_endpoint_says_where_it_listens_and_warns_without_an_api_token(
         out, err = process.communicate(timeout=10)
     assert f"on http://127.0.0.1:{port}/unsubscribe" in out
     assert "MAILER_SERVE_API_TOKEN is not set" in err and "401" in err
+
+
+def test_an_issue_an_export_names_reaches_the_reason_only_when_it_is_an_issue_id(
+    tmp_path: Path,
+) -> None:
+    """The export's issue goes into suppressions.csv's reason; a forged one (a newline, a
+    closing parenthesis to fake another issue, a number) must not forge a row or a count."""
+    rows: list[dict[str, Any]] = [
+        {"id": 1, "address": "a@example.org", "issue": "2017-03"},
+        {"id": 2, "address": "b@example.org", "issue": "x) (issue 2017-06"},
+        {"id": 3, "address": "c@example.org", "issue": "2017-03\nevil@example.org,forged"},
+        {"id": 4, "address": "d@example.org", "issue": 17},
+    ]
+
+    def export(handler: BaseHTTPRequestHandler) -> None:
+        if handler.command == "POST":
+            handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+            _json(handler, {"acknowledged": 4})
+            return
+        after = int(handler.path.split("after=")[1].split("&")[0])
+        _json(handler, {"database": "db", "requests": [r for r in rows if r["id"] > after]})
+
+    server, _ = _hostile(export)
+    try:
+        result, recipients = _sync_from(server.server_address[1], tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    lines = (recipients / "suppressions.csv").read_text(encoding="utf-8").splitlines()
+    reasons = {line.split(",")[0]: line.split(",")[1] for line in lines[1:]}
+    assert reasons == {
+        "a@example.org": "one-click unsubscribe (issue 2017-03)",
+        "b@example.org": "one-click unsubscribe",
+        "c@example.org": "one-click unsubscribe",
+        "d@example.org": "one-click unsubscribe",
+    }
+    assert len(lines) == 5  # no forged row

@@ -148,3 +148,13 @@ def test_stamping_writes_into_the_front_matter_and_keeps_line_ends(copy_sample: 
     assert b"\r\nsource: " in front and b"source:" not in rest.replace(b"# old source:", b"")
     row = next(line for line in stamped.output.splitlines() if line.startswith("│ 01-7msp"))
     assert "current" in row
+
+
+def test_stamping_a_translation_that_does_not_exist_names_those_that_do(
+    copy_sample: Sample,
+) -> None:
+    bulletin, recipients = copy_sample()
+    before = {p: p.read_bytes() for p in (bulletin / "items").glob("*.md")}
+    refused = _stamp(bulletin, recipients, "03-oslo-process-ten-years.fr")
+    assert refused.exit_code == 2 and "01-7msp-save-the-date.fr" in refused.output
+    assert {p: p.read_bytes() for p in (bulletin / "items").glob("*.md")} == before
